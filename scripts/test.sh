@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test suite: installs what it needs, builds, builds the bootable guest
+# image (cached), then runs every test — unit, format, store against a real
+# S3-compatible server on 127.0.0.1, real FUSE mounts, and a real QEMU boot.
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    without the guest image and the boot test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+echo "== installing dependencies (skipped when present)"
+scripts/install-deps.sh
+
+echo "== building"
+cargo build --workspace --all-targets --quiet
+
+if [ $quick -eq 0 ]; then
+  echo "== building the guest image (cached under .cache/guest)"
+  ZV_GUEST_DIR="$(scripts/build-guest-image.sh)"
+  export ZV_GUEST_DIR ZV_REQUIRE_E2E=1
+  echo "   guest image: $ZV_GUEST_DIR"
+fi
+
+echo "== tests"
+cargo test --workspace --no-fail-fast

@@ -1,0 +1,74 @@
+//! Memory in front of disk: lookups try memory, then disk (promoting a disk
+//! hit to memory); puts go to both.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{BlockCache, BlockKey, CacheTier};
+
+/// Two caches composed: `front` (fast, e.g. [`super::MemoryCache`]) and
+/// `back` (large, e.g. [`super::DiskCache`]).
+#[derive(Debug)]
+pub struct TieredCache {
+    front: Arc<dyn BlockCache>,
+    back: Arc<dyn BlockCache>,
+}
+
+impl TieredCache {
+    /// `front` is consulted first; a `back` hit is copied into `front`.
+    pub fn new(front: Arc<dyn BlockCache>, back: Arc<dyn BlockCache>) -> TieredCache {
+        TieredCache { front, back }
+    }
+}
+
+impl BlockCache for TieredCache {
+    fn get_fast(&self, key: &BlockKey) -> Option<Bytes> {
+        self.front.get_fast(key).or_else(|| self.back.get_fast(key))
+    }
+
+    fn get(&self, key: &BlockKey) -> Option<(Bytes, CacheTier)> {
+        if let Some(hit) = self.front.get(key) {
+            return Some(hit);
+        }
+        let (bytes, tier) = self.back.get(key)?;
+        self.front.put(key, bytes.clone());
+        Some((bytes, tier))
+    }
+
+    fn may_block(&self) -> bool {
+        self.front.may_block() || self.back.may_block()
+    }
+
+    fn put(&self, key: &BlockKey, block: Bytes) {
+        self.front.put(key, block.clone());
+        self.back.put(key, block);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{DiskCache, MemoryCache};
+
+    #[test]
+    fn disk_hit_is_promoted_to_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = BlockKey::new(Arc::from("img"), 5);
+        let data = Bytes::from(vec![9u8; 8192]);
+        {
+            let disk = DiskCache::open(dir.path(), 1 << 20).unwrap();
+            disk.put(&key, data.clone());
+            disk.flush();
+        }
+        let mem = Arc::new(MemoryCache::new(1 << 20));
+        let disk = Arc::new(DiskCache::open(dir.path(), 1 << 20).unwrap());
+        let tiered = TieredCache::new(mem.clone(), disk);
+        assert!(tiered.may_block());
+        assert!(tiered.get_fast(&key).is_none());
+        assert_eq!(tiered.get(&key).unwrap(), (data.clone(), CacheTier::Disk));
+        assert_eq!(tiered.get_fast(&key).unwrap(), data);
+        assert_eq!(tiered.get(&key).unwrap().1, CacheTier::Memory);
+        assert!(mem.contains(&key));
+    }
+}

@@ -1,0 +1,219 @@
+//! Sources → served files: expands directory/prefix sources, opens each
+//! image (store, layout, caches) and renders the stats file.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context, anyhow, bail};
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{MountConfig, RawFileDisk, default_name};
+use crate::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
+use crate::fuse::{DiskFile, DiskReadError, ServedFile, StatsSource};
+use crate::image::{ImageLayout, SidecarSource};
+
+/// TEMPORARY stand-in until crate::image::Image lands.
+#[derive(Debug)]
+pub struct Image;
+impl Image {
+    fn size(&self) -> u64 { 0 }
+    async fn read_at(&self, _o: u64, _l: u64) -> Result<Bytes, crate::image::ImageError> { unimplemented!() }
+    fn recorded_profile(&self) -> Vec<u64> { Vec::new() }
+}
+use crate::metrics::Metrics;
+use crate::store::{ObjectStore, open_source};
+
+/// Which size the served file shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SizeMode {
+    /// The size of the disk that was converted (`orig_size`).
+    #[default]
+    Orig,
+    /// `orig_size` rounded up to a whole GiB (`curr_size`), as Huawei's
+    /// tools present the disk; the extra bytes read as zeros.
+    Curr,
+}
+
+/// An open image served as a file.
+#[derive(Debug)]
+pub struct ImageDisk {
+    image: Arc<Image>,
+}
+
+impl ImageDisk {
+    /// Serves `image`.
+    pub fn new(image: Arc<Image>) -> ImageDisk {
+        ImageDisk { image }
+    }
+}
+
+#[async_trait]
+impl DiskFile for ImageDisk {
+    fn size(&self) -> u64 {
+        self.image.size()
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskReadError> {
+        Ok(self.image.read_at(offset, len as u64).await?)
+    }
+}
+
+/// One source, opened.
+pub(super) struct Opened {
+    pub served: ServedFile,
+    pub image: Option<Arc<Image>>,
+    /// What the stats file says about it.
+    pub summary: serde_json::Value,
+}
+
+impl Opened {
+    /// Writes the blocks this image saw read, in first-read order, one
+    /// number per line. With several images each gets `FILE.<name>`.
+    pub fn write_profile(&self, path: &Path, several: bool) -> anyhow::Result<()> {
+        let Some(image) = &self.image else { return Ok(()) };
+        let blocks = image.recorded_profile();
+        let target = if several {
+            let mut p = path.as_os_str().to_owned();
+            p.push(format!(".{}", self.served.name));
+            p.into()
+        } else {
+            path.to_owned()
+        };
+        let text: String = blocks.iter().map(|b| format!("{b}\n")).collect();
+        std::fs::write(&target, text).with_context(|| format!("cannot write {}", Path::new(&target).display()))?;
+        tracing::info!(file = %Path::new(&target).display(), blocks = blocks.len(), "boot profile written");
+        Ok(())
+    }
+}
+
+/// Opens every source of `config`, in order.
+pub(super) async fn open_all(config: &MountConfig, metrics: Arc<Metrics>) -> anyhow::Result<Vec<Opened>> {
+    let cache = build_cache(config)?;
+    let mut opened = Vec::new();
+    let mut names = config.names.iter();
+    for source in &config.sources {
+        if config.raw_passthrough {
+            let disk = RawFileDisk::open(Path::new(source))?;
+            let name = names.next().cloned().unwrap_or_else(|| default_name(source));
+            let mtime = std::fs::metadata(source).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
+            opened.push(Opened {
+                summary: serde_json::json!({ "name": name, "origin": source, "size": disk.size(), "raw": true }),
+                served: ServedFile { name, disk: Arc::new(disk), mtime, origin: source.clone() },
+                image: None,
+            });
+            continue;
+        }
+        let (store, key) = open_source(source, &config.store).await.with_context(|| format!("cannot open {source}"))?;
+        let keys = if is_collection(source, &key) {
+            let keys = list_images(store.as_ref(), &key).await?;
+            if keys.is_empty() {
+                bail!("{source}: no *.zvhd2 images under it");
+            }
+            keys
+        } else {
+            vec![key]
+        };
+        for key in keys {
+            let name = names.next().cloned().unwrap_or_else(|| default_name(&key));
+            let one = open_image(config, &store, &key, name, Arc::clone(&cache), Arc::clone(&metrics)).await?;
+            opened.push(one);
+        }
+    }
+    if let Some(extra) = names.next() {
+        bail!("--name {extra:?} has no image to name ({} images)", opened.len());
+    }
+    Ok(opened)
+}
+
+/// Whether `source` names a directory or prefix rather than one image.
+fn is_collection(source: &str, key: &str) -> bool {
+    source.ends_with('/') || key.ends_with('/') || (!source.contains("://") && Path::new(source).is_dir())
+}
+
+async fn list_images(store: &dyn ObjectStore, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let listed = store
+        .list(prefix)
+        .await
+        .with_context(|| format!("cannot list {}", store.location(prefix)))?;
+    Ok(listed.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".zvhd2")).collect())
+}
+
+async fn open_image(
+    config: &MountConfig,
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    name: String,
+    cache: Arc<dyn BlockCache>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Opened> {
+    let sidecar = if config.no_sidecar {
+        SidecarSource::Ignore
+    } else if let Some(location) = &config.sidecar {
+        let (sidecar_store, sidecar_key) = open_source(location, &config.store)
+            .await
+            .with_context(|| format!("cannot open sidecar {location}"))?;
+        SidecarSource::Object(sidecar_store, sidecar_key)
+    } else {
+        SidecarSource::Auto
+    };
+    let location = store.location(key);
+    let layout = ImageLayout::load(store.as_ref(), key, &sidecar)
+        .await
+        .with_context(|| format!("cannot open image {location}"))?;
+    tracing::info!(
+        image = %location,
+        sidecar = layout.sidecar.is_some(),
+        requests = layout.requests,
+        "image opened"
+    );
+    let mtime = layout.meta.modified.unwrap_or_else(SystemTime::now);
+    let summary = serde_json::json!({
+        "name": name,
+        "origin": location,
+        "disk_size": layout.header.disk_size(),
+        "sidecar": layout.sidecar.is_some(),
+        "open_requests": layout.requests,
+    });
+    let _ = (cache, metrics);
+    let image = Arc::new(Image);
+    Ok(Opened {
+        served: ServedFile {
+            name,
+            disk: Arc::new(ImageDisk::new(Arc::clone(&image))),
+            mtime,
+            origin: location,
+        },
+        image: Some(image),
+        summary,
+    })
+}
+
+fn build_cache(config: &MountConfig) -> anyhow::Result<Arc<dyn BlockCache>> {
+    let memory: Arc<dyn BlockCache> =
+        if config.mem_cache == 0 { Arc::new(NoCache) } else { Arc::new(MemoryCache::new(config.mem_cache)) };
+    Ok(match &config.disk_cache {
+        None => memory,
+        Some((dir, size)) => {
+            let disk = DiskCache::open(dir, *size).map_err(|e| anyhow!("cannot open the disk cache in {}: {e}", dir.display()))?;
+            Arc::new(TieredCache::new(memory, Arc::new(disk)))
+        }
+    })
+}
+
+/// Renders the stats file: the counters at the top level (so they parse as
+/// a [`crate::metrics::MetricsSnapshot`]) plus a list of what is served.
+pub(super) fn stats_source(metrics: Arc<Metrics>, opened: &[Opened]) -> StatsSource {
+    let images: Vec<serde_json::Value> = opened.iter().map(|o| o.summary.clone()).collect();
+    Arc::new(move || {
+        let mut doc = serde_json::to_value(metrics.snapshot()).unwrap_or_default();
+        if let Some(map) = doc.as_object_mut() {
+            map.insert("images".into(), serde_json::Value::Array(images.clone()));
+        }
+        let mut text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        text.push(b'\n');
+        text
+    })
+}

@@ -1,0 +1,52 @@
+//! The ZVHD2 image format and the `.zvidx` sidecar index: parse, validate,
+//! lay out, encode. Pure: no I/O beyond byte slices and `std::io::{Read, Write}`,
+//! no tokio. Every length and offset read from a file is checked before use.
+//!
+//! Reading an image takes three steps, each on bytes the caller fetched:
+//! 1. [`ImageHeader::parse`] on the first and last 4096 bytes and the file size;
+//! 2. [`BlockIndex::from_metadata`] on the bytes in [`ImageHeader::metadata_range`]
+//!    (index segments followed by bitmap segments), or [`Sidecar::block_index`];
+//! 3. [`decode_record`] on the bytes of one record, for each block wanted.
+
+pub mod footer;
+pub mod index;
+pub mod record;
+pub mod writer;
+pub mod zvidx;
+
+pub use footer::{Compression, Footer, ImageHeader};
+pub use index::{BlockIndex, BlockLocation, RecordLocation};
+pub use record::{decode_record, encode_record, max_record_size};
+pub use writer::{WriteOptions, WriteSummary, write_image};
+pub use zvidx::{ImageIdentity, Sidecar, SidecarEntry};
+
+/// Every footer occupies one 4096-byte slot.
+pub const FOOTER_SIZE: u64 = 4096;
+/// Records, footers and segments are aligned to this.
+pub const SECTOR_ALIGN: u64 = 4096;
+/// The only block size Huawei's own tools read correctly.
+pub const DEFAULT_BLOCK_SIZE: u32 = 2 << 20;
+
+/// Why an image or sidecar cannot be read. Variants carry the block and
+/// byte offset that went wrong; the caller adds the image's name.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("not a ZVHD2 image: {0}")]
+    NotZvhd2(String),
+    #[error("footer at offset {offset}: {detail}")]
+    BadFooter { offset: u64, detail: String },
+    #[error("index/bitmap: {0}")]
+    BadIndex(String),
+    #[error("block {block} (record at offset {offset}): {detail}")]
+    BadRecord { block: u64, offset: u64, detail: String },
+    #[error("block {block} is past the end of the disk ({blocks} blocks)")]
+    BlockOutOfRange { block: u64, blocks: u64 },
+    #[error("sidecar: {0}")]
+    BadSidecar(String),
+    #[error("sidecar belongs to another image: {0}")]
+    SidecarMismatch(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type FormatResult<T> = Result<T, FormatError>;

@@ -1,0 +1,345 @@
+//! Streaming raw → ZVHD2 writer with the exact layout Huawei's converter
+//! produces; compresses blocks on all cores with bounded memory.
+//!
+//! Layout written (see `/docs/format.md` and the layout reference):
+//! head footer at 0 (no index yet, valid checksum); one record per non-zero
+//! block in block order from 4096; the mid footer (the head footer with
+//! `non_zero_blk_num` filled in and its checksum deliberately left stale,
+//! as Huawei's writer does); the index segments; the bitmap segments; the
+//! final footer. An empty source gives the head footer alone.
+//!
+//! Pipeline: the calling thread reads blocks and writes records in block
+//! order; worker threads compress, CRC and hash. At most `2 x threads + 1`
+//! non-zero blocks are in flight, so memory stays at a few blocks per
+//! thread whatever the image size. Neither the reader nor the writer needs
+//! to be `Send` or `Seek`.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use super::footer::{BITMAP_SEG_SIZE, BLOCKS_PER_SEGMENT, INDEX_SEG_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use super::index::encode_metadata;
+use super::record::{encode_record, zstd_compressor};
+use super::zvidx::zero_block_hash;
+use super::{
+    Compression, DEFAULT_BLOCK_SIZE, FOOTER_SIZE, Footer, FormatError, FormatResult, ImageHeader, ImageIdentity,
+    RecordLocation, Sidecar, SidecarEntry,
+};
+
+/// How to write an image.
+#[derive(Clone, Debug)]
+pub struct WriteOptions {
+    /// Bytes per block: a power of two from 1 MiB to 32 MiB. Only the
+    /// default 2 MiB is readable by Huawei's own tools.
+    pub block_size: u32,
+    /// zstd level (Huawei's writer uses the library default, 3).
+    pub level: i32,
+    /// Compression threads; 0 = all cores.
+    pub threads: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions { block_size: DEFAULT_BLOCK_SIZE, level: 3, threads: 0 }
+    }
+}
+
+/// What was written.
+#[derive(Clone, Debug)]
+pub struct WriteSummary {
+    /// `orig_size`: the input size rounded up to 512.
+    pub disk_size: u64,
+    /// Bytes written to `out`.
+    pub image_size: u64,
+    /// Blocks of the disk (`max_blk_num`).
+    pub blocks: u64,
+    /// Blocks stored as records.
+    pub non_zero_blocks: u64,
+    /// The sidecar index of the image just written.
+    pub sidecar: Sidecar,
+}
+
+fn invalid(msg: String) -> FormatError {
+    FormatError::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
+}
+
+/// Whether `data` is all zeros; word-at-a-time so a mostly-empty disk
+/// costs memory bandwidth, not a byte loop.
+pub fn is_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(64);
+    for c in &mut chunks {
+        let mut acc = 0u64;
+        for w in c.chunks_exact(8) {
+            acc |= u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// A block handed to a worker.
+struct Job {
+    block: u64,
+    data: Vec<u8>,
+}
+
+/// A block back from a worker: the record to write and its sidecar facts.
+struct Done {
+    block: u64,
+    /// The input buffer, returned for reuse.
+    data: Vec<u8>,
+    record: Vec<u8>,
+    crc: u32,
+    hash: [u8; 32],
+}
+
+/// What the writing side still has to put out for one block.
+enum Pending {
+    Zero,
+    Record(Done),
+}
+
+fn worker(jobs: &Mutex<mpsc::Receiver<Job>>, results: &mpsc::Sender<io::Result<Done>>, level: i32) {
+    let mut compressor = match zstd_compressor(level) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            let _ = results.send(Err(e));
+            None
+        }
+    };
+    loop {
+        // The lock is held only while waiting for the next job.
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(Job { block, data }) = job else { return };
+        let Some(c) = compressor.as_mut() else { return };
+        let result = c.compress(&data).map(|payload| {
+            let record = encode_record(block as u32, &payload);
+            Done {
+                block,
+                crc: crc32c::crc32c(&record),
+                hash: *blake3::hash(&data).as_bytes(),
+                data,
+                record,
+            }
+        });
+        if results.send(result).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads `input_size` bytes of raw disk from `input` and writes a ZVHD2
+/// image to `out`. `progress` is called with the number of input bytes consumed so far.
+///
+/// The input must hold at least `input_size` bytes (a short read is an
+/// error). The disk is `input_size` rounded up to 512 bytes, zero-filled.
+pub fn write_image<R: Read, W: Write>(
+    mut input: R,
+    input_size: u64,
+    out: W,
+    options: &WriteOptions,
+    progress: &mut dyn FnMut(u64),
+) -> FormatResult<WriteSummary> {
+    let bs = options.block_size;
+    if !bs.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) {
+        return Err(invalid(format!("block size {bs} is not a power of two from 1 MiB to 32 MiB")));
+    }
+    let zstd_levels = zstd::compression_level_range();
+    if !zstd_levels.contains(&options.level) {
+        return Err(invalid(format!(
+            "zstd level {} is outside {}..={}",
+            options.level,
+            zstd_levels.start(),
+            zstd_levels.end()
+        )));
+    }
+    let head = Footer::new_head(input_size, bs, Compression::Zstd);
+    let blocks = input_size.div_ceil(u64::from(bs));
+    // The index and bitmap sizes are u32 fields and block numbers are u32.
+    let max_index = blocks.div_ceil(BLOCKS_PER_SEGMENT) * u64::from(INDEX_SEG_SIZE);
+    if blocks > u64::from(u32::MAX) || max_index > u64::from(u32::MAX) {
+        return Err(invalid(format!(
+            "a {input_size}-byte disk has {blocks} blocks of {bs} bytes: too many for ZVHD2's 32-bit fields"
+        )));
+    }
+    let mut out = CountingWriter { inner: out, written: 0 };
+    let head_bytes = head.encode();
+    out.write_all(&head_bytes)?;
+    if input_size == 0 {
+        out.flush()?;
+        let footer = Footer::parse(&head_bytes, 0)?;
+        let header = ImageHeader { footer, file_size: FOOTER_SIZE };
+        let identity = ImageIdentity::from_tail(FOOTER_SIZE, &head_bytes);
+        let sidecar = Sidecar::from_parts(identity, &header, Vec::new(), Vec::new());
+        return Ok(WriteSummary { disk_size: 0, image_size: FOOTER_SIZE, blocks: 0, non_zero_blocks: 0, sidecar });
+    }
+
+    let threads = match options.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let max_in_flight = 2 * threads + 1;
+    // How far reading may run ahead of writing (zero blocks hold no buffer,
+    // so they are allowed a longer window).
+    let window = max_in_flight as u64 + 1024;
+    let zero_hash = zero_block_hash(bs);
+    let mut locations: Vec<Option<RecordLocation>> = Vec::with_capacity(blocks as usize);
+    let mut entries: Vec<SidecarEntry> = Vec::with_capacity(blocks as usize);
+
+    std::thread::scope(|scope| -> FormatResult<()> {
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(max_in_flight);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (done_tx, done_rx) = mpsc::channel::<io::Result<Done>>();
+        for _ in 0..threads {
+            let (rx, tx, level) = (Arc::clone(&job_rx), done_tx.clone(), options.level);
+            scope.spawn(move || worker(&rx, &tx, level));
+        }
+        drop(done_tx);
+        // job_tx is dropped on every exit path (errors included), which
+        // stops the workers before the scope joins them.
+
+        let mut free: Vec<Vec<u8>> = Vec::new();
+        let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+        let (mut next_read, mut next_write, mut in_flight, mut consumed) = (0u64, 0u64, 0usize, 0u64);
+        while next_write < blocks {
+            while next_read < blocks && in_flight < max_in_flight && next_read - next_write < window {
+                let mut data = free.pop().unwrap_or_else(|| vec![0u8; bs as usize]);
+                let want = (input_size - consumed).min(u64::from(bs)) as usize;
+                input.read_exact(&mut data[..want]).map_err(|e| {
+                    io::Error::new(e.kind(), format!("reading input at byte {consumed} of {input_size}: {e}"))
+                })?;
+                data[want..].fill(0);
+                consumed += want as u64;
+                progress(consumed);
+                if is_zero(&data) {
+                    free.push(data);
+                    pending.insert(next_read, Pending::Zero);
+                } else {
+                    job_tx
+                        .send(Job { block: next_read, data })
+                        .map_err(|_| io::Error::other("compression workers stopped"))?;
+                    in_flight += 1;
+                }
+                next_read += 1;
+            }
+            while let Some(p) = pending.remove(&next_write) {
+                match p {
+                    Pending::Zero => {
+                        locations.push(None);
+                        entries.push(SidecarEntry { record_offset: 0, record_size: 0, record_crc32c: 0, block_hash: zero_hash });
+                    }
+                    Pending::Record(done) => {
+                        let offset = out.written;
+                        out.write_all(&done.record)?;
+                        let size = done.record.len() as u32;
+                        locations.push(Some(RecordLocation { offset, size }));
+                        entries.push(SidecarEntry {
+                            record_offset: offset,
+                            record_size: size,
+                            record_crc32c: done.crc,
+                            block_hash: done.hash,
+                        });
+                        free.push(done.data);
+                    }
+                }
+                next_write += 1;
+            }
+            if next_write < blocks && !pending.contains_key(&next_write) {
+                let done = done_rx
+                    .recv()
+                    .map_err(|_| io::Error::other("compression workers stopped"))?
+                    .map_err(|e| io::Error::new(e.kind(), format!("zstd compression: {e}")))?;
+                in_flight -= 1;
+                pending.insert(done.block, Pending::Record(done));
+            }
+        }
+        Ok(())
+    })?;
+
+    let non_zero = locations.iter().filter(|l| l.is_some()).count() as u64;
+    let mut mid = head.clone();
+    mid.checksum = super::footer::footer_checksum(&head_bytes);
+    mid.non_zero_blk_num = non_zero as u32;
+    // Huawei's writer fills in the count but does not recompute the
+    // checksum: the mid footer is stale by design, and readers ignore it.
+    out.write_all(&mid.encode_stored())?;
+
+    let (index, bitmap) = encode_metadata(&locations);
+    let mut fin = head.clone();
+    fin.non_zero_blk_num = non_zero as u32;
+    fin.index_lba = out.written;
+    fin.index_seg_num = (index.len() / INDEX_SEG_SIZE as usize) as u32;
+    fin.index_size = index.len() as u32;
+    fin.bitmap_lba = fin.index_lba + index.len() as u64;
+    fin.bitmap_seg_num = (bitmap.len() / BITMAP_SEG_SIZE as usize) as u32;
+    fin.bitmap_size = bitmap.len() as u32;
+    out.write_all(&index)?;
+    out.write_all(&bitmap)?;
+    let fin_bytes = fin.encode();
+    out.write_all(&fin_bytes)?;
+    out.flush()?;
+
+    let image_size = out.written;
+    let footer = Footer::parse(&fin_bytes, image_size - FOOTER_SIZE)?;
+    let header = ImageHeader { footer, file_size: image_size };
+    let identity = ImageIdentity::from_tail(image_size, &fin_bytes);
+    let sidecar = Sidecar::from_parts(identity, &header, entries, Vec::new());
+    Ok(WriteSummary { disk_size: head.orig_size, image_size, blocks, non_zero_blocks: non_zero, sidecar })
+}
+
+/// Counts bytes so record offsets are known without `Seek`.
+struct CountingWriter<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0; 1000]));
+        for at in [0, 63, 64, 999] {
+            let mut v = vec![0u8; 1000];
+            v[at] = 1;
+            assert!(!is_zero(&v), "{at}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_options() {
+        let mut sink = Vec::new();
+        let opts = WriteOptions { block_size: 3 << 20, ..Default::default() };
+        assert!(write_image(&[][..], 0, &mut sink, &opts, &mut |_| {}).is_err());
+        let opts = WriteOptions { level: 1000, ..Default::default() };
+        assert!(write_image(&[][..], 0, &mut sink, &opts, &mut |_| {}).is_err());
+    }
+
+    #[test]
+    fn short_input_is_an_error() {
+        let mut sink = Vec::new();
+        let err = write_image(&[1u8; 100][..], 5000, &mut sink, &WriteOptions::default(), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("reading input"), "{err}");
+    }
+}

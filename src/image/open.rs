@@ -1,0 +1,182 @@
+//! Loading an image's layout from a store: the head and final footers, then
+//! the sidecar (one GET) or the index and bitmap (one more GET).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::format::{BlockIndex, FOOTER_SIZE, FormatError, ImageHeader, ImageIdentity, Sidecar};
+use crate::store::{ObjectMeta, ObjectStore, StoreError};
+
+use super::error::ImageError;
+
+/// Where the sidecar index comes from.
+#[derive(Clone, Debug, Default)]
+pub enum SidecarSource {
+    /// `KEY.zvidx` beside the image if it exists; the image's own index otherwise.
+    #[default]
+    Auto,
+    /// Never use a sidecar.
+    Ignore,
+    /// This object (must exist and match the image).
+    Object(Arc<dyn ObjectStore>, String),
+}
+
+/// Everything known about an image once it is open: no block data yet.
+#[derive(Clone, Debug)]
+pub struct ImageLayout {
+    pub key: String,
+    /// Printable location of the image (for messages).
+    pub location: String,
+    /// Size and identity at open; every later read is pinned to it.
+    pub meta: ObjectMeta,
+    pub header: ImageHeader,
+    pub identity: ImageIdentity,
+    pub index: BlockIndex,
+    /// The sidecar, when one was found and matched.
+    pub sidecar: Option<Sidecar>,
+    /// Store requests the open took.
+    pub requests: u64,
+}
+
+impl ImageLayout {
+    /// Reads the footers, then the sidecar or the image's own index and
+    /// bitmap, of `key`: two round trips with a sidecar, three without.
+    pub async fn load(store: &dyn ObjectStore, key: &str, sidecar: &SidecarSource) -> Result<ImageLayout, ImageError> {
+        let location = store.location(key);
+        let format_err = |source| ImageError::Format { location: location.clone(), source };
+
+        // One suffix read gives the size, the identity and the final footer.
+        let (tail, meta) = store.get_suffix(key, FOOTER_SIZE).await?;
+        let mut requests = 1;
+        if meta.size < FOOTER_SIZE {
+            return Err(format_err(FormatError::NotZvhd2(format!(
+                "file is {} bytes, shorter than one {FOOTER_SIZE}-byte footer",
+                meta.size
+            ))));
+        }
+        let identity = ImageIdentity::from_tail(meta.size, &tail);
+
+        // The head footer and the sidecar don't depend on each other.
+        let head_fut = async {
+            if meta.size == FOOTER_SIZE {
+                Ok(tail.clone())
+            } else {
+                store.get_range(key, 0..FOOTER_SIZE, Some(&meta)).await
+            }
+        };
+        let sidecar_fut = fetch_sidecar(store, key, sidecar);
+        let (head, found) = tokio::join!(head_fut, sidecar_fut);
+        let head = head?;
+        if meta.size != FOOTER_SIZE {
+            requests += 1;
+        }
+        let (sidecar_bytes, sidecar_name, sidecar_requests) = found?;
+        requests += sidecar_requests;
+
+        let header = ImageHeader::parse(&head, &tail, meta.size).map_err(format_err)?;
+
+        let sidecar = match sidecar_bytes {
+            None => None,
+            Some(bytes) => {
+                let bad = |detail: String| ImageError::Sidecar {
+                    location: location.clone(),
+                    sidecar: sidecar_name.clone(),
+                    detail,
+                };
+                let decoded = Sidecar::decode(&bytes).map_err(|e| bad(e.to_string()))?;
+                decoded.check_identity(&identity).map_err(|e| bad(e.to_string()))?;
+                if decoded.block_size != header.block_size() || decoded.disk_size != header.disk_size() {
+                    return Err(bad(format!(
+                        "describes a {}-byte disk in {}-byte blocks, the image is {} bytes in {}-byte blocks",
+                        decoded.disk_size,
+                        decoded.block_size,
+                        header.disk_size(),
+                        header.block_size()
+                    )));
+                }
+                Some(decoded)
+            }
+        };
+
+        let index = match &sidecar {
+            Some(sc) => sc.block_index(),
+            None => {
+                let metadata = match header.metadata_range() {
+                    Some(range) if range.start < range.end => {
+                        requests += 1;
+                        store.get_range(key, range, Some(&meta)).await?
+                    }
+                    _ => bytes::Bytes::new(),
+                };
+                BlockIndex::from_metadata(&header, &metadata).map_err(format_err)?
+            }
+        };
+
+        Ok(ImageLayout {
+            key: key.to_string(),
+            location,
+            meta,
+            header,
+            identity,
+            index,
+            sidecar,
+            requests,
+        })
+    }
+
+    /// A stable name for the image's content, for cache keys.
+    pub fn cache_id(&self) -> String {
+        let mut s = format!("{:016x}-", self.identity.image_size);
+        for b in &self.identity.footer_hash[..16] {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+/// The sidecar key that readers look for beside an image key.
+pub fn sidecar_key(image_key: &str) -> String {
+    format!("{image_key}.zvidx")
+}
+
+/// Largest sidecar we accept: 48 bytes a block covers a 16 TiB image at 2 MiB blocks.
+const MAX_SIDECAR_BYTES: u64 = 512 << 20;
+
+/// Fetches the sidecar bytes per `source`: (bytes if any, its name, requests made).
+async fn fetch_sidecar(
+    store: &dyn ObjectStore,
+    image_key: &str,
+    source: &SidecarSource,
+) -> Result<(Option<Bytes>, String, u64), ImageError> {
+    match source {
+        SidecarSource::Ignore => Ok((None, String::new(), 0)),
+        SidecarSource::Auto => {
+            let key = sidecar_key(image_key);
+            let name = store.location(&key);
+            match read_whole(store, &key).await {
+                Ok(bytes) => Ok((Some(bytes), name, 1)),
+                Err(StoreError::NotFound { .. }) => Ok((None, name, 1)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        SidecarSource::Object(sc_store, key) => {
+            let name = sc_store.location(key);
+            let bytes = read_whole(sc_store.as_ref(), key).await?;
+            Ok((Some(bytes), name, 1))
+        }
+    }
+}
+
+/// A whole (small) object in one request: a suffix read longer than any sidecar.
+async fn read_whole(store: &dyn ObjectStore, key: &str) -> Result<Bytes, StoreError> {
+    let (bytes, meta) = store.get_suffix(key, MAX_SIDECAR_BYTES).await?;
+    if meta.size > MAX_SIDECAR_BYTES {
+        return Err(StoreError::Other {
+            location: store.location(key),
+            op: "read sidecar".into(),
+            detail: format!("{} bytes is too large for a sidecar", meta.size),
+        });
+    }
+    Ok(bytes)
+}

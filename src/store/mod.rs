@@ -1,0 +1,195 @@
+//! Object stores: where image bytes come from.
+//!
+//! One trait, [`ObjectStore`], with a backend per kind of location
+//! (`file`, `s3`, `http`). A store addresses objects by key inside one
+//! "container" (a directory, a bucket, an HTTP base). Retries, timeouts and
+//! concurrency caps live in [`resilient`], once, around any backend; faults
+//! for tests come from [`fault`].
+//!
+//! Nothing here knows about ZVHD2: a store moves bytes.
+
+use std::fmt;
+use std::ops::Range;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod coalesce;
+pub mod fault;
+pub mod file;
+pub mod http;
+pub mod resilient;
+pub mod s3;
+pub mod source;
+
+pub use source::{StaticCredentials, StoreArgs, open_source};
+
+/// What a store knows about one object; `etag`/`modified` make up its
+/// identity, which reads can be pinned to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    /// Strong validator (S3/HTTP ETag, or a synthetic one for local files).
+    pub etag: Option<String>,
+    pub modified: Option<SystemTime>,
+}
+
+/// Why a store operation failed. Every variant names the object.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{location}: object not found")]
+    NotFound { location: String },
+    #[error("{location}: access denied ({detail})")]
+    Forbidden { location: String, detail: String },
+    #[error("{location}: image changed since it was opened (was {expected}, now {actual})")]
+    Changed {
+        location: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{location}: range {start}..{end} is outside the object (size {size})")]
+    OutOfRange {
+        location: String,
+        start: u64,
+        end: u64,
+        size: u64,
+    },
+    #[error("{location}: range {start}..{end}: timed out after {secs:.1}s (attempt {attempt})")]
+    Timeout {
+        location: String,
+        start: u64,
+        end: u64,
+        secs: f64,
+        attempt: u32,
+    },
+    #[error("{location}: {op} failed (attempt {attempt}): {detail}")]
+    Transient {
+        location: String,
+        op: String,
+        attempt: u32,
+        detail: String,
+    },
+    #[error("{location}: bucket does not exist")]
+    BucketNotFound { location: String },
+    #[error("{location}: {op} failed: {detail}")]
+    Other {
+        location: String,
+        op: String,
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// Whether trying the same request again may succeed (5xx, throttling,
+    /// timeouts, resets), as opposed to 403/404/changed object.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Timeout { .. } | StoreError::Transient { .. })
+    }
+
+    /// Whether the object (or its bucket) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. } | StoreError::BucketNotFound { .. })
+    }
+
+    /// The same error, stamped with the attempt (1-based) it happened on.
+    pub fn with_attempt(mut self, n: u32) -> Self {
+        match &mut self {
+            StoreError::Timeout { attempt, .. } | StoreError::Transient { attempt, .. } => *attempt = n,
+            _ => {}
+        }
+        self
+    }
+}
+
+/// Called with the number of bytes just stored, as an upload progresses.
+pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A place objects are read from (and, for some backends, written to).
+///
+/// Keys are relative to the store's container (`bucket`, directory, URL base).
+/// `pin`, when given, makes a read conditional on the object still having
+/// that identity; a mismatch is [`StoreError::Changed`].
+#[async_trait]
+pub trait ObjectStore: Send + Sync + fmt::Debug {
+    /// A printable location for `key`, never containing credentials.
+    fn location(&self, key: &str) -> String;
+
+    /// Size and identity of an object.
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
+
+    /// Bytes `range` of an object; the result is exactly `range` long or an error.
+    async fn get_range(&self, key: &str, range: Range<u64>, pin: Option<&ObjectMeta>) -> StoreResult<Bytes>;
+
+    /// The last `len` bytes of an object (fewer if it is shorter), and its meta,
+    /// in one request where the backend can.
+    async fn get_suffix(&self, key: &str, len: u64) -> StoreResult<(Bytes, ObjectMeta)> {
+        let meta = self.head(key).await?;
+        let start = meta.size.saturating_sub(len);
+        let bytes = self.get_range(key, start..meta.size, Some(&meta)).await?;
+        Ok((bytes, meta))
+    }
+
+    /// Keys (and metas) under `prefix`.
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<(String, ObjectMeta)>>;
+
+    /// Stores a local file as `key`, returning its meta as the store reports it.
+    async fn put_file(&self, key: &str, path: &std::path::Path) -> StoreResult<ObjectMeta>;
+
+    /// [`ObjectStore::put_file`], reporting stored bytes to `progress` as it goes
+    /// (backends that upload in one piece report once, at the end).
+    async fn put_file_with_progress(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        progress: Progress,
+    ) -> StoreResult<ObjectMeta> {
+        let meta = self.put_file(key, path).await?;
+        progress(meta.size);
+        Ok(meta)
+    }
+
+    /// The key of an object stored beside `key` with `suffix` appended to its
+    /// name (the sidecar `IMAGE.zvidx`). Backends whose keys carry more than a
+    /// name (an HTTP query string) override this.
+    fn sibling_key(&self, key: &str, suffix: &str) -> String {
+        format!("{key}{suffix}")
+    }
+}
+
+/// A shared store is a store: lets wrappers like
+/// [`resilient::ResilientStore`] hold an `Arc<dyn ObjectStore>`.
+#[async_trait]
+impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
+    fn location(&self, key: &str) -> String {
+        (**self).location(key)
+    }
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        (**self).head(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>, pin: Option<&ObjectMeta>) -> StoreResult<Bytes> {
+        (**self).get_range(key, range, pin).await
+    }
+    async fn get_suffix(&self, key: &str, len: u64) -> StoreResult<(Bytes, ObjectMeta)> {
+        (**self).get_suffix(key, len).await
+    }
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<(String, ObjectMeta)>> {
+        (**self).list(prefix).await
+    }
+    async fn put_file(&self, key: &str, path: &std::path::Path) -> StoreResult<ObjectMeta> {
+        (**self).put_file(key, path).await
+    }
+    async fn put_file_with_progress(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        progress: Progress,
+    ) -> StoreResult<ObjectMeta> {
+        (**self).put_file_with_progress(key, path, progress).await
+    }
+    fn sibling_key(&self, key: &str, suffix: &str) -> String {
+        (**self).sibling_key(key, suffix)
+    }
+}

@@ -1,0 +1,363 @@
+//! `zvimg bench read TARGET`: fio-like read benchmark of one file — a file
+//! in a zvmount mount or any raw file — with cold and warm passes.
+//!
+//! Patterns: random 4 KiB and 1 MiB reads at aligned offsets, and one
+//! sequential sweep in 1 MiB reads. Passes, each over the same offsets:
+//! - `cold`: after `posix_fadvise(DONTNEED)` (on a fresh mount: every read
+//!   misses everything);
+//! - `daemon`: page cache dropped again, so reads reach the daemon and hit
+//!   its memory cache (only inside a mount);
+//! - `warm`: straight again, from the kernel's page cache.
+//!
+//! Inside a mount, `.zvmount-stats.json` is read before and after each pass
+//! to report what the store was asked for. `--baseline SOURCE` times one
+//! range GET of a record plus its decode, alone, for the cold-miss target.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use zvmount::metrics::MetricsSnapshot;
+use zvmount::store::StoreArgs;
+
+/// Flags of `zvimg bench read`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// File to read: `MOUNTPOINT/disk.raw` or a raw file.
+    pub target: PathBuf,
+    /// Random 4 KiB reads per pass.
+    #[arg(long, default_value_t = 2000)]
+    pub count_4k: usize,
+    /// Random 1 MiB reads per pass.
+    #[arg(long, default_value_t = 200)]
+    pub count_1m: usize,
+    /// Bytes of the sequential sweep (from offset 0; default: the whole
+    /// file, at most 1 GiB).
+    #[arg(long, value_parser = zvmount::util::parse_size)]
+    pub seq_bytes: Option<u64>,
+    /// Only these patterns (rand4k, rand1m, seq); default all.
+    #[arg(long, value_delimiter = ',')]
+    pub patterns: Vec<String>,
+    /// Threads issuing reads at once (queue depth).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Seed of the random offsets (same seed, same offsets).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Time one record GET + decode of this image alone (the cold-miss
+    /// baseline), e.g. s3://bucket/disk.zvhd2.
+    #[arg(long, value_name = "SOURCE")]
+    pub baseline: Option<String>,
+    /// Records timed for the baseline.
+    #[arg(long, default_value_t = 50)]
+    pub baseline_count: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Latency and throughput of one pass.
+#[derive(Debug, Serialize)]
+pub struct PassResult {
+    pub pattern: String,
+    pub pass: String,
+    pub ops: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub iops: f64,
+    pub mb_per_s: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    /// Store requests/bytes during the pass (inside a mount).
+    pub store_requests: Option<u64>,
+    pub store_bytes: Option<u64>,
+}
+
+/// Timing of GET + decode of single records, with nothing else running.
+#[derive(Debug, Serialize)]
+pub struct BaselineResult {
+    pub source: String,
+    pub records: usize,
+    pub get_p50_us: f64,
+    pub decode_p50_us: f64,
+    pub total_p50_us: f64,
+    pub total_p99_us: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    target: String,
+    size: u64,
+    in_mount: bool,
+    jobs: usize,
+    passes: Vec<PassResult>,
+    baseline: Option<BaselineResult>,
+}
+
+/// Runs the benchmark and prints the results.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let file = File::open(&args.target).with_context(|| format!("cannot open {}", args.target.display()))?;
+    let size = file.metadata()?.len();
+    if size < 1 << 20 {
+        bail!("{} is {size} bytes; the benchmark needs at least 1 MiB", args.target.display());
+    }
+    let stats_path = args.target.parent().map(|d| d.join(".zvmount-stats.json"));
+    let stats_path = stats_path.filter(|p| p.exists());
+    let want = |p: &str| args.patterns.is_empty() || args.patterns.iter().any(|x| x == p);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut passes = Vec::new();
+    let jobs = args.jobs.max(1);
+
+    let mut plans: Vec<(&str, Vec<(u64, usize)>)> = Vec::new();
+    if want("rand4k") {
+        plans.push(("rand4k", random_offsets(&mut rng, size, 4096, args.count_4k)));
+    }
+    if want("rand1m") {
+        plans.push(("rand1m", random_offsets(&mut rng, size, 1 << 20, args.count_1m)));
+    }
+    if want("seq") {
+        let total = args.seq_bytes.unwrap_or(size.min(1 << 30)).min(size);
+        let ops = (0..total).step_by(1 << 20).map(|o| (o, ((1u64 << 20).min(total - o)) as usize)).collect();
+        plans.push(("seq", ops));
+    }
+    for (pattern, ops) in &plans {
+        // Sequential reads must stay in order per reader; split them in
+        // contiguous runs rather than interleaving.
+        let mut pass_names = vec!["cold"];
+        if stats_path.is_some() {
+            pass_names.push("daemon");
+        }
+        pass_names.push("warm");
+        for pass in pass_names {
+            if pass != "warm" {
+                drop_page_cache(&file, size);
+            }
+            let before = stats_path.as_deref().and_then(read_stats);
+            let (latencies, seconds, bytes) = run_ops(&file, ops, jobs, *pattern == "seq")?;
+            let after = stats_path.as_deref().and_then(read_stats);
+            let delta = before.zip(after);
+            passes.push(summarize(
+                pattern,
+                pass,
+                latencies,
+                seconds,
+                bytes,
+                delta.as_ref().map(|(b, a)| a.store_requests - b.store_requests),
+                delta.as_ref().map(|(b, a)| a.store_bytes - b.store_bytes),
+            ));
+        }
+    }
+
+    let baseline = match &args.baseline {
+        Some(source) => Some(baseline(source, &args.store, args.baseline_count, args.seed)?),
+        None => None,
+    };
+    let report = Report {
+        target: args.target.display().to_string(),
+        size,
+        in_mount: stats_path.is_some(),
+        jobs,
+        passes,
+        baseline,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+/// `count` reads of `len` bytes at `len`-aligned offsets, distinct where the
+/// file is large enough (so a cold pass does not hit itself).
+fn random_offsets(rng: &mut impl Rng, size: u64, len: u64, count: usize) -> Vec<(u64, usize)> {
+    let slots = size / len;
+    let mut offsets: Vec<u64> = if (count as u64) * 4 < slots {
+        let mut set = std::collections::HashSet::new();
+        while set.len() < count {
+            set.insert(rng.gen_range(0..slots));
+        }
+        set.into_iter().collect()
+    } else {
+        (0..count).map(|_| rng.gen_range(0..slots)).collect()
+    };
+    offsets.shuffle(rng);
+    offsets.into_iter().map(|s| (s * len, len as usize)).collect()
+}
+
+fn drop_page_cache(file: &File, size: u64) {
+    // SAFETY: fadvise on an open descriptor; only a hint to the kernel.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, size as libc::off_t, libc::POSIX_FADV_DONTNEED) };
+}
+
+fn read_stats(path: &Path) -> Option<MetricsSnapshot> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Runs `ops` on `jobs` threads; returns per-op latencies, wall seconds and
+/// bytes read. Every read must return its full length (the file is not
+/// shorter than the plan).
+fn run_ops(file: &File, ops: &[(u64, usize)], jobs: usize, contiguous: bool) -> anyhow::Result<(Vec<Duration>, f64, u64)> {
+    let chunks: Vec<Vec<(u64, usize)>> = if contiguous {
+        ops.chunks(ops.len().div_ceil(jobs).max(1)).map(<[_]>::to_vec).collect()
+    } else {
+        (0..jobs).map(|j| ops.iter().skip(j).step_by(jobs).copied().collect()).collect()
+    };
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<(Vec<Duration>, u64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut lat = Vec::with_capacity(chunk.len());
+                    let mut bytes = 0;
+                    for &(offset, len) in chunk {
+                        let t = Instant::now();
+                        file.read_exact_at(&mut buf[..len], offset)
+                            .with_context(|| format!("read of {len} bytes at {offset}"))?;
+                        lat.push(t.elapsed());
+                        bytes += len as u64;
+                    }
+                    Ok((lat, bytes))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("reader thread panicked")).collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let mut all = Vec::with_capacity(ops.len());
+    let mut bytes = 0;
+    for r in results {
+        let (lat, b) = r?;
+        all.extend(lat);
+        bytes += b;
+    }
+    Ok((all, seconds, bytes))
+}
+
+fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx].as_secs_f64() * 1e6
+}
+
+fn summarize(
+    pattern: &str,
+    pass: &str,
+    mut lat: Vec<Duration>,
+    seconds: f64,
+    bytes: u64,
+    store_requests: Option<u64>,
+    store_bytes: Option<u64>,
+) -> PassResult {
+    lat.sort_unstable();
+    let ops = lat.len();
+    PassResult {
+        pattern: pattern.into(),
+        pass: pass.into(),
+        ops,
+        bytes,
+        seconds,
+        iops: ops as f64 / seconds.max(1e-9),
+        mb_per_s: bytes as f64 / 1e6 / seconds.max(1e-9),
+        p50_us: percentile_us(&lat, 0.50),
+        p90_us: percentile_us(&lat, 0.90),
+        p99_us: percentile_us(&lat, 0.99),
+        p999_us: percentile_us(&lat, 0.999),
+        max_us: lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e6),
+        store_requests,
+        store_bytes,
+    }
+}
+
+/// Times `count` single-record GETs and decodes of `source`, one at a time.
+fn baseline(source: &str, store_args: &StoreArgs, count: usize, seed: u64) -> anyhow::Result<BaselineResult> {
+    use zvmount::format::{BlockLocation, decode_record};
+    use zvmount::image::{ImageLayout, SidecarSource};
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (store, key) = zvmount::store::open_source(source, store_args).await?;
+        let layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Auto)
+            .await
+            .with_context(|| format!("cannot open {source}"))?;
+        let mut records: Vec<(u64, zvmount::format::RecordLocation)> = (0..layout.index.block_count())
+            .filter_map(|b| match layout.index.lookup(b) {
+                Some(BlockLocation::Record(r)) => Some((b, r)),
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() {
+            bail!("{source} has no data records to time");
+        }
+        records.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        records.truncate(count);
+        let (block_size, compression) = (layout.header.block_size(), layout.header.compression());
+        let (mut gets, mut decodes, mut totals) = (Vec::new(), Vec::new(), Vec::new());
+        for (block, loc) in &records {
+            let t = Instant::now();
+            let bytes = store.get_range(&key, loc.offset..loc.offset + u64::from(loc.size), Some(&layout.meta)).await?;
+            let got = t.elapsed();
+            let t2 = Instant::now();
+            decode_record(&bytes, *block, loc.offset, block_size, compression)?;
+            let dec = t2.elapsed();
+            gets.push(got);
+            decodes.push(dec);
+            totals.push(got + dec);
+        }
+        for v in [&mut gets, &mut decodes, &mut totals] {
+            v.sort_unstable();
+        }
+        Ok(BaselineResult {
+            source: source.into(),
+            records: records.len(),
+            get_p50_us: percentile_us(&gets, 0.5),
+            decode_p50_us: percentile_us(&decodes, 0.5),
+            total_p50_us: percentile_us(&totals, 0.5),
+            total_p99_us: percentile_us(&totals, 0.99),
+        })
+    })
+}
+
+fn print_table(r: &Report) {
+    println!("{} ({} bytes){}, {} job(s)", r.target, r.size, if r.in_mount { ", in a zvmount mount" } else { "" }, r.jobs);
+    println!(
+        "{:<7} {:<6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
+        "pattern", "pass", "ops", "MB/s", "IOPS", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "GETs", "GET MB"
+    );
+    for p in &r.passes {
+        println!(
+            "{:<7} {:<6} {:>6} {:>9.1} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>9} {:>9}",
+            p.pattern,
+            p.pass,
+            p.ops,
+            p.mb_per_s,
+            p.iops,
+            p.p50_us,
+            p.p90_us,
+            p.p99_us,
+            p.p999_us,
+            p.store_requests.map_or("-".into(), |v| v.to_string()),
+            p.store_bytes.map_or("-".into(), |v| format!("{:.1}", v as f64 / 1e6)),
+        );
+    }
+    if let Some(b) = &r.baseline {
+        println!(
+            "baseline {}: {} records, GET p50 {:.0} µs + decode p50 {:.0} µs; total p50 {:.0} µs, p99 {:.0} µs",
+            b.source, b.records, b.get_p50_us, b.decode_p50_us, b.total_p50_us, b.total_p99_us
+        );
+    }
+}
