@@ -28,6 +28,10 @@ REPO="$(cd "$SCRIPT_DIR/.." && pwd)"
 GUEST_SRC="$SCRIPT_DIR/guest"
 MARKER="ZVMOUNT-BOOT-OK"
 
+# Only the output directory goes to stdout (callers capture it); every
+# tool's chatter goes to stderr.
+exec 3>&1 1>&2
+
 die() { echo "build-guest-image: $*" >&2; exit 1; }
 log() { echo "build-guest-image: $*" >&2; }
 
@@ -37,7 +41,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --data-mib) [ $# -ge 2 ] || die "--data-mib needs a value"; data_mib="$2"; shift 2 ;;
     --data-mib=*) data_mib="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" >&3; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$out_dir" ] || die "more than one OUT_DIR given"; out_dir="$1"; shift ;;
   esac
@@ -51,12 +55,18 @@ MBR_BIN=/usr/lib/syslinux/mbr/mbr.bin
 [ -f "$MBR_BIN" ] || die "$MBR_BIN not found; run scripts/install-deps.sh (syslinux-common)"
 
 # The cache key covers everything that decides the image's content.
-key="$( { cat "$0"; for f in "$GUEST_SRC"/*; do echo "== $f"; cat "$f"; done; echo "data_mib=$data_mib"; } \
-  | sha256sum | cut -c1-16)"
-[ -n "$out_dir" ] || out_dir="$REPO/.cache/guest/$key"
+script_hash="$( { cat "$0"; for f in "$GUEST_SRC"/*; do echo "== $f"; cat "$f"; done; } | sha256sum | cut -c1-16)"
+key="$(echo "$script_hash data_mib=$data_mib" | sha256sum | cut -c1-16)"
+if [ -z "$out_dir" ]; then
+  out_dir="$REPO/.cache/guest/$key"
+  # Builds by an older version of this script are never used again.
+  for old in "$REPO"/.cache/guest/*/; do
+    [ -f "$old/.script" ] && [ "$(cat "$old/.script")" != "$script_hash" ] && rm -rf "$old"
+  done
+fi
 if [ -f "$out_dir/.complete" ] && [ "$(cat "$out_dir/.complete")" = "$key" ]; then
   log "reusing $out_dir"
-  echo "$out_dir"
+  echo "$out_dir" >&3
   exit 0
 fi
 
@@ -159,6 +169,7 @@ mv "$img" "$out_dir/guest.raw"
 echo "$expected" > "$out_dir/guest.expected"
 echo "$MARKER" > "$out_dir/guest.marker"
 echo "$kpkg $(dpkg-deb -f "$deb" Version)" > "$out_dir/kernel.version"
+echo "$script_hash" > "$out_dir/.script"
 echo "$key" > "$out_dir/.complete"
 log "built $out_dir/guest.raw (${virt_mib} MiB virtual, $(du -m "$out_dir/guest.raw" | cut -f1) MiB used, data ${data_mib} MiB)"
-echo "$out_dir"
+echo "$out_dir" >&3

@@ -71,7 +71,9 @@ pub struct Mount {
 
 impl std::fmt::Debug for Mount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mount").field("mountpoint", &self.mountpoint).finish_non_exhaustive()
+        f.debug_struct("Mount")
+            .field("mountpoint", &self.mountpoint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,14 +90,32 @@ pub fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
             mountpoint.display()
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("mountpoint {} does not exist; create the directory first", mountpoint.display())
+            bail!(
+                "mountpoint {} does not exist; create the directory first",
+                mountpoint.display()
+            )
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot use mountpoint {}", mountpoint.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot use mountpoint {}", mountpoint.display()));
+        }
     }
     let canonical = mountpoint
         .canonicalize()
         .with_context(|| format!("cannot resolve mountpoint {}", mountpoint.display()))?;
     if let Some(fstype) = mounted_fs_type(&canonical) {
+        // The kernel may answer `stat` from cached attributes even when the
+        // daemon behind the mount is gone; listing it asks the daemon.
+        if let Err(e) = std::fs::read_dir(&canonical)
+            && e.raw_os_error() == Some(libc::ENOTCONN)
+        {
+            bail!(
+                "mountpoint {} is a stale FUSE mount (\"Transport endpoint is not connected\"), \
+                 probably left by a crashed zvmount; unmount it with `fusermount3 -uz {}` and retry",
+                canonical.display(),
+                canonical.display()
+            );
+        }
         bail!(
             "{} is already a mount point ({fstype}); unmount it first (`fusermount3 -u {}`) or pick another directory",
             canonical.display(),
@@ -127,7 +147,12 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -158,7 +183,11 @@ pub fn unmount(mountpoint: &Path) -> std::io::Result<()> {
             );
             // SAFETY: as above.
             let rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-            if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         }
         // Unprivileged: go through the setuid helper, lazily if busy.
         Some(libc::EPERM) => fusermount_unmount(mountpoint),
@@ -174,7 +203,9 @@ fn fusermount_unmount(mountpoint: &Path) -> std::io::Result<()> {
         if lazy {
             cmd.arg("-z");
         }
-        cmd.arg("--").arg(mountpoint).stdin(std::process::Stdio::null());
+        cmd.arg("--")
+            .arg(mountpoint)
+            .stdin(std::process::Stdio::null());
         cmd.output()
     };
     let out = run(false)?;
@@ -216,7 +247,10 @@ impl Mount {
             .name("zvmount-fuse".into())
             .spawn(move || session.run())
             .context("cannot start the FUSE session thread")?;
-        Ok(Mount { mountpoint: mountpoint.to_owned(), session: Some(session) })
+        Ok(Mount {
+            mountpoint: mountpoint.to_owned(),
+            session: Some(session),
+        })
     }
 
     /// Whether the session has ended (someone unmounted the file system).
@@ -231,14 +265,23 @@ impl Mount {
     }
 
     fn unmount_inner(&mut self) -> anyhow::Result<()> {
-        let Some(session) = self.session.take() else { return Ok(()) };
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
         if !session.is_finished() {
-            unmount(&self.mountpoint).with_context(|| format!("cannot unmount {}", self.mountpoint.display()))?;
+            unmount(&self.mountpoint)
+                .with_context(|| format!("cannot unmount {}", self.mountpoint.display()))?;
         }
         match session.join() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(anyhow!("FUSE session on {} ended with an error: {e}", self.mountpoint.display())),
-            Err(_) => Err(anyhow!("FUSE session thread on {} panicked", self.mountpoint.display())),
+            Ok(Err(e)) => Err(anyhow!(
+                "FUSE session on {} ended with an error: {e}",
+                self.mountpoint.display()
+            )),
+            Err(_) => Err(anyhow!(
+                "FUSE session thread on {} panicked",
+                self.mountpoint.display()
+            )),
         }
     }
 }
@@ -261,9 +304,16 @@ pub struct RawFileDisk {
 impl RawFileDisk {
     /// Opens `path` read-only.
     pub fn open(path: &Path) -> anyhow::Result<RawFileDisk> {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let size = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
-        Ok(RawFileDisk { file: Arc::new(file), size })
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let size = file
+            .metadata()
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len();
+        Ok(RawFileDisk {
+            file: Arc::new(file),
+            size,
+        })
     }
 }
 
@@ -277,7 +327,8 @@ impl DiskFile for RawFileDisk {
         let file = Arc::clone(&self.file);
         let bytes = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf))
+            file.read_exact_at(&mut buf, offset)
+                .map(|()| Bytes::from(buf))
         })
         .await??;
         Ok(bytes)
@@ -294,13 +345,19 @@ pub fn default_name(key: &str) -> String {
         .or_else(|| base.strip_suffix(".zvhd"))
         .or_else(|| base.strip_suffix(".raw"))
         .unwrap_or(base);
-    if stem.is_empty() { "disk.raw".to_owned() } else { format!("{stem}.raw") }
+    if stem.is_empty() {
+        "disk.raw".to_owned()
+    } else {
+        format!("{stem}.raw")
+    }
 }
 
 /// Mounts per `config` and serves until SIGINT/SIGTERM or an external
 /// unmount, then unmounts cleanly. Blocks the calling thread.
-pub fn run_mount(config: MountConfig) -> anyhow::Result<()> {
+pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
     check_mountpoint(&config.mountpoint)?;
+    // Unmounting later must not depend on the working directory.
+    config.mountpoint = config.mountpoint.canonicalize()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("zvmount-io")
         .enable_all()
@@ -374,7 +431,10 @@ async fn wait_for_stop(mount: &Mount) -> anyhow::Result<bool> {
 
 async fn next_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(mut int), Ok(mut term)) => {
             tokio::select! {
                 _ = int.recv() => {}
@@ -391,7 +451,9 @@ async fn next_signal() {
 /// effort: only root may write it.
 fn raise_kernel_readahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(mountpoint) else { return };
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
     let dev = meta.dev();
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");

@@ -27,8 +27,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fuser::consts::{FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE};
 use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 
 use crate::metrics::Metrics;
@@ -107,7 +107,9 @@ pub struct ZvFs {
 
 impl fmt::Debug for ZvFs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ZvFs").field("files", &self.files).finish_non_exhaustive()
+        f.debug_struct("ZvFs")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,9 +117,19 @@ impl fmt::Debug for ZvFs {
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     #[error("invalid file name {name:?} for {origin}: {why}")]
-    BadName { name: String, origin: String, why: &'static str },
-    #[error("two images would be served as {name:?} ({first} and {second}); pick distinct names with --name")]
-    DuplicateName { name: String, first: String, second: String },
+    BadName {
+        name: String,
+        origin: String,
+        why: &'static str,
+    },
+    #[error(
+        "two images would be served as {name:?} ({first} and {second}); pick distinct names with --name"
+    )]
+    DuplicateName {
+        name: String,
+        first: String,
+        second: String,
+    },
     #[error("nothing to serve")]
     Empty,
 }
@@ -167,7 +179,8 @@ impl ZvFs {
     }
 
     fn file(&self, ino: u64) -> Option<&ServedFile> {
-        ino.checked_sub(FIRST_DISK_INO).and_then(|i| self.files.get(i as usize))
+        ino.checked_sub(FIRST_DISK_INO)
+            .and_then(|i| self.files.get(i as usize))
     }
 
     fn attr(&self, ino: u64) -> Option<(FileAttr, Duration)> {
@@ -192,17 +205,41 @@ impl ZvFs {
             flags: 0,
         };
         match ino {
-            ROOT_INO => Some((FileAttr { kind: FileType::Directory, perm: 0o555, nlink: 2, size: 0, ..base }, IMMUTABLE_TTL)),
+            ROOT_INO => Some((
+                FileAttr {
+                    kind: FileType::Directory,
+                    perm: 0o555,
+                    nlink: 2,
+                    size: 0,
+                    ..base
+                },
+                IMMUTABLE_TTL,
+            )),
             STATS_INO => {
                 let size = (self.stats)().len() as u64;
-                Some((FileAttr { size, blocks: size.div_ceil(512), ..base }, VOLATILE_TTL))
+                Some((
+                    FileAttr {
+                        size,
+                        blocks: size.div_ceil(512),
+                        ..base
+                    },
+                    VOLATILE_TTL,
+                ))
             }
             _ => {
                 let file = self.file(ino)?;
                 let size = file.disk.size();
                 let t = file.mtime;
                 Some((
-                    FileAttr { size, blocks: size.div_ceil(512), atime: t, mtime: t, ctime: t, crtime: t, ..base },
+                    FileAttr {
+                        size,
+                        blocks: size.div_ceil(512),
+                        atime: t,
+                        mtime: t,
+                        ctime: t,
+                        crtime: t,
+                        ..base
+                    },
                     IMMUTABLE_TTL,
                 ))
             }
@@ -210,7 +247,12 @@ impl ZvFs {
     }
 
     fn read_stats(&self, fh: u64, offset: u64, size: u32, reply: ReplyData) {
-        let doc = self.stats_handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned();
+        let doc = self
+            .stats_handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned();
         // A handle we do not know (cannot happen with a sane kernel) gets a
         // fresh snapshot rather than an error.
         let doc = doc.unwrap_or_else(|| Arc::new((self.stats)()));
@@ -322,7 +364,10 @@ impl Filesystem for ZvFs {
             STATS_INO => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 let doc = Arc::new((self.stats)());
-                self.stats_handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, doc);
+                self.stats_handles
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fh, doc);
                 reply.opened(fh, FOPEN_DIRECT_IO);
             }
             _ if self.file(ino).is_some() => reply.opened(0, FOPEN_KEEP_CACHE),
@@ -404,7 +449,10 @@ impl Filesystem for ZvFs {
         reply: ReplyEmpty,
     ) {
         if ino == STATS_INO {
-            self.stats_handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
+            self.stats_handles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&fh);
         }
         reply.ok();
     }
@@ -419,7 +467,14 @@ impl Filesystem for ZvFs {
         reply.opened(0, 0);
     }
 
-    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
         if ino != ROOT_INO {
             return reply.error(libc::ENOTDIR);
         }
@@ -428,12 +483,15 @@ impl Filesystem for ZvFs {
             (ROOT_INO, FileType::Directory, ".."),
             (STATS_INO, FileType::RegularFile, STATS_FILE_NAME),
         ];
-        let entries = fixed.into_iter().chain(
-            self.files
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (FIRST_DISK_INO + i as u64, FileType::RegularFile, f.name.as_str())),
-        );
+        let entries = fixed
+            .into_iter()
+            .chain(self.files.iter().enumerate().map(|(i, f)| {
+                (
+                    FIRST_DISK_INO + i as u64,
+                    FileType::RegularFile,
+                    f.name.as_str(),
+                )
+            }));
         // An entry's offset is the cookie of the entry after it.
         for (i, (ino, kind, name)) in entries.enumerate().skip(offset.max(0) as usize) {
             if reply.add(ino, i as i64 + 1, kind, name) {
@@ -445,7 +503,11 @@ impl Filesystem for ZvFs {
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
         const BSIZE: u64 = 4096;
-        let blocks: u64 = self.files.iter().map(|f| f.disk.size().div_ceil(BSIZE)).sum();
+        let blocks: u64 = self
+            .files
+            .iter()
+            .map(|f| f.disk.size().div_ceil(BSIZE))
+            .sum();
         let files = self.files.len() as u64 + 2;
         reply.statfs(blocks, 0, 0, files, 0, BSIZE as u32, 255, BSIZE as u32);
     }
@@ -469,7 +531,9 @@ mod tests {
         assert!(!mount_options(false).contains(&MountOption::AllowOther));
         assert!(!mount_options(false).contains(&MountOption::AutoUnmount));
         let opts = mount_options(true);
-        assert!(opts.contains(&MountOption::AllowOther) && opts.contains(&MountOption::AutoUnmount));
+        assert!(
+            opts.contains(&MountOption::AllowOther) && opts.contains(&MountOption::AutoUnmount)
+        );
         assert!(mount_options(false).contains(&MountOption::RO));
     }
 

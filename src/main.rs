@@ -121,7 +121,11 @@ fn main() -> ExitCode {
         eprintln!("zvmount: error: {e:#}");
         return ExitCode::FAILURE;
     }
-    let result = if cli.daemon { spawn_detached() } else { run(cli) };
+    let result = if cli.daemon {
+        spawn_detached()
+    } else {
+        run(cli)
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -134,12 +138,17 @@ fn main() -> ExitCode {
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let default = match cli.verbose {
-        0 => "warn,zvmount=info",
-        1 => "info,zvmount=debug",
+        // fuser logs a spurious "Unmount failed" after every clean unmount
+        // (its is-mounted check is inverted in 0.15): keep it quiet unless
+        // asked.
+        0 => "warn,zvmount=info,fuser=off",
+        1 => "info,zvmount=debug,fuser=warn",
         _ => "debug,zvmount=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     // A detached child logs to stderr, which it points at the log file once
     // the mount is up (see `detach_stdio`).
     match (&cli.log_file, cli.daemon_child) {
@@ -149,7 +158,10 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
                 .append(true)
                 .open(path)
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
-            builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
         }
         (_, true) => builder.with_ansi(false).with_writer(std::io::stderr).init(),
         (None, false) => builder.with_writer(std::io::stderr).init(),
@@ -159,10 +171,17 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.sidecar.is_some() && cli.sources.len() > 1 {
-        bail!("--sidecar names the index of one image; it cannot be used with {} sources", cli.sources.len());
+        bail!(
+            "--sidecar names the index of one image; it cannot be used with {} sources",
+            cli.sources.len()
+        );
     }
     if cli.names.len() > cli.sources.len() {
-        bail!("{} --name given for {} sources", cli.names.len(), cli.sources.len());
+        bail!(
+            "{} --name given for {} sources",
+            cli.names.len(),
+            cli.sources.len()
+        );
     }
     let on_ready: Option<fn()> = if cli.daemon_child {
         let _ = LOG_FILE.set(cli.log_file.clone());
@@ -214,13 +233,21 @@ fn spawn_detached() -> anyhow::Result<()> {
     });
     let mut ready = String::new();
     let stdout = child.stdout.take().expect("stdout is piped");
-    BufReader::new(stdout).read_line(&mut ready).context("cannot read from the background zvmount")?;
+    BufReader::new(stdout)
+        .read_line(&mut ready)
+        .context("cannot read from the background zvmount")?;
     if ready.trim() == "ready" {
         let _ = relay.join();
-        eprintln!("zvmount: mounted (pid {}); stop with `kill {}` or `fusermount3 -u MOUNTPOINT`", child.id(), child.id());
+        eprintln!(
+            "zvmount: mounted (pid {}); stop with `kill {}` or `fusermount3 -u MOUNTPOINT`",
+            child.id(),
+            child.id()
+        );
         return Ok(());
     }
-    let status = child.wait().context("cannot wait for the background zvmount")?;
+    let status = child
+        .wait()
+        .context("cannot wait for the background zvmount")?;
     let _ = relay.join();
     bail!("the background zvmount exited before mounting ({status})")
 }
@@ -231,7 +258,10 @@ fn detach_stdio() {
     use std::os::fd::AsRawFd;
     let log = LOG_FILE.get().cloned().flatten();
     let target = match &log {
-        Some(path) => std::fs::OpenOptions::new().create(true).append(true).open(path),
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path),
         None => std::fs::OpenOptions::new().write(true).open("/dev/null"),
     };
     let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null");

@@ -20,7 +20,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mount::Mounted;
-use common::s3::S3Server;
+use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, unique_bucket};
+use zvmount::store::{ObjectStore, open_source};
 
 /// The guest's marker (see `scripts/guest/rootfs-init`).
 const MARKER: &str = "ZVMOUNT-BOOT-OK";
@@ -161,18 +162,26 @@ fn guest_boots_from_s3_through_zvmount() {
     let image = work.join(KEY);
     let stored = convert(&guest.join("guest.raw"), &image);
 
-    let s3 = S3Server::shared();
-    s3.create_bucket(BUCKET);
-    s3.put_file(BUCKET, KEY, &image);
-    let mut sidecar = image.as_os_str().to_owned();
-    sidecar.push(".zvidx");
-    s3.put_file(BUCKET, &format!("{KEY}.zvidx"), Path::new(&sidecar));
+    let s3 = S3Server::start();
+    let bucket = unique_bucket(BUCKET);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        s3.create_bucket(&bucket).await;
+        // Through the S3 API (multipart), as users upload.
+        let (store, key) = open_source(&format!("s3://{bucket}/{KEY}"), &s3.store_args()).await.expect("open store");
+        store.put_file(&key, &image).await.expect("upload image");
+        let mut sidecar = image.as_os_str().to_owned();
+        sidecar.push(".zvidx");
+        let _ = sidecar;
+    });
 
-    let mut builder = Mounted::builder().arg("--force-path-style");
-    for (k, v) in s3.env() {
-        builder = builder.env(k, v);
-    }
-    let mount = builder.arg(format!("s3://{BUCKET}/{KEY}")).expect_file("guest.raw").start();
+    let builder = Mounted::builder()
+        .arg("--force-path-style")
+        .env("AWS_ENDPOINT_URL", s3.endpoint())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1");
+    let mount = builder.arg(format!("s3://{bucket}/{KEY}")).expect_file("guest.raw").start();
     let disk = mount.path("guest.raw");
     assert_eq!(
         std::fs::metadata(&disk).expect("stat mounted disk").len(),

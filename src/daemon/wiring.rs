@@ -1,7 +1,7 @@
 //! Sources → served files: expands directory/prefix sources, opens each
 //! image (store, layout, caches) and renders the stats file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -12,16 +12,7 @@ use bytes::Bytes;
 use super::{MountConfig, RawFileDisk, default_name};
 use crate::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
 use crate::fuse::{DiskFile, DiskReadError, ServedFile, StatsSource};
-use crate::image::{ImageLayout, SidecarSource};
-
-/// TEMPORARY stand-in until crate::image::Image lands.
-#[derive(Debug)]
-pub struct Image;
-impl Image {
-    fn size(&self) -> u64 { 0 }
-    async fn read_at(&self, _o: u64, _l: u64) -> Result<Bytes, crate::image::ImageError> { unimplemented!() }
-    fn recorded_profile(&self) -> Vec<u64> { Vec::new() }
-}
+use crate::image::{Image, ImageLayout, ImageOptions, SidecarSource, SizeMode as ImageSizeMode};
 use crate::metrics::Metrics;
 use crate::store::{ObjectStore, open_source};
 
@@ -57,7 +48,9 @@ impl DiskFile for ImageDisk {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskReadError> {
-        Ok(self.image.read_at(offset, len as u64).await?)
+        // The FUSE layer never asks for more than `MAX_READ` (1 MiB).
+        let len = u32::try_from(len).map_err(|_| format!("read of {len} bytes is too large"))?;
+        Ok(self.image.read_at(offset, len).await?)
     }
 }
 
@@ -73,32 +66,43 @@ impl Opened {
     /// Writes the blocks this image saw read, in first-read order, one
     /// number per line. With several images each gets `FILE.<name>`.
     pub fn write_profile(&self, path: &Path, several: bool) -> anyhow::Result<()> {
-        let Some(image) = &self.image else { return Ok(()) };
-        let blocks = image.recorded_profile();
+        let Some(recorder) = self.image.as_ref().and_then(|i| i.recorder()) else {
+            return Ok(());
+        };
         let target = if several {
             let mut p = path.as_os_str().to_owned();
             p.push(format!(".{}", self.served.name));
             p.into()
         } else {
-            path.to_owned()
+            path.as_os_str().to_owned()
         };
-        let text: String = blocks.iter().map(|b| format!("{b}\n")).collect();
-        std::fs::write(&target, text).with_context(|| format!("cannot write {}", Path::new(&target).display()))?;
-        tracing::info!(file = %Path::new(&target).display(), blocks = blocks.len(), "boot profile written");
+        let target = PathBuf::from(target);
+        recorder
+            .write_to(&target)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        tracing::info!(file = %target.display(), blocks = recorder.blocks().len(), "boot profile written");
         Ok(())
     }
 }
 
 /// Opens every source of `config`, in order.
-pub(super) async fn open_all(config: &MountConfig, metrics: Arc<Metrics>) -> anyhow::Result<Vec<Opened>> {
+pub(super) async fn open_all(
+    config: &MountConfig,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Vec<Opened>> {
     let cache = build_cache(config)?;
     let mut opened = Vec::new();
     let mut names = config.names.iter();
     for source in &config.sources {
         if config.raw_passthrough {
             let disk = RawFileDisk::open(Path::new(source))?;
-            let name = names.next().cloned().unwrap_or_else(|| default_name(source));
-            let mtime = std::fs::metadata(source).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
+            let name = names
+                .next()
+                .cloned()
+                .unwrap_or_else(|| default_name(source));
+            let mtime = std::fs::metadata(source)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| SystemTime::now());
             opened.push(Opened {
                 summary: serde_json::json!({ "name": name, "origin": source, "size": disk.size(), "raw": true }),
                 served: ServedFile { name, disk: Arc::new(disk), mtime, origin: source.clone() },
@@ -106,7 +110,9 @@ pub(super) async fn open_all(config: &MountConfig, metrics: Arc<Metrics>) -> any
             });
             continue;
         }
-        let (store, key) = open_source(source, &config.store).await.with_context(|| format!("cannot open {source}"))?;
+        let (store, key) = open_source(source, &config.store)
+            .await
+            .with_context(|| format!("cannot open {source}"))?;
         let keys = if is_collection(source, &key) {
             let keys = list_images(store.as_ref(), &key).await?;
             if keys.is_empty() {
@@ -118,19 +124,32 @@ pub(super) async fn open_all(config: &MountConfig, metrics: Arc<Metrics>) -> any
         };
         for key in keys {
             let name = names.next().cloned().unwrap_or_else(|| default_name(&key));
-            let one = open_image(config, &store, &key, name, Arc::clone(&cache), Arc::clone(&metrics)).await?;
+            let one = open_image(
+                config,
+                &store,
+                &key,
+                name,
+                Arc::clone(&cache),
+                Arc::clone(&metrics),
+            )
+            .await?;
             opened.push(one);
         }
     }
     if let Some(extra) = names.next() {
-        bail!("--name {extra:?} has no image to name ({} images)", opened.len());
+        bail!(
+            "--name {extra:?} has no image to name ({} images)",
+            opened.len()
+        );
     }
     Ok(opened)
 }
 
 /// Whether `source` names a directory or prefix rather than one image.
 fn is_collection(source: &str, key: &str) -> bool {
-    source.ends_with('/') || key.ends_with('/') || (!source.contains("://") && Path::new(source).is_dir())
+    source.ends_with('/')
+        || key.ends_with('/')
+        || (!source.contains("://") && Path::new(source).is_dir())
 }
 
 async fn list_images(store: &dyn ObjectStore, prefix: &str) -> anyhow::Result<Vec<String>> {
@@ -138,7 +157,11 @@ async fn list_images(store: &dyn ObjectStore, prefix: &str) -> anyhow::Result<Ve
         .list(prefix)
         .await
         .with_context(|| format!("cannot list {}", store.location(prefix)))?;
-    Ok(listed.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".zvhd2")).collect())
+    Ok(listed
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.ends_with(".zvhd2"))
+        .collect())
 }
 
 async fn open_image(
@@ -177,8 +200,25 @@ async fn open_image(
         "sidecar": layout.sidecar.is_some(),
         "open_requests": layout.requests,
     });
-    let _ = (cache, metrics);
-    let image = Arc::new(Image);
+    let options = ImageOptions {
+        size_mode: match config.size_mode {
+            SizeMode::Orig => ImageSizeMode::Orig,
+            SizeMode::Curr => ImageSizeMode::Curr,
+        },
+        readahead_blocks: config.readahead as usize,
+        prefetch_budget_bytes: config.prefetch_budget,
+        record_access: config.record_profile.is_some(),
+        ..ImageOptions::default()
+    };
+    let image = Image::new(Arc::clone(store), layout, cache, metrics, options);
+    // Fetch what the recorded boot needs before the guest asks for it; a
+    // profile being recorded must see the guest's own order instead.
+    if config.record_profile.is_none() {
+        if let Some(task) = image.start_profile_prefetch() {
+            tracing::info!(image = %location, "replaying the sidecar's boot profile");
+            drop(task);
+        }
+    }
     Ok(Opened {
         served: ServedFile {
             name,
@@ -192,12 +232,16 @@ async fn open_image(
 }
 
 fn build_cache(config: &MountConfig) -> anyhow::Result<Arc<dyn BlockCache>> {
-    let memory: Arc<dyn BlockCache> =
-        if config.mem_cache == 0 { Arc::new(NoCache) } else { Arc::new(MemoryCache::new(config.mem_cache)) };
+    let memory: Arc<dyn BlockCache> = if config.mem_cache == 0 {
+        Arc::new(NoCache)
+    } else {
+        Arc::new(MemoryCache::new(config.mem_cache))
+    };
     Ok(match &config.disk_cache {
         None => memory,
         Some((dir, size)) => {
-            let disk = DiskCache::open(dir, *size).map_err(|e| anyhow!("cannot open the disk cache in {}: {e}", dir.display()))?;
+            let disk = DiskCache::open(dir, *size)
+                .map_err(|e| anyhow!("cannot open the disk cache in {}: {e}", dir.display()))?;
             Arc::new(TieredCache::new(memory, Arc::new(disk)))
         }
     })

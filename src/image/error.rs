@@ -8,12 +8,9 @@ use crate::store::StoreError;
 pub enum ImageError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{location}: {source}")]
-    Format {
-        location: String,
-        #[source]
-        source: FormatError,
-    },
+    /// The image's bytes are not valid ZVHD2 (the detail names block and offset).
+    #[error("{location}: {error}")]
+    Format { location: String, error: FormatError },
     #[error("{location}: block {block} (record at offset {offset}): {detail}")]
     Verify {
         location: String,

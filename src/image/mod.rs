@@ -1,8 +1,568 @@
-//! Block number → verified, decoded bytes, with single-flight.
+//! The heart of the daemon: block number → verified, decoded bytes.
+//!
+//! An [`Image`] maps reads onto blocks. Zero blocks, and the tail between
+//! the converted disk's size and a larger reported size, are zeros with no
+//! fetch. Other blocks come from the cache, or are fetched (one range GET
+//! per record, or one for a run of neighbouring records), checked against
+//! the sidecar (CRC32C of the record, BLAKE3 of the block) when there is
+//! one, decoded off the async runtime, and cached. However many readers
+//! wait for a block, it is fetched and decoded once (single-flight); a
+//! failed fetch is not remembered, so the next read tries again.
+//!
+//! What to prefetch is decided in [`crate::prefetch`]; the fetching itself
+//! (and its budget accounting) happens here, in [`fetch`].
 
 pub mod error;
+mod fetch;
 pub mod open;
 pub mod scan;
 
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{BoxFuture, Shared};
+
 pub use error::ImageError;
+pub use fetch::BlockFailure;
 pub use open::{ImageLayout, SidecarSource};
+
+use crate::cache::{BlockCache, BlockKey};
+use crate::format::{BlockLocation, RecordLocation};
+use crate::metrics::Metrics;
+use crate::prefetch::{AccessRecorder, BudgetPermit, PrefetchBudget, SequentialDetector};
+use crate::store::ObjectStore;
+
+/// Which size the image reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SizeMode {
+    /// The size of the disk that was converted (`orig_size`): what the user had.
+    #[default]
+    Orig,
+    /// `orig_size` rounded up to a whole GiB (`curr_size`), as Huawei's own
+    /// reader reports it; the extra tail reads as zeros.
+    Curr,
+}
+
+/// How an [`Image`] reads.
+#[derive(Clone, Debug)]
+pub struct ImageOptions {
+    /// Which size to report.
+    pub size_mode: SizeMode,
+    /// Check each record's CRC32C and each block's BLAKE3 against the
+    /// sidecar when there is one. The decoded length is always checked.
+    pub verify: bool,
+    /// Blocks to read ahead of a sequential stream (0 disables readahead).
+    pub readahead_blocks: usize,
+    /// Bytes that in-flight prefetches may hold (0 disables prefetching).
+    pub prefetch_budget_bytes: u64,
+    /// Prefetch requests in flight at once (readahead and profile replay).
+    pub prefetch_concurrency: usize,
+    /// Neighbouring records closer than this are fetched in one GET (the
+    /// gap is read and thrown away).
+    pub coalesce_gap: u64,
+    /// Upper bound on the bytes of one coalesced GET.
+    pub max_coalesce_bytes: u64,
+    /// Blocks decoded at once (0: one per CPU).
+    pub decode_threads: usize,
+    /// Record the first-touch order of demand reads (see [`Image::recorder`]).
+    pub record_access: bool,
+}
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        ImageOptions {
+            size_mode: SizeMode::Orig,
+            verify: true,
+            readahead_blocks: 4,
+            prefetch_budget_bytes: 64 << 20,
+            prefetch_concurrency: 4,
+            coalesce_gap: 64 << 10,
+            max_coalesce_bytes: 8 << 20,
+            decode_threads: 0,
+            record_access: false,
+        }
+    }
+}
+
+/// A fetch of one block in flight; every reader of the block awaits a clone.
+type InFlight = Shared<BoxFuture<'static, Result<Bytes, Arc<BlockFailure>>>>;
+
+/// Why a block is being fetched (decides metrics and budget).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FetchKind {
+    Demand,
+    Readahead,
+    Profile,
+}
+
+/// Most blocks fetched in one coalesced GET.
+const MAX_RUN_BLOCKS: usize = 8;
+/// Largest block size served from the shared static zero buffer.
+const MAX_STATIC_ZEROS: usize = 32 << 20;
+/// Zeros for zero blocks and the tail: in `.bss`, so untouched pages cost
+/// nothing and every reader shares them.
+static ZEROS: [u8; MAX_STATIC_ZEROS] = [0; MAX_STATIC_ZEROS];
+
+/// An open image: reads by offset or block, with caching, single-flight and
+/// prefetch. Create with [`Image::new`]; all methods take `&Arc<Image>` or
+/// `&Image` and may be called from many tasks at once. The async methods and
+/// the prefetch starters must run inside a tokio runtime.
+pub struct Image {
+    store: Arc<dyn ObjectStore>,
+    layout: ImageLayout,
+    cache: Arc<dyn BlockCache>,
+    metrics: Arc<Metrics>,
+    options: ImageOptions,
+    cache_id: Arc<str>,
+    block_size: u64,
+    block_count: u64,
+    /// Bytes backed by blocks (`orig_size`, capped by the block table).
+    data_size: u64,
+    /// Reported size.
+    size: u64,
+    zero_block: Bytes,
+    inflight: Mutex<HashMap<u64, InFlight>>,
+    decode_limit: Arc<tokio::sync::Semaphore>,
+    budget: PrefetchBudget,
+    detector: Mutex<SequentialDetector>,
+    recorder: Option<Arc<AccessRecorder>>,
+}
+
+impl fmt::Debug for Image {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Image")
+            .field("location", &self.layout.location)
+            .field("size", &self.size)
+            .field("block_size", &self.block_size)
+            .field("block_count", &self.block_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Image {
+    /// An image reading blocks of `layout` from `store` through `cache`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        layout: ImageLayout,
+        cache: Arc<dyn BlockCache>,
+        metrics: Arc<Metrics>,
+        options: ImageOptions,
+    ) -> Arc<Image> {
+        let block_size = u64::from(layout.index.block_size());
+        let block_count = layout.index.block_count();
+        let data_size = layout.header.disk_size().min(block_count.saturating_mul(block_size));
+        let size = match options.size_mode {
+            SizeMode::Orig => layout.header.disk_size(),
+            // A curr_size below orig_size would hide data: never report less.
+            SizeMode::Curr => layout.header.curr_size().max(layout.header.disk_size()),
+        };
+        let zero_block = if block_size as usize <= MAX_STATIC_ZEROS {
+            Bytes::from_static(&ZEROS[..block_size as usize])
+        } else {
+            Bytes::from(vec![0u8; block_size as usize])
+        };
+        let decode_threads = match options.decode_threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        };
+        let recorder = options.record_access.then(|| Arc::new(AccessRecorder::new(block_count)));
+        Arc::new(Image {
+            cache_id: Arc::from(layout.cache_id()),
+            store,
+            cache,
+            metrics,
+            block_size,
+            block_count,
+            data_size,
+            size,
+            zero_block,
+            inflight: Mutex::new(HashMap::new()),
+            decode_limit: Arc::new(tokio::sync::Semaphore::new(decode_threads)),
+            budget: PrefetchBudget::new(options.prefetch_budget_bytes, options.prefetch_concurrency),
+            detector: Mutex::new(SequentialDetector::new(options.readahead_blocks)),
+            recorder,
+            layout,
+            options,
+        })
+    }
+
+    /// The size the image reports (per [`ImageOptions::size_mode`]).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.block_size as u32
+    }
+
+    /// Number of blocks of the disk.
+    pub fn block_count(&self) -> u64 {
+        self.block_count
+    }
+
+    /// What was learnt at open.
+    pub fn layout(&self) -> &ImageLayout {
+        &self.layout
+    }
+
+    /// The image's printable location, for logs.
+    pub fn name(&self) -> &str {
+        &self.layout.location
+    }
+
+    /// The counters this image updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The options the image was opened with.
+    pub fn options(&self) -> &ImageOptions {
+        &self.options
+    }
+
+    /// The first-touch recorder, when [`ImageOptions::record_access`] is set.
+    pub fn recorder(&self) -> Option<&Arc<AccessRecorder>> {
+        self.recorder.as_ref()
+    }
+
+    /// The key of `block` in the cache.
+    pub fn cache_key(&self, block: u64) -> BlockKey {
+        BlockKey::new(Arc::clone(&self.cache_id), block)
+    }
+
+    /// The whole decoded block `block` (`block_size` bytes), verified.
+    pub async fn read_block(self: &Arc<Self>, block: u64) -> Result<Bytes, ImageError> {
+        self.note_access(block);
+        self.demand_block(block).await
+    }
+
+    /// Up to `len` bytes at `offset`: short at the end of the image, empty
+    /// past it. A read within one block returns a slice of the cached block
+    /// (no copy).
+    pub async fn read_at(self: &Arc<Self>, offset: u64, len: u32) -> Result<Bytes, ImageError> {
+        let end = offset.saturating_add(u64::from(len)).min(self.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let data_end = end.min(self.data_size);
+        if offset >= data_end {
+            return Ok(zeros((end - offset) as usize));
+        }
+        let bs = self.block_size;
+        let first = offset / bs;
+        let last = (data_end - 1) / bs;
+        if first == last && end == data_end {
+            self.note_access(first);
+            let block = self.demand_block(first).await?;
+            let start = (offset - first * bs) as usize;
+            return Ok(block.slice(start..start + (end - offset) as usize));
+        }
+        for b in first..=last {
+            self.note_access(b);
+        }
+        // Start every missing block before waiting on any, so neighbouring
+        // misses share one GET and the rest are fetched in parallel.
+        let waits = self.demand_blocks(first, last)?;
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for (b, wait) in waits {
+            let block = self.finish_demand(b, wait).await?;
+            let block_start = b * bs;
+            let from = offset.max(block_start) - block_start;
+            let to = data_end.min(block_start + bs) - block_start;
+            out.extend_from_slice(&block[from as usize..to as usize]);
+        }
+        out.resize((end - offset) as usize, 0);
+        Ok(out.freeze())
+    }
+
+    /// Starts background fetches of `blocks` (skipping zero, cached and
+    /// in-flight ones) within the prefetch budget; blocks that do not fit
+    /// the budget are skipped. Returns how many fetches were started.
+    pub fn prefetch(self: &Arc<Self>, blocks: impl IntoIterator<Item = u64>) -> usize {
+        self.prefetch_now(blocks, FetchKind::Readahead)
+    }
+
+    /// Starts replaying the sidecar's boot profile, if it has one: its
+    /// blocks are fetched in order, [`ImageOptions::prefetch_concurrency`]
+    /// requests at a time, within the prefetch budget. The task ends when
+    /// every block is ready (or failed); its result says how it went.
+    pub fn start_profile_prefetch(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<ProfileReplay>> {
+        let profile = self.layout.sidecar.as_ref().map(|s| s.boot_profile.clone()).unwrap_or_default();
+        if profile.is_empty() || self.budget.capacity() == 0 {
+            return None;
+        }
+        Some(self.prefetch_profile(profile))
+    }
+
+    /// Replays an explicit profile (block numbers in the order to fetch
+    /// them), as [`Image::start_profile_prefetch`] does for the sidecar's.
+    pub fn prefetch_profile(self: &Arc<Self>, profile: Vec<u64>) -> tokio::task::JoinHandle<ProfileReplay> {
+        let image = Arc::clone(self);
+        tokio::spawn(async move { image.replay_profile(profile).await })
+    }
+
+    // ---- internals -------------------------------------------------------
+
+    fn locate(&self, block: u64) -> Result<BlockLocation, ImageError> {
+        self.layout.index.lookup(block).ok_or_else(|| ImageError::OutOfRange {
+            location: self.layout.location.clone(),
+            offset: block.saturating_mul(self.block_size),
+            len: self.block_size,
+            size: self.block_count.saturating_mul(self.block_size),
+        })
+    }
+
+    /// Profile recording and readahead, once per block a demand read touches.
+    fn note_access(self: &Arc<Self>, block: u64) {
+        if let Some(r) = &self.recorder {
+            r.record(block);
+        }
+        if self.options.readahead_blocks == 0 || self.budget.capacity() == 0 {
+            return;
+        }
+        let ahead = self.detector.lock().unwrap_or_else(|p| p.into_inner()).access(block);
+        if let Some(range) = ahead {
+            Metrics::inc(&self.metrics.readahead_triggers);
+            let range = range.start..range.end.min(self.block_count);
+            self.prefetch_now(range, FetchKind::Readahead);
+        }
+    }
+
+    async fn demand_block(self: &Arc<Self>, block: u64) -> Result<Bytes, ImageError> {
+        let loc = match self.locate(block)? {
+            BlockLocation::Zero => {
+                Metrics::inc(&self.metrics.zero_block_reads);
+                return Ok(self.zero_block.clone());
+            }
+            BlockLocation::Record(loc) => loc,
+        };
+        if let Some(hit) = self.cache.get_fast(&self.cache_key(block)) {
+            Metrics::inc(&self.metrics.mem_cache_hits);
+            return Ok(hit);
+        }
+        let (mut waits, _) = self.claim(&[(block, loc)], FetchKind::Demand, BudgetPermit::none());
+        let wait = waits.pop().expect("one wait per claimed block").1;
+        self.finish_demand(block, BlockWait::Fetch(loc, wait)).await
+    }
+
+    /// One wait per block of `first..=last`, starting fetches for misses.
+    fn demand_blocks(self: &Arc<Self>, first: u64, last: u64) -> Result<Vec<(u64, BlockWait)>, ImageError> {
+        let mut out = Vec::with_capacity((last - first + 1) as usize);
+        let mut missing = Vec::new();
+        for b in first..=last {
+            match self.locate(b)? {
+                BlockLocation::Zero => {
+                    Metrics::inc(&self.metrics.zero_block_reads);
+                    out.push((b, BlockWait::Ready(self.zero_block.clone())));
+                }
+                BlockLocation::Record(loc) => match self.cache.get_fast(&self.cache_key(b)) {
+                    Some(hit) => {
+                        Metrics::inc(&self.metrics.mem_cache_hits);
+                        out.push((b, BlockWait::Ready(hit)));
+                    }
+                    None => missing.push((b, loc)),
+                },
+            }
+        }
+        if !missing.is_empty() {
+            let (waits, _) = self.claim(&missing, FetchKind::Demand, BudgetPermit::none());
+            for ((b, loc), (_, wait)) in missing.into_iter().zip(waits) {
+                out.push((b, BlockWait::Fetch(loc, wait)));
+            }
+            out.sort_by_key(|(b, _)| *b);
+        }
+        Ok(out)
+    }
+
+    async fn finish_demand(&self, block: u64, wait: BlockWait) -> Result<Bytes, ImageError> {
+        match wait {
+            BlockWait::Ready(bytes) => Ok(bytes),
+            BlockWait::Fetch(loc, fut) => {
+                let started = Instant::now();
+                let result = fut.await;
+                Metrics::add(&self.metrics.miss_wait_ns, started.elapsed().as_nanos() as u64);
+                result.map_err(|failure| self.block_error(block, loc, &failure))
+            }
+        }
+    }
+
+    fn block_error(&self, block: u64, loc: RecordLocation, failure: &BlockFailure) -> ImageError {
+        // A record error already names block and offset: keep only its detail.
+        let detail = match failure {
+            BlockFailure::Record(crate::format::FormatError::BadRecord { detail, .. }) => detail.clone(),
+            other => other.to_string(),
+        };
+        ImageError::Verify { location: self.layout.location.clone(), block, offset: loc.offset, detail }
+    }
+
+    /// Registers a fetch for each of `wanted` that is neither in flight nor
+    /// in memory, and starts one background task fetching all of those (in
+    /// coalesced runs). Returns a wait per wanted block, in order, and the
+    /// number of fetches started.
+    fn claim(
+        self: &Arc<Self>,
+        wanted: &[(u64, RecordLocation)],
+        kind: FetchKind,
+        permit: BudgetPermit,
+    ) -> (Vec<(u64, InFlight)>, usize) {
+        use futures::FutureExt;
+        let mut waits = Vec::with_capacity(wanted.len());
+        let mut started = Vec::new();
+        {
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            for &(block, loc) in wanted {
+                if let Some(f) = map.get(&block) {
+                    if kind == FetchKind::Demand {
+                        Metrics::inc(&self.metrics.inflight_joins);
+                    }
+                    waits.push((block, f.clone()));
+                    continue;
+                }
+                // Checked again under the lock: a fetch that completed since
+                // the caller looked has put its block in the cache before
+                // leaving the map.
+                if let Some(hit) = self.cache.get_fast(&self.cache_key(block)) {
+                    if kind == FetchKind::Demand {
+                        Metrics::inc(&self.metrics.mem_cache_hits);
+                    }
+                    waits.push((block, futures::future::ready(Ok(hit)).boxed().shared()));
+                    continue;
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let fut: InFlight = rx
+                    .map(|r| r.unwrap_or_else(|_| Err(Arc::new(BlockFailure::Aborted("fetch task ended".into())))))
+                    .boxed()
+                    .shared();
+                map.insert(block, fut.clone());
+                waits.push((block, fut));
+                started.push(fetch::Pending::new(Arc::clone(self), block, loc, tx));
+            }
+        }
+        let n = started.len();
+        if n > 0 {
+            tokio::spawn(fetch::run(Arc::clone(self), started, kind, permit));
+        }
+        (waits, n)
+    }
+
+    /// Whether `block` is in memory or being fetched (no recency update
+    /// matters here: the caller is about to fetch it otherwise).
+    fn is_present(&self, block: u64) -> bool {
+        if self.inflight.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&block) {
+            return true;
+        }
+        self.cache.get_fast(&self.cache_key(block)).is_some()
+    }
+
+    /// Blocks of `blocks` that have a record and are not present, grouped
+    /// into runs of records neighbouring in the file (kept in given order).
+    fn prefetch_runs(&self, blocks: impl IntoIterator<Item = u64>) -> Vec<Vec<(u64, RecordLocation)>> {
+        let mut runs: Vec<Vec<(u64, RecordLocation)>> = Vec::new();
+        let mut bytes = 0u64;
+        for b in blocks {
+            let Some(BlockLocation::Record(loc)) = self.layout.index.lookup(b) else { continue };
+            if self.is_present(b) {
+                continue;
+            }
+            // A run must also fit comfortably in the budget: highly
+            // compressible records are small, but each decodes to a block.
+            let max_cost = self.budget.capacity() / 2;
+            let joins = runs.last().is_some_and(|run| {
+                let prev = run.last().expect("runs are never empty").1;
+                let prev_end = prev.offset + u64::from(prev.size);
+                run.len() < MAX_RUN_BLOCKS
+                    && loc.offset >= prev_end
+                    && loc.offset - prev_end <= self.options.coalesce_gap
+                    && bytes + u64::from(loc.size) <= self.options.max_coalesce_bytes
+                    && self.run_cost(run) + u64::from(loc.size) + self.block_size <= max_cost
+            });
+            if joins {
+                bytes += u64::from(loc.size);
+                runs.last_mut().expect("checked").push((b, loc));
+            } else {
+                bytes = u64::from(loc.size);
+                runs.push(vec![(b, loc)]);
+            }
+        }
+        runs
+    }
+
+    /// Memory a prefetch of `run` holds while in flight: records + blocks.
+    fn run_cost(&self, run: &[(u64, RecordLocation)]) -> u64 {
+        run.iter().map(|(_, loc)| u64::from(loc.size) + self.block_size).sum()
+    }
+
+    fn prefetch_now(self: &Arc<Self>, blocks: impl IntoIterator<Item = u64>, kind: FetchKind) -> usize {
+        if self.budget.capacity() == 0 {
+            return 0;
+        }
+        let mut started = 0;
+        for run in self.prefetch_runs(blocks) {
+            match self.budget.try_acquire(self.run_cost(&run)) {
+                Some(permit) => started += self.claim(&run, kind, permit).1,
+                None => Metrics::add(&self.metrics.prefetch_budget_skips, run.len() as u64),
+            }
+        }
+        started
+    }
+
+    async fn replay_profile(self: Arc<Self>, profile: Vec<u64>) -> ProfileReplay {
+        let started_at = Instant::now();
+        let mut replay = ProfileReplay::default();
+        let mut waits = Vec::new();
+        for run in self.prefetch_runs(profile) {
+            // Fetched by a reader since the runs were planned?
+            let run: Vec<_> = run.into_iter().filter(|(b, _)| !self.is_present(*b)).collect();
+            if run.is_empty() {
+                continue;
+            }
+            let Some(permit) = self.budget.acquire(self.run_cost(&run)).await else {
+                Metrics::add(&self.metrics.prefetch_budget_skips, run.len() as u64);
+                replay.skipped += run.len() as u64;
+                continue;
+            };
+            let (w, n) = self.claim(&run, FetchKind::Profile, permit);
+            Metrics::add(&self.metrics.profile_blocks, n as u64);
+            replay.started += n as u64;
+            waits.extend(w.into_iter().map(|(_, f)| f));
+        }
+        for result in futures::future::join_all(waits).await {
+            match result {
+                Ok(_) => replay.ready += 1,
+                Err(_) => replay.failed += 1,
+            }
+        }
+        replay.elapsed = started_at.elapsed();
+        replay
+    }
+}
+
+/// What a boot-profile replay did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfileReplay {
+    /// Fetches the replay started (blocks not already present).
+    pub started: u64,
+    /// Blocks of the profile that ended up fetched or cached.
+    pub ready: u64,
+    /// Blocks whose fetch failed (a demand read will try again).
+    pub failed: u64,
+    /// Blocks skipped because they could never fit the budget.
+    pub skipped: u64,
+    /// Time from start until the last block was ready.
+    pub elapsed: std::time::Duration,
+}
+
+/// A block a demand read is waiting for.
+enum BlockWait {
+    Ready(Bytes),
+    Fetch(RecordLocation, InFlight),
+}
+
+/// `n` zero bytes, shared when they fit the static buffer.
+fn zeros(n: usize) -> Bytes {
+    if n <= MAX_STATIC_ZEROS { Bytes::from_static(&ZEROS[..n]) } else { BytesMut::zeroed(n).freeze() }
+}

@@ -44,7 +44,7 @@ impl ImageLayout {
     /// bitmap, of `key`: two round trips with a sidecar, three without.
     pub async fn load(store: &dyn ObjectStore, key: &str, sidecar: &SidecarSource) -> Result<ImageLayout, ImageError> {
         let location = store.location(key);
-        let format_err = |source| ImageError::Format { location: location.clone(), source };
+        let format_err = |error| ImageError::Format { location: location.clone(), error };
 
         // One suffix read gives the size, the identity and the final footer.
         let (tail, meta) = store.get_suffix(key, FOOTER_SIZE).await?;

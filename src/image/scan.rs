@@ -78,7 +78,7 @@ where
                         tokio::task::spawn_blocking(move || {
                             let crc = crc32c::crc32c(&record);
                             let data = decode_record(&record, block, rec.offset, block_size, compression)
-                                .map_err(|source| ImageError::Format { location: loc, source })?;
+                                .map_err(|error| ImageError::Format { location: loc, error })?;
                             Ok::<_, ImageError>((BlockLocation::Record(rec), Some(crc), Bytes::from(data)))
                         })
                         .await

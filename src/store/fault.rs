@@ -46,6 +46,8 @@ pub struct FaultControl {
     plan: Mutex<FaultPlan>,
     requests: AtomicU64,
     injected: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
 }
 
 impl FaultControl {
@@ -67,6 +69,17 @@ impl FaultControl {
     /// Faults injected so far.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::Relaxed)
+    }
+
+    /// The most requests that were in flight at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.max_in_flight.load(Ordering::Relaxed)
+    }
+
+    fn enter(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(self)
     }
 
     /// Decides this request's faults, counting down the plan.
@@ -93,6 +106,15 @@ impl FaultControl {
             self.injected.fetch_add(1, Ordering::Relaxed);
         }
         d
+    }
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight<'a>(&'a FaultControl);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -170,23 +192,27 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
     }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        let _in_flight = self.control.enter();
         self.before(key, "HEAD").await?;
         self.inner.head(key).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>, pin: Option<&ObjectMeta>) -> StoreResult<Bytes> {
+        let _in_flight = self.control.enter();
         let (truncate, corrupt) = self.before(key, &format!("GET {}..{}", range.start, range.end)).await?;
         let body = self.inner.get_range(key, range, pin).await?;
         Ok(damage(body, truncate, corrupt))
     }
 
     async fn get_suffix(&self, key: &str, len: u64) -> StoreResult<(Bytes, ObjectMeta)> {
+        let _in_flight = self.control.enter();
         let (truncate, corrupt) = self.before(key, &format!("GET last {len} bytes")).await?;
         let (body, meta) = self.inner.get_suffix(key, len).await?;
         Ok((damage(body, truncate, corrupt), meta))
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<(String, ObjectMeta)>> {
+        let _in_flight = self.control.enter();
         self.before(prefix, "LIST").await?;
         self.inner.list(prefix).await
     }

@@ -334,17 +334,27 @@ impl ObjectStore for S3Store {
         if let Some(tag) = pin.and_then(|p| p.etag.as_deref()) {
             req = req.if_match(tag);
         }
-        let out = req.send().await.map_err(|e| match self.map_err(key, &op, e) {
-            StoreError::Changed { location, .. } => StoreError::Changed {
-                location,
-                expected: pin.and_then(|p| p.etag.clone()).unwrap_or_default(),
-                actual: "(different)".into(),
-            },
-            StoreError::Other { detail, .. } if detail.contains("InvalidRange") => {
-                StoreError::OutOfRange { location: self.location(key), start: range.start, end: range.end, size: pin.map_or(0, |p| p.size) }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                return Err(match self.map_err(key, &op, e) {
+                    StoreError::Changed { location, .. } => StoreError::Changed {
+                        location,
+                        expected: pin.and_then(|p| p.etag.clone()).unwrap_or_default(),
+                        actual: "(different)".into(),
+                    },
+                    StoreError::Other { detail, .. } if detail.contains("InvalidRange") => StoreError::OutOfRange {
+                        location: self.location(key),
+                        start: range.start,
+                        end: range.end,
+                        size: pin.map_or(0, |p| p.size),
+                    },
+                    // Some servers answer NoSuchKey for a missing bucket too.
+                    StoreError::NotFound { .. } => self.not_found(key).await,
+                    other => other,
+                });
             }
-            other => other,
-        })?;
+        };
         self.check_pin(key, pin, out.e_tag.as_deref())?;
         match out.content_range.as_deref().and_then(parse_content_range) {
             Some((s, e, _)) if s == range.start && e == range.end => {}
@@ -372,15 +382,21 @@ impl ObjectStore for S3Store {
         let out = match self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes=-{len}")).send().await {
             Ok(out) => out,
             Err(e) => {
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                // A suffix of an empty object is unsatisfiable.
-                if status == Some(416) {
+                let status = e.raw_response().map_or(0, |r| r.status().as_u16());
+                // A suffix of an empty object is unsatisfiable (416), and some
+                // S3-compatible servers fail a suffix longer than the object
+                // (s3s-fs: 500). Both are answered by HEAD + pinned range GET;
+                // a real outage fails those too, and is retried above us.
+                if status == 416 || status >= 500 {
                     let meta = self.head(key).await?;
-                    if meta.size == 0 {
-                        return Ok((Bytes::new(), meta));
-                    }
+                    let start = meta.size.saturating_sub(len);
+                    let body = self.get_range(key, start..meta.size, Some(&meta)).await?;
+                    return Ok((body, meta));
                 }
-                return Err(self.map_err(key, &op, e));
+                return Err(match self.map_err(key, &op, e) {
+                    StoreError::NotFound { .. } => self.not_found(key).await,
+                    other => other,
+                });
             }
         };
         let size = match out.content_range.as_deref().and_then(parse_content_range) {

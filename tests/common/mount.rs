@@ -32,13 +32,15 @@ impl MountBuilder {
 
     /// More arguments before the mountpoint.
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     /// An environment variable for the daemon (S3 credentials, RUST_LOG).
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.envs.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self.envs
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -67,22 +69,39 @@ impl MountBuilder {
         let stderr_path = dir.path().join("zvmount.stderr");
         let stderr = File::create(&stderr_path).expect("create stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_zvmount"));
-        cmd.args(&self.args).arg(&mountpoint).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        cmd.args(&self.args)
+            .arg(&mountpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
         if !self.envs.iter().any(|(k, _)| k == "RUST_LOG") {
-            cmd.env("RUST_LOG", "warn,zvmount=info");
+            cmd.env("RUST_LOG", "warn,zvmount=info,fuser=off");
         }
         cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().expect("spawn zvmount");
-        let mut mounted = Mounted { child: Some(child), mountpoint, stderr_path, _dir: dir };
+        let mut mounted = Mounted {
+            child: Some(child),
+            mountpoint,
+            stderr_path,
+            crashed: false,
+            _dir: dir,
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = mounted.child.as_mut().unwrap().try_wait().expect("wait") {
                 mounted.child = None;
-                return Err(format!("zvmount exited before mounting ({status}); stderr:\n{}", mounted.stderr()));
+                return Err(format!(
+                    "zvmount exited before mounting ({status}); stderr:\n{}",
+                    mounted.stderr()
+                ));
             }
             if is_mounted(&mounted.mountpoint) {
                 let names: Vec<String> = std::fs::read_dir(&mounted.mountpoint)
-                    .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                    .map(|rd| {
+                        rd.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if self.expect.iter().all(|want| names.contains(want)) {
                     return Ok(mounted);
@@ -107,6 +126,8 @@ pub struct Mounted {
     child: Option<Child>,
     mountpoint: PathBuf,
     stderr_path: PathBuf,
+    /// Killed on purpose: a leftover (stale) mount is expected.
+    crashed: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -118,7 +139,11 @@ impl Mounted {
 
     /// Mounts `source` with extra `options` and waits for `name` to appear.
     pub fn new(source: impl AsRef<OsStr>, options: &[&str], name: &str) -> Mounted {
-        Mounted::builder().args(options).arg(source).expect_file(name).start()
+        Mounted::builder()
+            .args(options)
+            .arg(source)
+            .expect_file(name)
+            .start()
     }
 
     /// The mountpoint.
@@ -143,16 +168,31 @@ impl Mounted {
 
     /// The daemon's counters, from `.zvmount-stats.json`.
     pub fn stats(&self) -> MetricsSnapshot {
-        let raw = std::fs::read(self.path(".zvmount-stats.json")).expect("read .zvmount-stats.json");
+        let raw =
+            std::fs::read(self.path(".zvmount-stats.json")).expect("read .zvmount-stats.json");
         serde_json::from_slice(&raw).unwrap_or_else(|e| {
-            panic!("bad .zvmount-stats.json ({e}): {}", String::from_utf8_lossy(&raw))
+            panic!(
+                "bad .zvmount-stats.json ({e}): {}",
+                String::from_utf8_lossy(&raw)
+            )
         })
     }
 
     /// The stats file as free-form JSON (per-image and cache details).
     pub fn stats_json(&self) -> serde_json::Value {
-        let raw = std::fs::read(self.path(".zvmount-stats.json")).expect("read .zvmount-stats.json");
+        let raw =
+            std::fs::read(self.path(".zvmount-stats.json")).expect("read .zvmount-stats.json");
         serde_json::from_slice(&raw).expect("stats JSON")
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, leaving a stale
+    /// mount behind (cleaned up lazily on drop).
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.crashed = true;
     }
 
     /// Sends SIGTERM and waits for the daemon to exit; returns its status.
@@ -195,25 +235,39 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let result = if self.child.is_some() { self.terminate().map(|_| ()) } else { Ok(()) };
+        let result = if self.child.is_some() {
+            self.terminate().map(|_| ())
+        } else {
+            Ok(())
+        };
         let leftover = is_mounted(&self.mountpoint);
         if leftover {
             lazy_unmount(&self.mountpoint);
         }
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && !self.crashed {
             if let Err(e) = result {
                 panic!("{e}");
             }
-            assert!(!leftover, "zvmount left {} mounted; stderr:\n{}", self.mountpoint.display(), self.stderr());
+            assert!(
+                !leftover,
+                "zvmount left {} mounted; stderr:\n{}",
+                self.mountpoint.display(),
+                self.stderr()
+            );
         }
     }
 }
 
 /// Whether something is mounted exactly at `path` (from /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
-    zvmount::daemon::mounted_fs_type(&path.canonicalize().unwrap_or_else(|_| path.to_owned())).is_some()
+    zvmount::daemon::mounted_fs_type(&path.canonicalize().unwrap_or_else(|_| path.to_owned()))
+        .is_some()
 }
 
 fn lazy_unmount(path: &Path) {
-    let _ = Command::new("fusermount3").arg("-uz").arg(path).stderr(Stdio::null()).status();
+    let _ = Command::new("fusermount3")
+        .arg("-uz")
+        .arg(path)
+        .stderr(Stdio::null())
+        .status();
 }

@@ -484,7 +484,7 @@ impl Bench<'_> {
         let _ = std::fs::remove_file(&zvhd2);
         report.images.push(ImageFacts { data_mib, disk_bytes, stored_bytes, convert_s: convert.as_secs_f64() });
 
-        let mut push = |setup: Setup, r: BootResult, timings: Vec<RequestTiming>, report: &mut Report| {
+        let push = |setup: Setup, r: BootResult, timings: Vec<RequestTiming>, report: &mut Report| {
             eprintln!(
                 "[{data_mib} MiB] {:<14} {:>7.2}s  fetched {:>9}  GETs {}",
                 setup.name(),

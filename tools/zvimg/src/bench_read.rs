@@ -107,10 +107,14 @@ struct Report {
 
 /// Runs the benchmark and prints the results.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let file = File::open(&args.target).with_context(|| format!("cannot open {}", args.target.display()))?;
+    let file = File::open(&args.target)
+        .with_context(|| format!("cannot open {}", args.target.display()))?;
     let size = file.metadata()?.len();
     if size < 1 << 20 {
-        bail!("{} is {size} bytes; the benchmark needs at least 1 MiB", args.target.display());
+        bail!(
+            "{} is {size} bytes; the benchmark needs at least 1 MiB",
+            args.target.display()
+        );
     }
     let stats_path = args.target.parent().map(|d| d.join(".zvmount-stats.json"));
     let stats_path = stats_path.filter(|p| p.exists());
@@ -121,14 +125,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut plans: Vec<(&str, Vec<(u64, usize)>)> = Vec::new();
     if want("rand4k") {
-        plans.push(("rand4k", random_offsets(&mut rng, size, 4096, args.count_4k)));
+        plans.push((
+            "rand4k",
+            random_offsets(&mut rng, size, 4096, args.count_4k),
+        ));
     }
     if want("rand1m") {
-        plans.push(("rand1m", random_offsets(&mut rng, size, 1 << 20, args.count_1m)));
+        plans.push((
+            "rand1m",
+            random_offsets(&mut rng, size, 1 << 20, args.count_1m),
+        ));
     }
     if want("seq") {
         let total = args.seq_bytes.unwrap_or(size.min(1 << 30)).min(size);
-        let ops = (0..total).step_by(1 << 20).map(|o| (o, ((1u64 << 20).min(total - o)) as usize)).collect();
+        let ops = (0..total)
+            .step_by(1 << 20)
+            .map(|o| (o, ((1u64 << 20).min(total - o)) as usize))
+            .collect();
         plans.push(("seq", ops));
     }
     for (pattern, ops) in &plans {
@@ -153,14 +166,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 latencies,
                 seconds,
                 bytes,
-                delta.as_ref().map(|(b, a)| a.store_requests - b.store_requests),
+                delta
+                    .as_ref()
+                    .map(|(b, a)| a.store_requests - b.store_requests),
                 delta.as_ref().map(|(b, a)| a.store_bytes - b.store_bytes),
             ));
         }
     }
 
     let baseline = match &args.baseline {
-        Some(source) => Some(baseline(source, &args.store, args.baseline_count, args.seed)?),
+        Some(source) => Some(baseline(
+            source,
+            &args.store,
+            args.baseline_count,
+            args.seed,
+        )?),
         None => None,
     };
     let report = Report {
@@ -193,12 +213,22 @@ fn random_offsets(rng: &mut impl Rng, size: u64, len: u64, count: usize) -> Vec<
         (0..count).map(|_| rng.gen_range(0..slots)).collect()
     };
     offsets.shuffle(rng);
-    offsets.into_iter().map(|s| (s * len, len as usize)).collect()
+    offsets
+        .into_iter()
+        .map(|s| (s * len, len as usize))
+        .collect()
 }
 
 fn drop_page_cache(file: &File, size: u64) {
     // SAFETY: fadvise on an open descriptor; only a hint to the kernel.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, size as libc::off_t, libc::POSIX_FADV_DONTNEED) };
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            0,
+            size as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
 }
 
 fn read_stats(path: &Path) -> Option<MetricsSnapshot> {
@@ -208,11 +238,20 @@ fn read_stats(path: &Path) -> Option<MetricsSnapshot> {
 /// Runs `ops` on `jobs` threads; returns per-op latencies, wall seconds and
 /// bytes read. Every read must return its full length (the file is not
 /// shorter than the plan).
-fn run_ops(file: &File, ops: &[(u64, usize)], jobs: usize, contiguous: bool) -> anyhow::Result<(Vec<Duration>, f64, u64)> {
+fn run_ops(
+    file: &File,
+    ops: &[(u64, usize)],
+    jobs: usize,
+    contiguous: bool,
+) -> anyhow::Result<(Vec<Duration>, f64, u64)> {
     let chunks: Vec<Vec<(u64, usize)>> = if contiguous {
-        ops.chunks(ops.len().div_ceil(jobs).max(1)).map(<[_]>::to_vec).collect()
+        ops.chunks(ops.len().div_ceil(jobs).max(1))
+            .map(<[_]>::to_vec)
+            .collect()
     } else {
-        (0..jobs).map(|j| ops.iter().skip(j).step_by(jobs).copied().collect()).collect()
+        (0..jobs)
+            .map(|j| ops.iter().skip(j).step_by(jobs).copied().collect())
+            .collect()
     };
     let started = Instant::now();
     let results: Vec<anyhow::Result<(Vec<Duration>, u64)>> = std::thread::scope(|s| {
@@ -234,7 +273,10 @@ fn run_ops(file: &File, ops: &[(u64, usize)], jobs: usize, contiguous: bool) -> 
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("reader thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reader thread panicked"))
+            .collect()
     });
     let seconds = started.elapsed().as_secs_f64();
     let mut all = Vec::with_capacity(ops.len());
@@ -285,21 +327,29 @@ fn summarize(
 }
 
 /// Times `count` single-record GETs and decodes of `source`, one at a time.
-fn baseline(source: &str, store_args: &StoreArgs, count: usize, seed: u64) -> anyhow::Result<BaselineResult> {
+fn baseline(
+    source: &str,
+    store_args: &StoreArgs,
+    count: usize,
+    seed: u64,
+) -> anyhow::Result<BaselineResult> {
     use zvmount::format::{BlockLocation, decode_record};
     use zvmount::image::{ImageLayout, SidecarSource};
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let (store, key) = zvmount::store::open_source(source, store_args).await?;
         let layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Auto)
             .await
             .with_context(|| format!("cannot open {source}"))?;
-        let mut records: Vec<(u64, zvmount::format::RecordLocation)> = (0..layout.index.block_count())
-            .filter_map(|b| match layout.index.lookup(b) {
-                Some(BlockLocation::Record(r)) => Some((b, r)),
-                _ => None,
-            })
-            .collect();
+        let mut records: Vec<(u64, zvmount::format::RecordLocation)> =
+            (0..layout.index.block_count())
+                .filter_map(|b| match layout.index.lookup(b) {
+                    Some(BlockLocation::Record(r)) => Some((b, r)),
+                    _ => None,
+                })
+                .collect();
         if records.is_empty() {
             bail!("{source} has no data records to time");
         }
@@ -309,7 +359,13 @@ fn baseline(source: &str, store_args: &StoreArgs, count: usize, seed: u64) -> an
         let (mut gets, mut decodes, mut totals) = (Vec::new(), Vec::new(), Vec::new());
         for (block, loc) in &records {
             let t = Instant::now();
-            let bytes = store.get_range(&key, loc.offset..loc.offset + u64::from(loc.size), Some(&layout.meta)).await?;
+            let bytes = store
+                .get_range(
+                    &key,
+                    loc.offset..loc.offset + u64::from(loc.size),
+                    Some(&layout.meta),
+                )
+                .await?;
             let got = t.elapsed();
             let t2 = Instant::now();
             decode_record(&bytes, *block, loc.offset, block_size, compression)?;
@@ -333,10 +389,30 @@ fn baseline(source: &str, store_args: &StoreArgs, count: usize, seed: u64) -> an
 }
 
 fn print_table(r: &Report) {
-    println!("{} ({} bytes){}, {} job(s)", r.target, r.size, if r.in_mount { ", in a zvmount mount" } else { "" }, r.jobs);
+    println!(
+        "{} ({} bytes){}, {} job(s)",
+        r.target,
+        r.size,
+        if r.in_mount {
+            ", in a zvmount mount"
+        } else {
+            ""
+        },
+        r.jobs
+    );
     println!(
         "{:<7} {:<6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
-        "pattern", "pass", "ops", "MB/s", "IOPS", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "GETs", "GET MB"
+        "pattern",
+        "pass",
+        "ops",
+        "MB/s",
+        "IOPS",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "GETs",
+        "GET MB"
     );
     for p in &r.passes {
         println!(
@@ -351,7 +427,8 @@ fn print_table(r: &Report) {
             p.p99_us,
             p.p999_us,
             p.store_requests.map_or("-".into(), |v| v.to_string()),
-            p.store_bytes.map_or("-".into(), |v| format!("{:.1}", v as f64 / 1e6)),
+            p.store_bytes
+                .map_or("-".into(), |v| format!("{:.1}", v as f64 / 1e6)),
         );
     }
     if let Some(b) = &r.baseline {

@@ -53,7 +53,7 @@ pub struct Args {
     pub sidecar: bool,
     /// Boot profile (one block number per line) to store in the sidecar.
     #[arg(long, requires = "sidecar")]
-    pub profile: Option<PathBuf>,
+    pub boot_profile: Option<PathBuf>,
     /// Size of a raw output.
     #[arg(long, value_enum, default_value_t)]
     pub size: SizeChoice,
@@ -213,7 +213,7 @@ fn raw_to_zvhd2(args: &Args, input: &Path) -> anyhow::Result<ExitCode> {
             args.block_size >> 20
         );
     }
-    let profile = match &args.profile {
+    let profile = match &args.boot_profile {
         Some(p) => Some(crate::inspect::read_profile(p)?),
         None => None,
     };

@@ -51,7 +51,7 @@ pub struct IndexArgs {
     /// Boot profile to embed: block numbers in first-read order, one per line
     /// (as written by `zvmount --record-profile`).
     #[arg(long)]
-    pub profile: Option<PathBuf>,
+    pub boot_profile: Option<PathBuf>,
     /// Records fetched and decoded at once.
     #[arg(long, default_value_t = 8)]
     pub parallel: usize,
@@ -238,7 +238,7 @@ async fn open_sidecar_source(source: &str, args: &SourceArgs) -> anyhow::Result<
 }
 
 pub fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
-    let profile = match &args.profile {
+    let profile = match &args.boot_profile {
         Some(p) => read_profile(p)?,
         None => Vec::new(),
     };

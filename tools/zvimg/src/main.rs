@@ -123,3 +123,13 @@ pub fn default_sidecar_path(image: &std::path::Path) -> PathBuf {
     s.push(".zvidx");
     PathBuf::from(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -213,11 +213,18 @@ impl Connection {
         let _ = server.set_nodelay(true);
         let (client_r, client_w) = client.into_split();
         let (server_r, server_w) = server.into_split();
-        // Either direction ending (EOF or error) ends the connection, as a
-        // half-closed HTTP connection is of no further use.
+        let up = self.upstream(client_r, server_w);
+        let down = self.downstream(server_r, client_w);
+        tokio::pin!(up, down);
+        // The client closing its side (after passing it on) still lets the
+        // response finish; the server closing, or any error, ends both.
         tokio::select! {
-            _ = self.upstream(client_r, server_w) => {}
-            _ = self.downstream(server_r, client_w) => {}
+            _ = &mut down => {}
+            r = &mut up => {
+                if r.is_ok() {
+                    let _ = down.await;
+                }
+            }
         }
         self.finish_exchange(None);
     }
@@ -245,7 +252,7 @@ impl Connection {
         loop {
             let n = from.read(&mut buf).await?;
             if n == 0 {
-                return Ok(());
+                return to.shutdown().await;
             }
             let new_request = match self.state.lock() {
                 Ok(st) => st.current.as_ref().is_none_or(|ex| ex.answered),

@@ -1,0 +1,270 @@
+//! Fetching blocks: lower cache levels first, then coalesced range GETs of
+//! the records, verification and decoding off the async runtime, and
+//! completion of every waiter (success cached, failure not).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{FetchKind, Image};
+use crate::format::{FormatError, RecordLocation, decode_record};
+use crate::metrics::Metrics;
+use crate::prefetch::BudgetPermit;
+use crate::store::StoreError;
+
+/// Why one block could not be produced. Shared by every reader that waited
+/// for the block; turned into an [`super::ImageError`] naming image, block
+/// and record offset.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockFailure {
+    /// The range GET failed (after the store's retries).
+    #[error("fetch failed: {0}")]
+    Fetch(#[source] StoreError),
+    /// The store returned a different number of bytes than asked for.
+    #[error("fetch returned {actual} bytes for a {expected}-byte range")]
+    ShortRead { expected: u64, actual: u64 },
+    /// The record is malformed or does not decode to exactly one block.
+    #[error("{0}")]
+    Record(#[source] FormatError),
+    /// The record bytes differ from those the sidecar was made from.
+    #[error("record CRC32C is {actual:08x}, the sidecar says {expected:08x} (corrupted in storage or transit)")]
+    RecordCrc { expected: u32, actual: u32 },
+    /// The decoded block differs from the one the sidecar was made from.
+    #[error("BLAKE3 of the decoded block does not match the sidecar")]
+    BlockHash,
+    /// The sidecar does not describe this record.
+    #[error("sidecar {0}")]
+    Sidecar(String),
+    /// Decoded to the wrong length.
+    #[error("decoded {actual} bytes, expected {expected}")]
+    Length { expected: u64, actual: u64 },
+    /// The fetch task stopped before finishing (panic or shutdown).
+    #[error("fetch abandoned: {0}")]
+    Aborted(String),
+}
+
+/// A block this task promised to produce. Dropping it unfinished (a panic,
+/// a cancelled runtime) releases its waiters with [`BlockFailure::Aborted`]
+/// and unregisters it, so the block is not stuck.
+pub(super) struct Pending {
+    image: Arc<Image>,
+    pub(super) block: u64,
+    pub(super) loc: RecordLocation,
+    tx: Option<oneshot::Sender<Result<Bytes, Arc<BlockFailure>>>>,
+}
+
+impl Pending {
+    pub(super) fn new(
+        image: Arc<Image>,
+        block: u64,
+        loc: RecordLocation,
+        tx: oneshot::Sender<Result<Bytes, Arc<BlockFailure>>>,
+    ) -> Pending {
+        Pending { image, block, loc, tx: Some(tx) }
+    }
+
+    /// Hands `result` to every waiter. A fetched block is cached first and
+    /// unregistered second, so a reader arriving in between finds it in one
+    /// of the two places (see `Image::claim`).
+    fn complete(mut self, result: Result<Bytes, Arc<BlockFailure>>, cache_it: bool) {
+        if let (Ok(bytes), true) = (&result, cache_it) {
+            self.image.cache.put(&self.image.cache_key(self.block), bytes.clone());
+        }
+        self.finish(result);
+    }
+
+    fn finish(&mut self, result: Result<Bytes, Arc<BlockFailure>>) {
+        if let Some(tx) = self.tx.take() {
+            self.image.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.block);
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.finish(Err(Arc::new(BlockFailure::Aborted("fetch task ended early".into()))));
+    }
+}
+
+/// Produces every block of `pending`: from the lower cache levels when they
+/// have it, else from the store in coalesced runs. Holds `permit` (the
+/// prefetch budget) until all are done.
+pub(super) async fn run(image: Arc<Image>, pending: Vec<Pending>, kind: FetchKind, permit: BudgetPermit) {
+    let _permit = permit;
+    let demand = kind == FetchKind::Demand;
+    let mut remaining = Vec::with_capacity(pending.len());
+    if image.cache.may_block() {
+        let cache = Arc::clone(&image.cache);
+        let keys: Vec<_> = pending.iter().map(|p| image.cache_key(p.block)).collect();
+        let looked = tokio::task::spawn_blocking(move || {
+            keys.iter().map(|k| cache.get(k).map(|(bytes, _)| bytes)).collect::<Vec<_>>()
+        })
+        .await;
+        match looked {
+            Ok(hits) => {
+                for (p, hit) in pending.into_iter().zip(hits) {
+                    match hit {
+                        Some(bytes) => {
+                            if demand {
+                                Metrics::inc(&image.metrics.disk_cache_hits);
+                            }
+                            // The cache has it already (and promoted it).
+                            p.complete(Ok(bytes), false);
+                        }
+                        None => remaining.push(p),
+                    }
+                }
+            }
+            // A panicking cache lookup is a miss, not a failed read.
+            Err(_) => remaining = pending,
+        }
+    } else {
+        remaining = pending;
+    }
+    if remaining.is_empty() {
+        return;
+    }
+    if demand {
+        Metrics::add(&image.metrics.cache_misses, remaining.len() as u64);
+    }
+    let groups = coalesce(remaining, image.options.coalesce_gap, image.options.max_coalesce_bytes);
+    futures::future::join_all(groups.into_iter().map(|g| fetch_group(&image, g, kind))).await;
+}
+
+/// Groups pending blocks into runs of neighbouring records (sorted by
+/// offset), each fetched with one GET.
+fn coalesce(mut pending: Vec<Pending>, gap: u64, max_bytes: u64) -> Vec<Vec<Pending>> {
+    pending.sort_by_key(|p| p.loc.offset);
+    let mut groups: Vec<Vec<Pending>> = Vec::new();
+    for p in pending {
+        if let Some(group) = groups.last_mut() {
+            let first = group[0].loc;
+            let last = group[group.len() - 1].loc;
+            let last_end = last.offset + u64::from(last.size);
+            let new_end = p.loc.offset + u64::from(p.loc.size);
+            if group.len() < super::MAX_RUN_BLOCKS
+                && p.loc.offset >= last_end
+                && p.loc.offset - last_end <= gap
+                && new_end - first.offset <= max_bytes
+            {
+                group.push(p);
+                continue;
+            }
+        }
+        groups.push(vec![p]);
+    }
+    groups
+}
+
+async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
+    let start = group[0].loc.offset;
+    let last = group[group.len() - 1].loc;
+    let end = last.offset + u64::from(last.size);
+    let m = &image.metrics;
+    Metrics::inc(&m.store_requests);
+    let fetched = image.store.get_range(&image.layout.key, start..end, Some(&image.layout.meta)).await;
+    let bytes = match fetched {
+        Ok(bytes) if bytes.len() as u64 == end - start => bytes,
+        Ok(bytes) => {
+            Metrics::inc(&m.fetch_errors);
+            let failure = Arc::new(BlockFailure::ShortRead { expected: end - start, actual: bytes.len() as u64 });
+            fail_group(image, group, failure);
+            return;
+        }
+        Err(e) => {
+            Metrics::inc(&m.fetch_errors);
+            fail_group(image, group, Arc::new(BlockFailure::Fetch(e)));
+            return;
+        }
+    };
+    Metrics::add(&m.store_bytes, bytes.len() as u64);
+    let decodes = group.into_iter().map(|p| {
+        let from = (p.loc.offset - start) as usize;
+        let record = bytes.slice(from..from + p.loc.size as usize);
+        async move {
+            let result = decode(image, p.block, p.loc, record).await;
+            match &result {
+                Ok(_) => {
+                    Metrics::inc(&m.blocks_fetched);
+                    if kind != FetchKind::Demand {
+                        Metrics::inc(&m.blocks_prefetched);
+                    }
+                }
+                Err(failure) => {
+                    tracing::warn!("{}", image.block_error(p.block, p.loc, failure));
+                }
+            }
+            p.complete(result, true);
+        }
+    });
+    futures::future::join_all(decodes).await;
+}
+
+fn fail_group(image: &Image, group: Vec<Pending>, failure: Arc<BlockFailure>) {
+    let first = &group[0];
+    tracing::warn!(blocks = group.len(), "{}", image.block_error(first.block, first.loc, &failure));
+    for p in group {
+        p.complete(Err(Arc::clone(&failure)), false);
+    }
+}
+
+/// Verifies and decodes one record on the blocking pool, at most
+/// `decode_threads` at a time.
+async fn decode(image: &Arc<Image>, block: u64, loc: RecordLocation, record: Bytes) -> Result<Bytes, Arc<BlockFailure>> {
+    let _slot = image
+        .decode_limit
+        .acquire()
+        .await
+        .map_err(|_| Arc::new(BlockFailure::Aborted("decoder closed".into())))?;
+    let img = Arc::clone(image);
+    let result = tokio::task::spawn_blocking(move || img.verify_and_decode(block, loc, &record))
+        .await
+        .map_err(|e| Arc::new(BlockFailure::Aborted(format!("decoder task: {e}"))))?;
+    result.map_err(|failure| {
+        Metrics::inc(&image.metrics.verify_failures);
+        Arc::new(failure)
+    })
+}
+
+impl Image {
+    /// The checks and decode of one record: sidecar CRC32C of the record
+    /// bytes, framing and exact decoded length, sidecar BLAKE3 of the block.
+    fn verify_and_decode(&self, block: u64, loc: RecordLocation, record: &[u8]) -> Result<Bytes, BlockFailure> {
+        let started = Instant::now();
+        let entry = match (&self.layout.sidecar, self.options.verify) {
+            (Some(sidecar), true) => {
+                let entry = sidecar
+                    .entries
+                    .get(block as usize)
+                    .ok_or_else(|| BlockFailure::Sidecar(format!("has no entry for block {block}")))?;
+                if entry.record_offset != loc.offset || entry.record_size != loc.size {
+                    return Err(BlockFailure::Sidecar(format!(
+                        "places the record at {}+{}, the index at {}+{}",
+                        entry.record_offset, entry.record_size, loc.offset, loc.size
+                    )));
+                }
+                let crc = crc32c::crc32c(record);
+                if crc != entry.record_crc32c {
+                    return Err(BlockFailure::RecordCrc { expected: entry.record_crc32c, actual: crc });
+                }
+                Some(entry)
+            }
+            _ => None,
+        };
+        let compression = self.layout.header.compression();
+        let decoded = decode_record(record, block, loc.offset, self.block_size as u32, compression).map_err(BlockFailure::Record)?;
+        if decoded.len() as u64 != self.block_size {
+            return Err(BlockFailure::Length { expected: self.block_size, actual: decoded.len() as u64 });
+        }
+        if let Some(entry) = entry {
+            if blake3::hash(&decoded).as_bytes() != &entry.block_hash {
+                return Err(BlockFailure::BlockHash);
+            }
+        }
+        Metrics::add(&self.metrics.decode_ns, started.elapsed().as_nanos() as u64);
+        Ok(Bytes::from(decoded))
+    }
+}

@@ -1,0 +1,365 @@
+//! End-to-end tests over a real FUSE mount made by the `zvmount` binary.
+
+mod common;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use common::mount::Mounted;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+use zvmount::format::{WriteOptions, write_image};
+
+const MIB: usize = 1 << 20;
+
+/// A raw disk, its ZVHD2 image and (optionally) the sidecar, in a tempdir.
+struct TestImage {
+    dir: tempfile::TempDir,
+    raw: Vec<u8>,
+    zvhd2: PathBuf,
+    /// (offset, size) of each block's record, None for zero blocks.
+    records: Vec<Option<(u64, u32)>>,
+}
+
+/// 6 blocks of 2 MiB and a 300 KiB tail: random, compressible, zero blocks.
+fn make_image(with_sidecar: bool) -> TestImage {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut raw = vec![0u8; 6 * 2 * MIB + 300 * 1024];
+    rng.fill(&mut raw[..2 * MIB]); // block 0: incompressible
+    for (i, b) in raw[2 * MIB..4 * MIB].iter_mut().enumerate() {
+        *b = (i / 4096) as u8; // block 1: compressible
+    }
+    // block 2: zero; block 3: one byte set; block 4: zero; block 5 random half
+    raw[3 * 2 * MIB + 12345] = 0xAB;
+    rng.fill(&mut raw[5 * 2 * MIB..5 * 2 * MIB + MIB]);
+    rng.fill(&mut raw[6 * 2 * MIB..]); // tail block
+    let dir = tempfile::tempdir().unwrap();
+    let zvhd2 = dir.path().join("disk.zvhd2");
+    let out = File::create(&zvhd2).unwrap();
+    let summary = write_image(
+        &raw[..],
+        raw.len() as u64,
+        out,
+        &WriteOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let records = summary
+        .sidecar
+        .entries
+        .iter()
+        .map(|e| (!e.is_zero()).then_some((e.record_offset, e.record_size)))
+        .collect();
+    if with_sidecar {
+        std::fs::write(
+            dir.path().join("disk.zvhd2.zvidx"),
+            summary.sidecar.encode(),
+        )
+        .unwrap();
+    }
+    TestImage {
+        dir,
+        raw,
+        zvhd2,
+        records,
+    }
+}
+
+fn sha256_file(path: &Path) -> Vec<u8> {
+    let mut f = File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; MIB];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().to_vec()
+}
+
+/// Random unaligned reads, across blocks and past the end, equal the raw.
+fn check_random_reads(file: &File, raw: &[u8], seed: u64, count: usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let size = raw.len() as u64;
+    let mut buf = vec![0u8; 3 * MIB];
+    for _ in 0..count {
+        let offset = rng.gen_range(0..size + 8192);
+        let len = match rng.gen_range(0..4) {
+            0 => rng.gen_range(1..64),
+            1 => rng.gen_range(1..8192),
+            2 => rng.gen_range(1..MIB),
+            _ => rng.gen_range(MIB..3 * MIB),
+        };
+        let want_end = (offset + len as u64).min(size);
+        let want: &[u8] = if offset >= size {
+            &[]
+        } else {
+            &raw[offset as usize..want_end as usize]
+        };
+        // pread may return less than asked; loop like any careful reader.
+        let mut got = 0;
+        while got < len {
+            let n = file
+                .read_at(&mut buf[got..len], offset + got as u64)
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        assert_eq!(got, want.len(), "length of read {len}@{offset}");
+        assert!(
+            buf[..got] == *want,
+            "bytes of read {len}@{offset} differ from the raw disk"
+        );
+    }
+}
+
+#[test]
+fn mounted_file_equals_the_raw_disk() {
+    let img = make_image(true);
+    let m = Mounted::new(&img.zvhd2, &[], "disk.raw");
+    let path = m.path("disk.raw");
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), img.raw.len() as u64);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+    assert_eq!(sha256_file(&path), Sha256::digest(&img.raw).to_vec());
+    let file = File::open(&path).unwrap();
+    check_random_reads(&file, &img.raw, 1, 300);
+
+    // Read-only, whatever the caller asks for.
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+
+    let stats = m.stats();
+    assert!(stats.fuse_reads > 0, "{stats:?}");
+    let json = m.stats_json();
+    assert_eq!(json["images"][0]["sidecar"], true, "{json}");
+    // An open file keeps a busy mount alive (lazily detached) until closed.
+    drop(file);
+    let status = m.stop();
+    assert!(status.success(), "zvmount exited with {status}");
+}
+
+#[test]
+fn without_sidecar_the_image_index_is_used() {
+    let img = make_image(false);
+    let m = Mounted::new(&img.zvhd2, &["--name", "vm.img"], "vm.img");
+    assert_eq!(
+        sha256_file(&m.path("vm.img")),
+        Sha256::digest(&img.raw).to_vec()
+    );
+    assert_eq!(m.stats_json()["images"][0]["sidecar"], false);
+}
+
+#[test]
+fn concurrent_readers_fetch_each_block_once() {
+    let img = make_image(true);
+    let m = Mounted::new(&img.zvhd2, &["--readahead", "0"], "disk.raw");
+    let path = m.path("disk.raw");
+    let raw = &img.raw;
+    // Eight readers over the same blocks, each in a different order, 4 KiB
+    // at a time so they collide inside blocks.
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let path = &path;
+            s.spawn(move || {
+                let file = File::open(path).unwrap();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                let mut buf = vec![0u8; 4096];
+                for _ in 0..400 {
+                    let offset = rng.gen_range(0..raw.len() as u64 / 4096) * 4096;
+                    file.read_exact_at(&mut buf, offset).unwrap();
+                    assert!(
+                        buf[..] == raw[offset as usize..offset as usize + 4096],
+                        "bytes at {offset}"
+                    );
+                }
+            });
+        }
+    });
+    let stats = m.stats();
+    let stored = img.records.iter().flatten().count() as u64;
+    assert!(
+        stats.blocks_fetched <= stored,
+        "{} blocks fetched for {stored} stored: {stats:?}",
+        stats.blocks_fetched
+    );
+    assert!(
+        stats.store_requests <= stored,
+        "{} GETs for {stored} stored blocks: {stats:?}",
+        stats.store_requests
+    );
+}
+
+#[test]
+fn a_corrupt_record_fails_only_its_own_reads() {
+    let img = make_image(true);
+    // Flip one payload byte of block 1's record.
+    let (offset, _) = img.records[1].expect("block 1 is stored");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img.zvhd2)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset + 100).unwrap();
+    f.write_all_at(&[b[0] ^ 0xFF], offset + 100).unwrap();
+    drop(f);
+
+    let m = Mounted::new(&img.zvhd2, &["--readahead", "0"], "disk.raw");
+    let file = File::open(m.path("disk.raw")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for attempt in 0..2 {
+        let err = file
+            .read_exact_at(&mut buf, 2 * MIB as u64 + 8192)
+            .unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EIO),
+            "attempt {attempt}: {err}"
+        );
+    }
+    // Every other block still reads right.
+    for block in [0usize, 2, 3, 4, 5, 6] {
+        let off = block * 2 * MIB;
+        let len = 4096.min(img.raw.len() - off);
+        file.read_exact_at(&mut buf[..len], off as u64).unwrap();
+        assert!(buf[..len] == img.raw[off..off + len], "block {block}");
+    }
+    let log = m.stderr();
+    assert!(
+        log.contains("block 1"),
+        "log does not name the block:\n{log}"
+    );
+    assert!(m.stats().verify_failures >= 1);
+}
+
+#[test]
+fn the_image_vanishing_gives_eio_then_recovers() {
+    let img = make_image(true);
+    let m = Mounted::new(
+        &img.zvhd2,
+        &["--readahead", "0", "--retries", "0"],
+        "disk.raw",
+    );
+    let file = File::open(m.path("disk.raw")).unwrap();
+    let moved = img.dir.path().join("elsewhere");
+    std::fs::rename(&img.zvhd2, &moved).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let err = file.read_exact_at(&mut buf, 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    std::fs::rename(&moved, &img.zvhd2).unwrap();
+    file.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf[..] == img.raw[..4096]);
+}
+
+#[test]
+fn several_images_under_one_mount() {
+    let img = make_image(true);
+    let second = img.dir.path().join("other.zvhd2");
+    std::fs::copy(&img.zvhd2, &second).unwrap();
+    let m = Mounted::builder()
+        .arg(&img.zvhd2)
+        .arg(&second)
+        .expect_file("disk.raw")
+        .expect_file("other.raw")
+        .start();
+    assert_eq!(
+        sha256_file(&m.path("other.raw")),
+        Sha256::digest(&img.raw).to_vec()
+    );
+    drop(m);
+
+    // A directory source mounts every image in it.
+    let m = Mounted::builder()
+        .arg(img.dir.path())
+        .expect_file("disk.raw")
+        .expect_file("other.raw")
+        .start();
+    assert_eq!(
+        std::fs::metadata(m.path("disk.raw")).unwrap().len(),
+        img.raw.len() as u64
+    );
+}
+
+#[test]
+fn bad_sources_and_mountpoints_are_refused_clearly() {
+    let img = make_image(false);
+    let err = Mounted::builder()
+        .arg(img.dir.path().join("missing.zvhd2"))
+        .try_start()
+        .unwrap_err();
+    assert!(err.contains("missing.zvhd2"), "{err}");
+    assert!(err.contains("zvmount: error:"), "{err}");
+
+    let not_an_image = img.dir.path().join("junk.zvhd2");
+    std::fs::write(&not_an_image, vec![7u8; 8192]).unwrap();
+    let err = Mounted::builder()
+        .arg(&not_an_image)
+        .try_start()
+        .unwrap_err();
+    assert!(err.contains("junk.zvhd2"), "{err}");
+
+    // A stale mount left by a crashed daemon gets a message saying what to do.
+    let mut m = Mounted::new(&img.zvhd2, &[], "disk.raw");
+    let mountpoint = m.dir().to_owned();
+    m.crash();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zvmount"))
+        .arg(&img.zvhd2)
+        .arg(&mountpoint)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("fusermount3 -uz"), "{stderr}");
+    // The fixture's drop cleans the stale mount up.
+    drop(m);
+}
+
+#[test]
+fn qemu_img_sees_the_raw_disk() {
+    if std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("qemu-img not installed: skipping");
+        return;
+    }
+    let img = make_image(true);
+    let raw_path = img.dir.path().join("disk.bin");
+    std::fs::write(&raw_path, &img.raw).unwrap();
+    let m = Mounted::new(&img.zvhd2, &[], "disk.raw");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", "raw"])
+        .arg(m.path("disk.raw"))
+        .output()
+        .unwrap();
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(json["virtual-size"], img.raw.len() as u64);
+    let cmp = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(m.path("disk.raw"))
+        .arg(&raw_path)
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&cmp.stdout),
+        String::from_utf8_lossy(&cmp.stderr)
+    );
+}
