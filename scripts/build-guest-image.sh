@@ -8,16 +8,19 @@
 # and the arguments>/; an existing complete build there is reused. The path of
 # the output directory is printed as the last line on stdout. It holds:
 #   guest.raw        the disk: MBR + syslinux, p1 FAT16 (kernel, initrd),
-#                    p2 ext4 root; 2 GiB virtual (+ N MiB with --data-mib)
+#                    p2 ext4 root; 2 GiB virtual (more for --data-mib > 1024)
 #   guest.expected   the sha256 the guest prints after its marker
 #   guest.marker     the marker prefix, "ZVMOUNT-BOOT-OK"
+#   guest.data-mib   N, the MiB of unread random data in the image
 #   kernel.version   the Debian kernel package version inside
 #
 # The guest: a busybox initramfs loads the virtio modules and switch_roots to
 # the ext4 root, whose /init reads ~90 MiB of payload (the kernel's module
 # tree) in a fixed shuffled order, prints "ZVMOUNT-BOOT-OK <sha256>" on the
-# serial console and powers off. --data-mib adds N MiB of incompressible
-# random data that the guest never reads (for "the image's data grows").
+# serial console and powers off. --data-mib puts N MiB (default 128) of
+# incompressible random data in /data that the guest never reads: an
+# installed system holds far more than its boot reads, and the benchmark
+# grows N to compare lazy boot with a full download as images grow.
 #
 # Needs (scripts/install-deps.sh): busybox-static, syslinux, mtools,
 # dosfstools, fdisk, e2fsprogs, cpio, python3, apt-get with package lists.
@@ -35,13 +38,13 @@ exec 3>&1 1>&2
 die() { echo "build-guest-image: $*" >&2; exit 1; }
 log() { echo "build-guest-image: $*" >&2; }
 
-data_mib=0
+data_mib=128
 out_dir=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --data-mib) [ $# -ge 2 ] || die "--data-mib needs a value"; data_mib="$2"; shift 2 ;;
     --data-mib=*) data_mib="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,23p' "$0" >&3; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&3; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$out_dir" ] || die "more than one OUT_DIR given"; out_dir="$1"; shift ;;
   esac
@@ -141,7 +144,9 @@ if [ "$data_mib" -gt 0 ]; then
 fi
 
 # --- the disk: MBR, p1 FAT16 boot (64 MiB), p2 ext4 root ----------------------
-virt_mib=$(( 2048 + data_mib + (data_mib > 0 ? data_mib / 8 + 64 : 0) ))
+# 2 GiB, or enough for the data plus ~1 GiB of free space.
+need_mib=$(( data_mib + data_mib / 16 + 1024 ))
+virt_mib=$(( need_mib > 2048 ? need_mib : 2048 ))
 img="$work/guest.raw"
 truncate -s "${virt_mib}M" "$img"
 p1_start=2048                        # sectors
@@ -168,6 +173,7 @@ mkfs.ext4 -q -F -L zvroot -E "offset=$p2_off,lazy_itable_init=0,lazy_journal_ini
 mv "$img" "$out_dir/guest.raw"
 echo "$expected" > "$out_dir/guest.expected"
 echo "$MARKER" > "$out_dir/guest.marker"
+echo "$data_mib" > "$out_dir/guest.data-mib"
 echo "$kpkg $(dpkg-deb -f "$deb" Version)" > "$out_dir/kernel.version"
 echo "$script_hash" > "$out_dir/.script"
 echo "$key" > "$out_dir/.complete"

@@ -123,6 +123,9 @@ mod tests {
         let snap = m.snapshot();
         assert_eq!(snap.store_requests, 1);
         let json = serde_json::to_string(&snap).unwrap();
-        assert_eq!(serde_json::from_str::<MetricsSnapshot>(&json).unwrap(), snap);
+        assert_eq!(
+            serde_json::from_str::<MetricsSnapshot>(&json).unwrap(),
+            snap
+        );
     }
 }

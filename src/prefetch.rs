@@ -39,7 +39,10 @@ pub struct BudgetPermit {
 impl BudgetPermit {
     /// A permit that holds nothing (for demand fetches).
     pub fn none() -> BudgetPermit {
-        BudgetPermit { _bytes: None, _request: None }
+        BudgetPermit {
+            _bytes: None,
+            _request: None,
+        }
     }
 }
 
@@ -55,7 +58,9 @@ impl PrefetchBudget {
         PrefetchBudget {
             bytes: Arc::new(Semaphore::new(units)),
             capacity: units as u64 * BUDGET_UNIT,
-            requests: Arc::new(Semaphore::new(max_requests.clamp(1, Semaphore::MAX_PERMITS))),
+            requests: Arc::new(Semaphore::new(
+                max_requests.clamp(1, Semaphore::MAX_PERMITS),
+            )),
         }
     }
 
@@ -83,7 +88,10 @@ impl PrefetchBudget {
         let units = self.units(bytes)?;
         let request = Arc::clone(&self.requests).try_acquire_owned().ok()?;
         let b = Arc::clone(&self.bytes).try_acquire_many_owned(units).ok()?;
-        Some(BudgetPermit { _bytes: Some(b), _request: Some(request) })
+        Some(BudgetPermit {
+            _bytes: Some(b),
+            _request: Some(request),
+        })
     }
 
     /// Waits for `bytes` of budget and a request slot (profile replay, which
@@ -92,8 +100,14 @@ impl PrefetchBudget {
     pub async fn acquire(&self, bytes: u64) -> Option<BudgetPermit> {
         let units = self.units(bytes)?;
         let request = Arc::clone(&self.requests).acquire_owned().await.ok()?;
-        let b = Arc::clone(&self.bytes).acquire_many_owned(units).await.ok()?;
-        Some(BudgetPermit { _bytes: Some(b), _request: Some(request) })
+        let b = Arc::clone(&self.bytes)
+            .acquire_many_owned(units)
+            .await
+            .ok()?;
+        Some(BudgetPermit {
+            _bytes: Some(b),
+            _request: Some(request),
+        })
     }
 }
 
@@ -107,8 +121,6 @@ const SEQUENTIAL_AFTER: u32 = 2;
 struct Stream {
     last: u64,
     run: u32,
-    /// Blocks below this were already handed out for readahead.
-    ahead_until: u64,
     stamp: u64,
     used: bool,
 }
@@ -125,13 +137,18 @@ pub struct SequentialDetector {
 impl SequentialDetector {
     /// Reads `window` blocks ahead of a sequential stream (0 disables).
     pub fn new(window: usize) -> SequentialDetector {
-        SequentialDetector { window: window as u64, streams: [Stream::default(); STREAMS], clock: 0 }
+        SequentialDetector {
+            window: window as u64,
+            streams: [Stream::default(); STREAMS],
+            clock: 0,
+        }
     }
 
-    /// Notes an access to `block`; returns the blocks to fetch ahead, if
-    /// this access continues a sequential stream. Each block is handed out
-    /// once per stream, so a steady stream asks for one new block per block
-    /// it consumes.
+    /// Notes an access to `block`; returns the window of blocks to have
+    /// ahead, if this access moves a sequential stream onto a new block.
+    /// The whole window is returned each time: the caller skips blocks
+    /// already cached or in flight, so a block the budget could not take
+    /// once is tried again on the next step.
     pub fn access(&mut self, block: u64) -> Option<Range<u64>> {
         if self.window == 0 {
             return None;
@@ -142,23 +159,31 @@ impl SequentialDetector {
             s.stamp = clock;
             return None;
         }
-        if let Some(s) = self.streams.iter_mut().find(|s| s.used && s.last.checked_add(1) == Some(block)) {
+        if let Some(s) = self
+            .streams
+            .iter_mut()
+            .find(|s| s.used && s.last.checked_add(1) == Some(block))
+        {
             s.last = block;
             s.run += 1;
             s.stamp = clock;
             if s.run < SEQUENTIAL_AFTER {
                 return None;
             }
-            let end = block.saturating_add(1).saturating_add(self.window);
-            let start = s.ahead_until.max(block.saturating_add(1));
-            if start >= end {
-                return None;
-            }
-            s.ahead_until = end;
-            return Some(start..end);
+            let start = block.saturating_add(1);
+            return Some(start..start.saturating_add(self.window));
         }
-        let victim = self.streams.iter_mut().min_by_key(|s| if s.used { s.stamp } else { 0 }).expect("STREAMS > 0");
-        *victim = Stream { last: block, run: 0, ahead_until: 0, stamp: clock, used: true };
+        let victim = self
+            .streams
+            .iter_mut()
+            .min_by_key(|s| if s.used { s.stamp } else { 0 })
+            .expect("STREAMS > 0");
+        *victim = Stream {
+            last: block,
+            run: 0,
+            stamp: clock,
+            used: true,
+        };
         None
     }
 }
@@ -178,7 +203,11 @@ impl AccessRecorder {
     /// A recorder for an image of `block_count` blocks.
     pub fn new(block_count: u64) -> AccessRecorder {
         let words = block_count.div_ceil(64) as usize;
-        AccessRecorder { block_count, seen: (0..words).map(|_| AtomicU64::new(0)).collect(), order: Mutex::new(Vec::new()) }
+        AccessRecorder {
+            block_count,
+            seen: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            order: Mutex::new(Vec::new()),
+        }
     }
 
     /// Notes a demand access to `block` (ignored past the end of the image).
@@ -186,14 +215,19 @@ impl AccessRecorder {
         if block >= self.block_count {
             return;
         }
-        let Some(word) = self.seen.get((block / 64) as usize) else { return };
+        let Some(word) = self.seen.get((block / 64) as usize) else {
+            return;
+        };
         let bit = 1u64 << (block % 64);
         if word.load(Ordering::Relaxed) & bit != 0 {
             return;
         }
         // fetch_or decides the race: only the thread that sets the bit appends.
         if word.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
-            self.order.lock().unwrap_or_else(|p| p.into_inner()).push(block);
+            self.order
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(block);
         }
     }
 
@@ -235,7 +269,12 @@ pub fn parse_profile(text: &str) -> Result<Vec<u64>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let block: u64 = line.parse().map_err(|_| format!("profile line {}: expected a block number, found {line:?}", n + 1))?;
+        let block: u64 = line.parse().map_err(|_| {
+            format!(
+                "profile line {}: expected a block number, found {line:?}",
+                n + 1
+            )
+        })?;
         if seen.insert(block) {
             out.push(block);
         }
@@ -255,8 +294,8 @@ mod tests {
         assert_eq!(d.access(11), None);
         assert_eq!(d.access(12), Some(13..17));
         assert_eq!(d.access(12), None);
-        assert_eq!(d.access(13), Some(17..18));
-        assert_eq!(d.access(14), Some(18..19));
+        assert_eq!(d.access(13), Some(14..18));
+        assert_eq!(d.access(14), Some(15..19));
     }
 
     #[test]
@@ -277,6 +316,7 @@ mod tests {
         }
         assert_eq!(got[4], Some(3..5));
         assert_eq!(got[5], Some(103..105));
+        assert_eq!(got[6], Some(4..6));
     }
 
     #[test]
@@ -317,7 +357,10 @@ mod tests {
         let _p3 = b.try_acquire(4096).unwrap();
         assert!(b.try_acquire(4096).is_none(), "requests spent");
         drop(p2);
-        assert!(b.try_acquire(16 << 20).is_none(), "larger than the whole budget");
+        assert!(
+            b.try_acquire(16 << 20).is_none(),
+            "larger than the whole budget"
+        );
         assert!(PrefetchBudget::new(0, 4).try_acquire(1).is_none());
     }
 }

@@ -172,7 +172,7 @@ fn guest_boots_from_s3_through_zvmount() {
         store.put_file(&key, &image).await.expect("upload image");
         let mut sidecar = image.as_os_str().to_owned();
         sidecar.push(".zvidx");
-        let _ = sidecar;
+        store.put_file(&format!("{key}.zvidx"), Path::new(&sidecar)).await.expect("upload sidecar");
     });
 
     let builder = Mounted::builder()

@@ -22,15 +22,29 @@ fn check_record(image: &[u8], at: usize, block: u32) -> usize {
     assert_eq!(&r[..12], b"hwstream bg\0", "record magic at {at}");
     let len = u32_at(r, 12) as usize;
     assert_eq!(u32_at(r, 16), block, "block number at {at}");
-    assert!(r[20..48].iter().all(|&b| b == 0), "flag, orig size and reserved are written 0");
+    assert!(
+        r[20..48].iter().all(|&b| b == 0),
+        "flag, orig size and reserved are written 0"
+    );
     let size = (48 + len + 4).div_ceil(4096) * 4096;
-    assert_eq!(&r[48..52], &[0x28, 0xb5, 0x2f, 0xfd], "payload is a zstd frame");
+    assert_eq!(
+        &r[48..52],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        "payload is a zstd frame"
+    );
     // Frame header descriptor: content size present, no checksum, no dictionary.
     let fhd = r[52];
     assert_eq!(fhd & 0x04, 0, "no content checksum");
     assert_eq!(fhd & 0x03, 0, "no dictionary id");
-    assert_ne!(fhd >> 6, 0, "content size in the frame header (4 or 8 bytes for 2 MiB)");
-    assert!(r[48 + len..size - 4].iter().all(|&b| b == 0), "padding written as zeros");
+    assert_ne!(
+        fhd >> 6,
+        0,
+        "content size in the frame header (4 or 8 bytes for 2 MiB)"
+    );
+    assert!(
+        r[48 + len..size - 4].iter().all(|&b| b == 0),
+        "padding written as zeros"
+    );
     assert_eq!(&r[size - 4..size], b"end\0");
     size
 }
@@ -47,7 +61,10 @@ fn three_block_image_layout() {
     // Head footer at 0.
     let head = Footer::parse(&image[..4096], 0).expect("head footer checksum valid");
     assert_eq!(&head.cookie, b"z2strm\0\0");
-    assert_eq!((head.index_lba, head.bitmap_lba, head.non_zero_blk_num), (0, 0, 0));
+    assert_eq!(
+        (head.index_lba, head.bitmap_lba, head.non_zero_blk_num),
+        (0, 0, 0)
+    );
     assert_eq!(head.orig_size, orig_size);
     assert!(image[512..4096].iter().all(|&b| b == 0));
 
@@ -63,7 +80,11 @@ fn three_block_image_layout() {
     let mid = Footer::parse_unchecked(mid_bytes, mid_at as u64).unwrap();
     assert_eq!(mid.non_zero_blk_num, 2);
     assert_eq!(mid.checksum, head.checksum, "checksum not recomputed");
-    assert_ne!(mid.checksum, footer_checksum(mid_bytes), "mid footer fails validation");
+    assert_ne!(
+        mid.checksum,
+        footer_checksum(mid_bytes),
+        "mid footer fails validation"
+    );
     assert!(Footer::parse(mid_bytes, mid_at as u64).is_err());
     let mut mid_as_head = mid.clone();
     mid_as_head.non_zero_blk_num = 0;
@@ -72,8 +93,14 @@ fn three_block_image_layout() {
     // Index: one whole 512 KiB segment.
     let index_lba = mid_at + 4096;
     let index = &image[index_lba..index_lba + 512 * 1024];
-    assert_eq!((u64_at(index, 0), u32_at(index, 8), u32_at(index, 12)), (4096, 0, size0 as u32));
-    assert_eq!((u64_at(index, 16), u32_at(index, 24), u32_at(index, 28)), (at2 as u64, 2, size2 as u32));
+    assert_eq!(
+        (u64_at(index, 0), u32_at(index, 8), u32_at(index, 12)),
+        (4096, 0, size0 as u32)
+    );
+    assert_eq!(
+        (u64_at(index, 16), u32_at(index, 24), u32_at(index, 28)),
+        (at2 as u64, 2, size2 as u32)
+    );
     assert!(index[32..].iter().all(|&b| b == 0));
 
     // Bitmap: one 4 KiB segment, blocks 0 and 2 set.
@@ -85,7 +112,8 @@ fn three_block_image_layout() {
     // Final footer: the last 4096 bytes, right after the bitmap.
     let final_at = bitmap_lba + 4096;
     assert_eq!(image.len(), final_at + 4096);
-    let f = Footer::parse(&image[final_at..], final_at as u64).expect("final footer checksum valid");
+    let f =
+        Footer::parse(&image[final_at..], final_at as u64).expect("final footer checksum valid");
     assert!(image[final_at + 512..].iter().all(|&b| b == 0));
     assert_eq!(&f.cookie, b"z2strm\0\0");
     assert_eq!(f.features, 2);
@@ -101,7 +129,10 @@ fn three_block_image_layout() {
     assert_eq!(f.disk_type, 4);
     assert_eq!(f.uuid, head.uuid);
     assert_eq!(f.uuid[6] >> 4, 4, "version-4 uuid");
-    assert_eq!((f.saved, f.hidden, f.align_64, f.zvhd2_version), (0, 0, 0, 1));
+    assert_eq!(
+        (f.saved, f.hidden, f.align_64, f.zvhd2_version),
+        (0, 0, 0, 1)
+    );
     assert_eq!(f.block_size, 2 << 20);
     assert_eq!(f.max_blk_num, 3);
     assert_eq!(f.index_lba, index_lba as u64);
@@ -111,12 +142,24 @@ fn three_block_image_layout() {
     assert_eq!((f.index_seg_num, f.bitmap_seg_num), (1, 1));
     assert_eq!(f.non_zero_blk_num, 2);
     assert_eq!((f.index_contains_zero_blk, f.compress_method), (0, 1));
-    assert!(image[final_at + 142..final_at + 512].iter().all(|&b| b == 0), "reserved");
+    assert!(
+        image[final_at + 142..final_at + 512]
+            .iter()
+            .all(|&b| b == 0),
+        "reserved"
+    );
     // The head footer carries the same identity fields.
-    assert_eq!((head.block_size, head.max_blk_num, head.curr_size), (f.block_size, f.max_blk_num, f.curr_size));
+    assert_eq!(
+        (head.block_size, head.max_blk_num, head.curr_size),
+        (f.block_size, f.max_blk_num, f.curr_size)
+    );
 
-    let header = ImageHeader::parse(&image[..4096], &image[final_at..], image.len() as u64).unwrap();
-    assert_eq!(header.metadata_range(), Some(index_lba as u64..final_at as u64));
+    let header =
+        ImageHeader::parse(&image[..4096], &image[final_at..], image.len() as u64).unwrap();
+    assert_eq!(
+        header.metadata_range(),
+        Some(index_lba as u64..final_at as u64)
+    );
     assert_eq!(summary.image_size, image.len() as u64);
     assert_eq!((summary.blocks, summary.non_zero_blocks), (3, 2));
     let e = &summary.sidecar.entries;

@@ -17,14 +17,24 @@ fn round_trip(raw: &[u8], block_size: u32) -> Vec<u8> {
     let mut want = raw.to_vec();
     want.resize(disk_size, 0);
 
-    assert_eq!(decode_all(&image, None).unwrap(), want, "decode without sidecar");
+    assert_eq!(
+        decode_all(&image, None).unwrap(),
+        want,
+        "decode without sidecar"
+    );
     let sidecar = Sidecar::decode(&summary.sidecar.encode()).unwrap();
     assert_eq!(sidecar, summary.sidecar);
     let tail = &image[image.len().saturating_sub(4096)..];
-    sidecar.check_identity(&ImageIdentity::from_tail(image.len() as u64, tail)).unwrap();
+    sidecar
+        .check_identity(&ImageIdentity::from_tail(image.len() as u64, tail))
+        .unwrap();
     let mem = MemImage::open(&image).unwrap();
     sidecar.check_header(&mem.header).unwrap();
-    assert_eq!(mem.read_disk(Some(&sidecar)).unwrap(), want, "decode with sidecar");
+    assert_eq!(
+        mem.read_disk(Some(&sidecar)).unwrap(),
+        want,
+        "decode with sidecar"
+    );
     // The sidecar's block table equals the one built from the image.
     let from_sidecar = sidecar.block_index();
     assert_eq!(from_sidecar.block_count(), mem.index.block_count());
@@ -102,7 +112,11 @@ fn thread_counts_give_the_same_layout() {
     let mut images = Vec::new();
     for threads in [1, 2, 5] {
         let mut out = Vec::new();
-        let options = WriteOptions { block_size: MIB, threads, ..WriteOptions::default() };
+        let options = WriteOptions {
+            block_size: MIB,
+            threads,
+            ..WriteOptions::default()
+        };
         let s = write_image(&raw[..], raw.len() as u64, &mut out, &options, &mut |_| {}).unwrap();
         // Everything but the footers (timestamp and uuid differ) is identical.
         images.push((out, s.sidecar.entries, s.sidecar.image_digest));
@@ -110,9 +124,17 @@ fn thread_counts_give_the_same_layout() {
     for (out, entries, digest) in &images[1..] {
         assert_eq!(out.len(), images[0].0.len());
         let records_end = out.len() - 4096;
-        let mid = entries.iter().filter(|e| !e.is_zero()).map(|e| e.record_offset + u64::from(e.record_size)).max().unwrap() as usize;
+        let mid = entries
+            .iter()
+            .filter(|e| !e.is_zero())
+            .map(|e| e.record_offset + u64::from(e.record_size))
+            .max()
+            .unwrap() as usize;
         assert_eq!(out[4096..mid], images[0].0[4096..mid]);
-        assert_eq!(out[mid + 4096..records_end], images[0].0[mid + 4096..records_end]);
+        assert_eq!(
+            out[mid + 4096..records_end],
+            images[0].0[mid + 4096..records_end]
+        );
         assert_eq!(entries, &images[0].1);
         assert_eq!(digest, &images[0].2);
     }
@@ -122,8 +144,19 @@ fn thread_counts_give_the_same_layout() {
 fn progress_reaches_the_input_size() {
     let raw = raw_mixed(4, MIB, 9);
     let mut seen = Vec::new();
-    let options = WriteOptions { block_size: MIB, threads: 2, ..WriteOptions::default() };
-    write_image(&raw[..], raw.len() as u64, std::io::sink(), &options, &mut |n| seen.push(n)).unwrap();
+    let options = WriteOptions {
+        block_size: MIB,
+        threads: 2,
+        ..WriteOptions::default()
+    };
+    write_image(
+        &raw[..],
+        raw.len() as u64,
+        std::io::sink(),
+        &options,
+        &mut |n| seen.push(n),
+    )
+    .unwrap();
     assert!(seen.windows(2).all(|w| w[0] <= w[1]));
     assert_eq!(seen.last(), Some(&(raw.len() as u64)));
 }
@@ -133,7 +166,11 @@ fn higher_levels_still_round_trip() {
     let raw = raw_mixed(4, MIB, 10);
     for level in [1, 19] {
         let mut out = Vec::new();
-        let options = WriteOptions { block_size: MIB, threads: 2, level };
+        let options = WriteOptions {
+            block_size: MIB,
+            threads: 2,
+            level,
+        };
         write_image(&raw[..], raw.len() as u64, &mut out, &options, &mut |_| {}).unwrap();
         assert_eq!(decode_all(&out, None).unwrap(), raw);
     }

@@ -39,24 +39,49 @@ impl Opened {
 
 fn quiet() -> ImageOptions {
     // No readahead: these tests count GETs exactly.
-    ImageOptions { readahead_blocks: 0, ..ImageOptions::default() }
+    ImageOptions {
+        readahead_blocks: 0,
+        ..ImageOptions::default()
+    }
 }
 
-async fn open_with(files: &ImageFiles, sidecar: bool, cache: Arc<dyn BlockCache>, options: ImageOptions) -> Opened {
+async fn open_with(
+    files: &ImageFiles,
+    sidecar: bool,
+    cache: Arc<dyn BlockCache>,
+    options: ImageOptions,
+) -> Opened {
     let store = Arc::new(FaultStore::new(FileStore::new(files.dir.path())));
     let control = store.control();
-    let source = if sidecar { SidecarSource::Auto } else { SidecarSource::Ignore };
-    let layout = ImageLayout::load(store.as_ref(), KEY, &source).await.expect("open image");
+    let source = if sidecar {
+        SidecarSource::Auto
+    } else {
+        SidecarSource::Ignore
+    };
+    let layout = ImageLayout::load(store.as_ref(), KEY, &source)
+        .await
+        .expect("open image");
     assert_eq!(layout.sidecar.is_some(), sidecar);
     let open_requests = control.requests();
     let metrics = Arc::new(Metrics::default());
     let store: Arc<dyn ObjectStore> = store;
     let image = Image::new(store, layout, cache, metrics.clone(), options);
-    Opened { image, control, metrics, open_requests }
+    Opened {
+        image,
+        control,
+        metrics,
+        open_requests,
+    }
 }
 
 async fn open(files: &ImageFiles, sidecar: bool) -> Opened {
-    open_with(files, sidecar, Arc::new(MemoryCache::new(256 << 20)), quiet()).await
+    open_with(
+        files,
+        sidecar,
+        Arc::new(MemoryCache::new(256 << 20)),
+        quiet(),
+    )
+    .await
 }
 
 /// The disk as the image should show it: raw, zero-padded to `size`.
@@ -64,13 +89,6 @@ fn expected(raw: &[u8], size: u64) -> Vec<u8> {
     let mut v = raw.to_vec();
     v.resize(size as usize, 0);
     v
-}
-
-fn record_of(image: &Image, block: u64) -> zvmount::format::RecordLocation {
-    match image.layout().index.lookup(block) {
-        Some(BlockLocation::Record(loc)) => loc,
-        other => panic!("block {block} has no record: {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -89,7 +107,9 @@ async fn read_at_equals_raw_at_random_offsets() {
             let offset = match i % 4 {
                 0 => rng.gen_range(0..size),
                 // Near a block boundary.
-                1 => (rng.gen_range(0..10u64) * u64::from(BS)).saturating_sub(rng.gen_range(0..5000)),
+                1 => {
+                    (rng.gen_range(0..10u64) * u64::from(BS)).saturating_sub(rng.gen_range(0..5000))
+                }
                 // Near the end, including past it.
                 2 => size - rng.gen_range(0..9000).min(size) + rng.gen_range(0..2) * 5000,
                 _ => rng.gen_range(0..size / 4096) * 4096,
@@ -99,11 +119,22 @@ async fn read_at_equals_raw_at_random_offsets() {
                 1 => rng.gen_range(1..=3 * BS),
                 _ => 131072,
             };
-            let got = o.image.read_at(offset, len).await.unwrap_or_else(|e| panic!("read {offset}+{len}: {e}"));
+            let got = o
+                .image
+                .read_at(offset, len)
+                .await
+                .unwrap_or_else(|e| panic!("read {offset}+{len}: {e}"));
             let end = (offset + u64::from(len)).min(size);
-            let want_slice = if offset >= size { &[][..] } else { &want[offset as usize..end as usize] };
+            let want_slice = if offset >= size {
+                &[][..]
+            } else {
+                &want[offset as usize..end as usize]
+            };
             assert_eq!(got.len(), want_slice.len(), "length of read {offset}+{len}");
-            assert!(got[..] == *want_slice, "bytes of read {offset}+{len} (sidecar {sidecar})");
+            assert!(
+                got[..] == *want_slice,
+                "bytes of read {offset}+{len} (sidecar {sidecar})"
+            );
         }
         assert_eq!(o.metrics.snapshot().verify_failures, 0);
     }
@@ -111,15 +142,39 @@ async fn read_at_equals_raw_at_random_offsets() {
 
 #[tokio::test]
 async fn curr_size_tail_reads_as_zeros_with_no_fetch() {
-    let raw = raw_from_kinds(&[BlockKind::Random, BlockKind::Compressible, BlockKind::Random], BS, 3);
+    let raw = raw_from_kinds(
+        &[
+            BlockKind::Random,
+            BlockKind::Compressible,
+            BlockKind::Random,
+        ],
+        BS,
+        3,
+    );
     let files = write_files(raw.clone(), BS);
-    let o = open_with(&files, true, Arc::new(MemoryCache::new(64 << 20)), ImageOptions { size_mode: SizeMode::Curr, ..quiet() }).await;
+    let o = open_with(
+        &files,
+        true,
+        Arc::new(MemoryCache::new(64 << 20)),
+        ImageOptions {
+            size_mode: SizeMode::Curr,
+            ..quiet()
+        },
+    )
+    .await;
     let curr = o.image.layout().header.curr_size();
     assert_eq!(o.image.size(), curr);
     assert_eq!(curr, 1 << 30);
-    for (offset, len) in [(3 * u64::from(BS), 4096u32), (curr - 100, 4096), (500 << 20, 8 << 20)] {
+    for (offset, len) in [
+        (3 * u64::from(BS), 4096u32),
+        (curr - 100, 4096),
+        (500 << 20, 8 << 20),
+    ] {
         let got = o.image.read_at(offset, len).await.unwrap();
-        assert_eq!(got.len() as u64, (offset + u64::from(len)).min(curr) - offset);
+        assert_eq!(
+            got.len() as u64,
+            (offset + u64::from(len)).min(curr) - offset
+        );
         assert!(got.iter().all(|&b| b == 0), "tail at {offset} is zeros");
     }
     assert_eq!(o.gets(), 0, "the tail needs no GET");
@@ -142,12 +197,19 @@ async fn zero_blocks_need_no_get() {
         assert_eq!(block.len(), BS as usize);
         assert!(block.iter().all(|&x| x == 0));
     }
-    let span = o.image.read_at(2 * u64::from(BS) + 5, 2 * BS - 10).await.unwrap();
+    let span = o
+        .image
+        .read_at(2 * u64::from(BS) + 5, 2 * BS - 10)
+        .await
+        .unwrap();
     assert!(span.iter().all(|&x| x == 0));
     assert_eq!(o.gets(), 0);
     assert!(o.metrics.snapshot().zero_block_reads >= 5);
     // The sparse block has a record and its one non-zero byte.
-    assert_eq!(o.image.read_block(4).await.unwrap()[..], raw[4 * BS as usize..]);
+    assert_eq!(
+        o.image.read_block(4).await.unwrap()[..],
+        raw[4 * BS as usize..]
+    );
     assert_eq!(o.gets(), 1);
     // Past the end of the disk is an error naming the image.
     let err = o.image.read_block(5).await.unwrap_err();
@@ -161,7 +223,10 @@ async fn single_flight_one_get_for_32_readers() {
     let o = open(&files, true).await;
     // Slow the store so that the readers overlap the fetch (the count holds
     // either way: late readers hit the cache).
-    o.control.set(FaultPlan { latency: Duration::from_millis(100), ..FaultPlan::default() });
+    o.control.set(FaultPlan {
+        latency: Duration::from_millis(100),
+        ..FaultPlan::default()
+    });
     let readers: Vec<_> = (0..32)
         .map(|_| {
             let image = o.image.clone();
@@ -177,7 +242,10 @@ async fn single_flight_one_get_for_32_readers() {
     assert_eq!(m.blocks_fetched, 1);
     assert_eq!(m.cache_misses, 1);
     assert_eq!(m.inflight_joins + m.mem_cache_hits, 31);
-    assert!(m.inflight_joins > 0, "readers joined the fetch in flight: {m:?}");
+    assert!(
+        m.inflight_joins > 0,
+        "readers joined the fetch in flight: {m:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -193,7 +261,10 @@ async fn concurrent_readers_on_different_blocks() {
             let b = (reader * 7) % 12;
             let off = b * u64::from(BS) + reader * 512;
             let got = image.read_at(off, 64 << 10).await.unwrap();
-            assert!(got[..] == raw[off as usize..off as usize + (64 << 10)], "reader {reader} block {b}");
+            assert!(
+                got[..] == raw[off as usize..off as usize + (64 << 10)],
+                "reader {reader} block {b}"
+            );
         }));
     }
     for t in tasks {
@@ -230,7 +301,15 @@ fn corrupt_record_in_file(files: &ImageFiles, block: u64) -> u64 {
 
 #[tokio::test]
 async fn corrupted_record_fails_that_block_only() {
-    let raw = raw_from_kinds(&[BlockKind::Random, BlockKind::Compressible, BlockKind::Random], BS, 17);
+    let raw = raw_from_kinds(
+        &[
+            BlockKind::Random,
+            BlockKind::Compressible,
+            BlockKind::Random,
+        ],
+        BS,
+        17,
+    );
     let files = write_files(raw.clone(), BS);
     let offset = corrupt_record_in_file(&files, 1);
     let o = open(&files, true).await;
@@ -238,7 +317,10 @@ async fn corrupted_record_fails_that_block_only() {
     let msg = err.to_string();
     assert!(matches!(err, ImageError::Verify { block: 1, .. }), "{msg}");
     assert!(msg.contains("CRC32C"), "{msg}");
-    assert!(msg.contains(&offset.to_string()), "names the record offset: {msg}");
+    assert!(
+        msg.contains(&offset.to_string()),
+        "names the record offset: {msg}"
+    );
     assert!(msg.contains("disk.zvhd2"), "names the image: {msg}");
     // A read spanning the bad block fails; the neighbours are fine.
     assert!(o.image.read_at(u64::from(BS) - 10, 20).await.is_err());
@@ -256,7 +338,11 @@ async fn damaged_record_framing_fails_without_sidecar() {
     let raw = raw_from_kinds(&[BlockKind::Random, BlockKind::Random], BS, 19);
     let files = write_files(raw.clone(), BS);
     let mut bytes = std::fs::read(&files.image).unwrap();
-    let loc = match common::images::MemImage::open(&bytes).unwrap().index.lookup(1) {
+    let loc = match common::images::MemImage::open(&bytes)
+        .unwrap()
+        .index
+        .lookup(1)
+    {
         Some(BlockLocation::Record(loc)) => loc,
         other => panic!("{other:?}"),
     };
@@ -273,21 +359,39 @@ async fn damaged_record_framing_fails_without_sidecar() {
 async fn store_faults_are_errors_and_the_next_read_retries() {
     let raw = raw_from_kinds(&[BlockKind::Random, BlockKind::Compressible], BS, 23);
     let files = write_files(raw.clone(), BS);
-    let o = open(&files, true).await;
+    // No cache, so every read goes to the store and meets the next fault.
+    let o = open_with(&files, true, Arc::new(NoCache), quiet()).await;
     for plan in [
-        FaultPlan { fail_permanent: 1, ..FaultPlan::default() },
-        FaultPlan { fail_transient: 1, ..FaultPlan::default() },
-        FaultPlan { truncate: 1, ..FaultPlan::default() },
-        FaultPlan { corrupt: 1, ..FaultPlan::default() },
+        FaultPlan {
+            fail_permanent: 1,
+            ..FaultPlan::default()
+        },
+        FaultPlan {
+            fail_transient: 1,
+            ..FaultPlan::default()
+        },
+        FaultPlan {
+            truncate: 1,
+            ..FaultPlan::default()
+        },
+        FaultPlan {
+            corrupt: 1,
+            ..FaultPlan::default()
+        },
     ] {
         let desc = format!("{plan:?}");
         o.control.set(plan);
         let err = o.image.read_block(1).await.expect_err(&desc);
-        assert!(matches!(err, ImageError::Verify { block: 1, .. }), "{desc}: {err}");
-        let block = o.image.read_block(1).await.unwrap_or_else(|e| panic!("{desc}: retry failed: {e}"));
+        assert!(
+            matches!(err, ImageError::Verify { block: 1, .. }),
+            "{desc}: {err}"
+        );
+        let block = o
+            .image
+            .read_block(1)
+            .await
+            .unwrap_or_else(|e| panic!("{desc}: retry failed: {e}"));
         assert!(block[..] == raw[BS as usize..], "{desc}");
-        // Evict by reopening with a fresh cache for the next plan.
-        o.image.read_block(0).await.unwrap();
     }
     let m = o.metrics.snapshot();
     assert_eq!(m.fetch_errors, 3, "{m:?}");
@@ -302,14 +406,25 @@ async fn memory_cache_byte_bound_holds_through_reads() {
     let o = open_with(&files, true, mem.clone(), quiet()).await;
     for round in 0..2 {
         for b in 0..8u64 {
-            let got = o.image.read_at(b * u64::from(BS) + 4096, 4096).await.unwrap();
-            assert!(got[..] == raw[(b * u64::from(BS) + 4096) as usize..][..4096], "round {round} block {b}");
+            let got = o
+                .image
+                .read_at(b * u64::from(BS) + 4096, 4096)
+                .await
+                .unwrap();
+            assert!(
+                got[..] == raw[(b * u64::from(BS) + 4096) as usize..][..4096],
+                "round {round} block {b}"
+            );
             let st = mem.stats();
             assert!(st.bytes <= 3 * u64::from(BS), "{st:?}");
         }
     }
     assert_eq!(mem.stats().entries, 3);
-    assert_eq!(o.gets(), 16, "an 8-block cycle through a 3-block cache always misses");
+    assert_eq!(
+        o.gets(),
+        16,
+        "an 8-block cycle through a 3-block cache always misses"
+    );
 }
 
 #[tokio::test]
@@ -330,13 +445,19 @@ async fn disk_cache_survives_reopen_and_serves_without_gets() {
     let cache_dir = tempfile::tempdir().unwrap();
     {
         let disk = Arc::new(DiskCache::open(cache_dir.path(), 64 << 20).unwrap());
-        let tiered = Arc::new(TieredCache::new(Arc::new(MemoryCache::new(64 << 20)), disk.clone()));
+        let tiered = Arc::new(TieredCache::new(
+            Arc::new(MemoryCache::new(64 << 20)),
+            disk.clone(),
+        ));
         let o = open_with(&files, true, tiered, quiet()).await;
         for b in 0..6 {
             o.image.read_block(b).await.unwrap();
         }
         disk.flush();
-        assert_eq!(disk.stats().entries, o.image.layout().index.non_zero_count());
+        assert_eq!(
+            disk.stats().entries,
+            o.image.layout().index.non_zero_count()
+        );
     }
     let disk = Arc::new(DiskCache::open(cache_dir.path(), 64 << 20).unwrap());
     let tiered = Arc::new(TieredCache::new(Arc::new(MemoryCache::new(64 << 20)), disk));
@@ -351,4 +472,48 @@ async fn disk_cache_survives_reopen_and_serves_without_gets() {
     // Now promoted to memory.
     o.image.read_block(1).await.unwrap();
     assert_eq!(o.metrics.snapshot().mem_cache_hits, 1);
+}
+
+/// Prints the latency of warm 4 KiB reads and of cold misses (no assertion
+/// on time). Run: `cargo test --release --test image_read -- --ignored --nocapture latency`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn latency_figures() {
+    let bs: u32 = 2 << 20;
+    let raw = raw_from_kinds(
+        &[
+            BlockKind::Random,
+            BlockKind::Compressible,
+            BlockKind::Random,
+            BlockKind::Compressible,
+        ],
+        bs,
+        71,
+    );
+    let files = write_files(raw, bs);
+    let o = open(&files, true).await;
+    let mut cold = Vec::new();
+    for b in 0..4u64 {
+        let t = std::time::Instant::now();
+        o.image.read_at(b * u64::from(bs), 4096).await.unwrap();
+        cold.push(t.elapsed());
+    }
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut warm = Vec::with_capacity(100_000);
+    for _ in 0..100_000 {
+        let off = rng.gen_range(0..(4 * u64::from(bs) - 4096) / 4096) * 4096;
+        let t = std::time::Instant::now();
+        let got = o.image.read_at(off, 4096).await.unwrap();
+        warm.push(t.elapsed());
+        assert_eq!(got.len(), 4096);
+    }
+    warm.sort();
+    let pct = |p: f64| warm[((warm.len() as f64 * p) as usize).min(warm.len() - 1)];
+    println!("cold 4 KiB reads (GET + verify + decode of a 2 MiB block, local file): {cold:?}");
+    println!(
+        "warm 4 KiB reads: p50 {:?} p99 {:?} max {:?}",
+        pct(0.50),
+        pct(0.99),
+        warm[warm.len() - 1]
+    );
 }

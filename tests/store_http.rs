@@ -18,7 +18,11 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn args(timeout_ms: u64, retries: u32) -> StoreArgs {
-    StoreArgs { timeout: Duration::from_millis(timeout_ms), retries, ..StoreArgs::default() }
+    StoreArgs {
+        timeout: Duration::from_millis(timeout_ms),
+        retries,
+        ..StoreArgs::default()
+    }
 }
 
 #[tokio::test]
@@ -26,7 +30,9 @@ async fn ranges_suffix_and_meta() {
     let server = HttpServer::start().await;
     let data = random_bytes(500_000, 1);
     server.put("images/a.zvhd2", data.clone());
-    let (store, key) = open_source(&server.url("images/a.zvhd2"), &args(10_000, 2)).await.unwrap();
+    let (store, key) = open_source(&server.url("images/a.zvhd2"), &args(10_000, 2))
+        .await
+        .unwrap();
     assert_eq!(key, "a.zvhd2");
     let meta = store.head(&key).await.unwrap();
     assert_eq!(meta.size, data.len() as u64);
@@ -36,8 +42,15 @@ async fn ranges_suffix_and_meta() {
     for _ in 0..30 {
         let start = rng.gen_range(0..data.len() as u64);
         let end = rng.gen_range(start..=data.len() as u64);
-        let got = store.get_range(&key, start..end, Some(&meta)).await.unwrap();
-        assert_eq!(&got[..], &data[start as usize..end as usize], "range {start}..{end}");
+        let got = store
+            .get_range(&key, start..end, Some(&meta))
+            .await
+            .unwrap();
+        assert_eq!(
+            &got[..],
+            &data[start as usize..end as usize],
+            "range {start}..{end}"
+        );
     }
     let (tail, tail_meta) = store.get_suffix(&key, 4096).await.unwrap();
     assert_eq!(&tail[..], &data[data.len() - 4096..]);
@@ -47,7 +60,10 @@ async fn ranges_suffix_and_meta() {
     assert_eq!(all.len(), data.len());
 
     let n = data.len() as u64;
-    let err = store.get_range(&key, n - 1..n + 1, Some(&meta)).await.unwrap_err();
+    let err = store
+        .get_range(&key, n - 1..n + 1, Some(&meta))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::OutOfRange { .. }), "{err}");
 }
 
@@ -55,24 +71,38 @@ async fn ranges_suffix_and_meta() {
 async fn head_refused_like_a_presigned_url_falls_back_to_a_range_get() {
     let server = HttpServer::start().await;
     server.put("b.img", random_bytes(12_345, 2));
-    server.set_behaviour(Behaviour { refuse_head: true, ..Behaviour::default() });
+    server.set_behaviour(Behaviour {
+        refuse_head: true,
+        ..Behaviour::default()
+    });
     let url = format!("{}?X-Amz-Signature=topsecretsig", server.url("b.img"));
     let (store, key) = open_source(&url, &args(10_000, 0)).await.unwrap();
     let meta = store.head(&key).await.unwrap();
     assert_eq!(meta.size, 12_345);
     assert!(meta.etag.is_some());
-    assert_eq!(store.sibling_key(&key, ".zvidx"), "b.img.zvidx?X-Amz-Signature=topsecretsig");
+    assert_eq!(
+        store.sibling_key(&key, ".zvidx"),
+        "b.img.zvidx?X-Amz-Signature=topsecretsig"
+    );
 
     // The signature never shows in a location or an error.
-    let err = store.get_range("missing?X-Amz-Signature=topsecretsig", 0..1, None).await.unwrap_err();
+    let err = store
+        .get_range("missing?X-Amz-Signature=topsecretsig", 0..1, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
-    assert!(!format!("{err} {err:?} {store:?}").contains("topsecretsig"), "{err}");
+    assert!(
+        !format!("{err} {err:?} {store:?}").contains("topsecretsig"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn missing_object_is_not_found_without_retries() {
     let server = HttpServer::start().await;
-    let (store, key) = open_source(&server.url("nothing.img"), &args(10_000, 4)).await.unwrap();
+    let (store, key) = open_source(&server.url("nothing.img"), &args(10_000, 4))
+        .await
+        .unwrap();
     let err = store.head(&key).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
     let err = store.get_range(&key, 0..10, None).await.unwrap_err();
@@ -84,7 +114,9 @@ async fn missing_object_is_not_found_without_retries() {
 async fn replaced_object_is_image_changed() {
     let server = HttpServer::start().await;
     server.put("c.img", random_bytes(10_000, 3));
-    let (store, key) = open_source(&server.url("c.img"), &args(10_000, 4)).await.unwrap();
+    let (store, key) = open_source(&server.url("c.img"), &args(10_000, 4))
+        .await
+        .unwrap();
     let meta = store.head(&key).await.unwrap();
     store.get_range(&key, 0..10, Some(&meta)).await.unwrap();
     server.put("c.img", random_bytes(10_000, 4));
@@ -100,8 +132,13 @@ async fn a_server_ignoring_range_is_refused_not_downloaded() {
     let server = HttpServer::start().await;
     let data = random_bytes(50_000, 5);
     server.put("d.img", data.clone());
-    server.set_behaviour(Behaviour { ignore_range: true, ..Behaviour::default() });
-    let (store, key) = open_source(&server.url("d.img"), &args(10_000, 0)).await.unwrap();
+    server.set_behaviour(Behaviour {
+        ignore_range: true,
+        ..Behaviour::default()
+    });
+    let (store, key) = open_source(&server.url("d.img"), &args(10_000, 0))
+        .await
+        .unwrap();
     let err = store.get_range(&key, 100..200, None).await.unwrap_err();
     assert!(err.to_string().contains("ignores Range"), "{err}");
     // Asking for the whole object is still fine.
@@ -113,10 +150,26 @@ async fn a_server_ignoring_range_is_refused_not_downloaded() {
 async fn a_stalled_server_times_out() {
     let server = HttpServer::start().await;
     server.put("e.img", random_bytes(1000, 6));
-    server.set_behaviour(Behaviour { stall: true, ..Behaviour::default() });
-    let (store, key) = open_source(&server.url("e.img"), &args(300, 1)).await.unwrap();
+    server.set_behaviour(Behaviour {
+        stall: true,
+        ..Behaviour::default()
+    });
+    let (store, key) = open_source(&server.url("e.img"), &args(300, 1))
+        .await
+        .unwrap();
     let err = store.get_range(&key, 0..100, None).await.unwrap_err();
-    assert!(matches!(err, StoreError::Timeout { start: 0, end: 100, attempt: 2, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Timeout {
+                start: 0,
+                end: 100,
+                attempt: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(server.requests(), 2);
 }
 
@@ -124,8 +177,13 @@ async fn a_stalled_server_times_out() {
 async fn a_short_body_is_an_error_not_data() {
     let server = HttpServer::start().await;
     server.put("f.img", random_bytes(100_000, 7));
-    server.set_behaviour(Behaviour { truncate: true, ..Behaviour::default() });
-    let (store, key) = open_source(&server.url("f.img"), &args(10_000, 2)).await.unwrap();
+    server.set_behaviour(Behaviour {
+        truncate: true,
+        ..Behaviour::default()
+    });
+    let (store, key) = open_source(&server.url("f.img"), &args(10_000, 2))
+        .await
+        .unwrap();
     let err = store.get_range(&key, 0..50_000, None).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().contains("attempt 3"), "{err}");
@@ -135,10 +193,15 @@ async fn a_short_body_is_an_error_not_data() {
 #[tokio::test]
 async fn uploads_and_listing_are_refused_clearly() {
     let server = HttpServer::start().await;
-    let (store, key) = open_source(&server.url("g.img"), &args(10_000, 4)).await.unwrap();
+    let (store, key) = open_source(&server.url("g.img"), &args(10_000, 4))
+        .await
+        .unwrap();
     let file = tempfile::NamedTempFile::new().unwrap();
     let err = store.put_file(&key, file.path()).await.unwrap_err();
-    assert!(err.to_string().contains("not supported by https sources"), "{err}");
+    assert!(
+        err.to_string().contains("not supported by https sources"),
+        "{err}"
+    );
     assert!(store.list("").await.is_err());
     assert_eq!(server.requests(), 0);
 }

@@ -99,7 +99,8 @@ impl DiskCache {
     /// modification first) and leftover temporary files removed.
     pub fn open(root: impl Into<PathBuf>, capacity: u64) -> io::Result<DiskCache> {
         let root = root.into();
-        fs::create_dir_all(&root).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", root.display())))?;
+        fs::create_dir_all(&root)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", root.display())))?;
         let mut found = Vec::new();
         for dir in fs::read_dir(&root)? {
             let dir = dir?;
@@ -123,7 +124,10 @@ impl DiskCache {
             }
         }
         found.sort();
-        let mut index = DiskIndex { lru: LruCache::unbounded(), bytes: 0 };
+        let mut index = DiskIndex {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+        };
         for (_, path, len) in found {
             index.bytes += len;
             index.lru.put(path, len);
@@ -146,7 +150,10 @@ impl DiskCache {
         let handle = std::thread::Builder::new()
             .name("zvmount-diskcache".into())
             .spawn(move || writer_loop(worker, rx))?;
-        Ok(DiskCache { inner, writer: Some((tx, handle)) })
+        Ok(DiskCache {
+            inner,
+            writer: Some((tx, handle)),
+        })
     }
 
     /// The directory the cache lives in.
@@ -211,8 +218,13 @@ impl DiskInner {
     fn entry_path(&self, key: &BlockKey) -> PathBuf {
         // Hash the image id: it is not ours to trust as a path component.
         let h = blake3::hash(key.image.as_bytes());
-        let dir: String = h.as_bytes()[..12].iter().map(|b| format!("{b:02x}")).collect();
-        self.root.join(dir).join(format!("{:016x}.{ENTRY_EXT}", key.block))
+        let dir: String = h.as_bytes()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.root
+            .join(dir)
+            .join(format!("{:016x}.{ENTRY_EXT}", key.block))
     }
 
     fn forget(&self, path: &Path) {
@@ -341,7 +353,8 @@ fn check_entry(raw: &[u8], key: &BlockKey) -> Result<std::ops::Range<usize>, &'s
         return Err("key length out of range");
     }
     let data_start = HEADER_LEN + key_len;
-    if u64::try_from(raw.len() - HEADER_LEN).ok() != Some(key_len as u64).and_then(|k| k.checked_add(data_len))
+    if u64::try_from(raw.len() - HEADER_LEN).ok()
+        != Some(key_len as u64).and_then(|k| k.checked_add(data_len))
         || raw.len() < data_start
     {
         return Err("length does not match the file (torn write?)");
@@ -360,8 +373,15 @@ fn write_entry(path: &Path, key: &BlockKey, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().expect("entry paths have a parent");
     fs::create_dir_all(dir)?;
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().expect("entry paths have a name").to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}-{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let name = path
+        .file_name()
+        .expect("entry paths have a name")
+        .to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.{}-{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut header = [0u8; HEADER_LEN];
     header[0..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&(key.image.len() as u32).to_le_bytes());
@@ -420,7 +440,11 @@ mod tests {
     }
 
     fn block(seed: u8, len: usize) -> Bytes {
-        Bytes::from((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>())
+        Bytes::from(
+            (0..len)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect::<Vec<u8>>(),
+        )
     }
 
     #[test]

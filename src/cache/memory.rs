@@ -38,13 +38,25 @@ pub struct MemoryCacheStats {
 impl MemoryCache {
     /// A cache holding at most `capacity` bytes of blocks (0 caches nothing).
     pub fn new(capacity: u64) -> MemoryCache {
-        MemoryCache { capacity, state: Mutex::new(MemoryState { lru: LruCache::unbounded(), bytes: 0, evictions: 0 }) }
+        MemoryCache {
+            capacity,
+            state: Mutex::new(MemoryState {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                evictions: 0,
+            }),
+        }
     }
 
     /// Current usage.
     pub fn stats(&self) -> MemoryCacheStats {
         let s = self.lock();
-        MemoryCacheStats { capacity: self.capacity, bytes: s.bytes, entries: s.lru.len() as u64, evictions: s.evictions }
+        MemoryCacheStats {
+            capacity: self.capacity,
+            bytes: s.bytes,
+            entries: s.lru.len() as u64,
+            evictions: s.evictions,
+        }
     }
 
     /// Whether `key` is cached, without touching its recency.
@@ -113,7 +125,11 @@ mod tests {
         let cache = MemoryCache::new(10_000);
         for b in 0..10 {
             cache.put(&key(b), Bytes::from(vec![b as u8; 3000]));
-            assert!(cache.stats().bytes <= 10_000, "over budget after put {b}: {:?}", cache.stats());
+            assert!(
+                cache.stats().bytes <= 10_000,
+                "over budget after put {b}: {:?}",
+                cache.stats()
+            );
         }
         let st = cache.stats();
         assert_eq!(st.entries, 3);

@@ -72,7 +72,7 @@ impl Opened {
         let target = if several {
             let mut p = path.as_os_str().to_owned();
             p.push(format!(".{}", self.served.name));
-            p.into()
+            p
         } else {
             path.as_os_str().to_owned()
         };
@@ -213,11 +213,11 @@ async fn open_image(
     let image = Image::new(Arc::clone(store), layout, cache, metrics, options);
     // Fetch what the recorded boot needs before the guest asks for it; a
     // profile being recorded must see the guest's own order instead.
-    if config.record_profile.is_none() {
-        if let Some(task) = image.start_profile_prefetch() {
-            tracing::info!(image = %location, "replaying the sidecar's boot profile");
-            drop(task);
-        }
+    if config.record_profile.is_none()
+        && let Some(task) = image.start_profile_prefetch()
+    {
+        tracing::info!(image = %location, "replaying the sidecar's boot profile");
+        drop(task);
     }
     Ok(Opened {
         served: ServedFile {

@@ -148,7 +148,10 @@ impl Footer {
         if footer.checksum != expected {
             return Err(FormatError::BadFooter {
                 offset,
-                detail: format!("checksum field is {:#010x}, the struct sums to {expected:#010x}", footer.checksum),
+                detail: format!(
+                    "checksum field is {:#010x}, the struct sums to {expected:#010x}",
+                    footer.checksum
+                ),
             });
         }
         Ok(footer)
@@ -160,7 +163,10 @@ impl Footer {
         if bytes.len() < FOOTER_STRUCT_SIZE {
             return Err(FormatError::BadFooter {
                 offset,
-                detail: format!("only {} bytes, the footer struct needs {FOOTER_STRUCT_SIZE}", bytes.len()),
+                detail: format!(
+                    "only {} bytes, the footer struct needs {FOOTER_STRUCT_SIZE}",
+                    bytes.len()
+                ),
             });
         }
         let b = bytes;
@@ -289,7 +295,8 @@ impl Footer {
             index_lba: 0,
             bitmap_lba: 0,
             index_size: 0,
-            bitmap_size: u32::try_from(bitmap_seg_num * u64::from(BITMAP_SEG_SIZE)).unwrap_or(u32::MAX),
+            bitmap_size: u32::try_from(bitmap_seg_num * u64::from(BITMAP_SEG_SIZE))
+                .unwrap_or(u32::MAX),
             index_seg_size: INDEX_SEG_SIZE,
             bitmap_seg_size: BITMAP_SEG_SIZE,
             index_seg_num: 0,
@@ -381,13 +388,18 @@ impl ImageHeader {
                 });
             }
             check_block_size(&head_footer, 0)?;
-            return Ok(ImageHeader { footer: head_footer, file_size });
+            return Ok(ImageHeader {
+                footer: head_footer,
+                file_size,
+            });
         }
         let final_offset = file_size - FOOTER_SIZE;
         if file_size < 2 * FOOTER_SIZE {
             return Err(FormatError::BadFooter {
                 offset: final_offset,
-                detail: format!("file is {file_size} bytes: too short for a head and a final footer"),
+                detail: format!(
+                    "file is {file_size} bytes: too short for a head and a final footer"
+                ),
             });
         }
         check_identity_fields(tail, final_offset, "final")?;
@@ -436,7 +448,11 @@ impl ImageHeader {
 
     /// How the records are compressed.
     pub fn compression(&self) -> Compression {
-        if self.footer.compress_method == 0 { Compression::Zlib } else { Compression::Zstd }
+        if self.footer.compress_method == 0 {
+            Compression::Zlib
+        } else {
+            Compression::Zstd
+        }
     }
 }
 
@@ -465,25 +481,43 @@ fn validate_final(f: &Footer, file_size: u64, offset: u64) -> FormatResult<()> {
         ));
     }
     if f.curr_size < f.orig_size {
-        return bad(format!("curr_size {} is smaller than orig_size {}", f.curr_size, f.orig_size));
+        return bad(format!(
+            "curr_size {} is smaller than orig_size {}",
+            f.curr_size, f.orig_size
+        ));
     }
     if f.compress_method > 1 {
-        return bad(format!("compress_method {} is neither 0 (zlib) nor 1 (zstd)", f.compress_method));
+        return bad(format!(
+            "compress_method {} is neither 0 (zlib) nor 1 (zstd)",
+            f.compress_method
+        ));
     }
     if f.index_seg_size != INDEX_SEG_SIZE {
-        return bad(format!("index_seg_size {} != {INDEX_SEG_SIZE}", f.index_seg_size));
+        return bad(format!(
+            "index_seg_size {} != {INDEX_SEG_SIZE}",
+            f.index_seg_size
+        ));
     }
     if f.bitmap_seg_size != BITMAP_SEG_SIZE {
-        return bad(format!("bitmap_seg_size {} != {BITMAP_SEG_SIZE}", f.bitmap_seg_size));
+        return bad(format!(
+            "bitmap_seg_size {} != {BITMAP_SEG_SIZE}",
+            f.bitmap_seg_size
+        ));
     }
     let non_zero = u64::from(f.non_zero_blk_num);
     if non_zero > blocks {
-        return bad(format!("non_zero_blk_num {non_zero} exceeds max_blk_num {blocks}"));
+        return bad(format!(
+            "non_zero_blk_num {non_zero} exceeds max_blk_num {blocks}"
+        ));
     }
     let index_entries = match f.index_contains_zero_blk {
         0 => non_zero,
         1 => blocks,
-        other => return bad(format!("index_contains_zero_blk {other} is neither 0 nor 1")),
+        other => {
+            return bad(format!(
+                "index_contains_zero_blk {other} is neither 0 nor 1"
+            ));
+        }
     };
     let want_index_segs = div_ceil_u64(index_entries, BLOCKS_PER_SEGMENT);
     if u64::from(f.index_seg_num) != want_index_segs {
@@ -514,7 +548,10 @@ fn validate_final(f: &Footer, file_size: u64, offset: u64) -> FormatResult<()> {
         ));
     }
     if f.index_lba < FOOTER_SIZE {
-        return bad(format!("index_lba {} is inside the head footer (must be >= {FOOTER_SIZE})", f.index_lba));
+        return bad(format!(
+            "index_lba {} is inside the head footer (must be >= {FOOTER_SIZE})",
+            f.index_lba
+        ));
     }
     let index_end = f.index_lba.checked_add(u64::from(f.index_size));
     if index_end != Some(f.bitmap_lba) {
@@ -596,7 +633,10 @@ mod tests {
         assert_eq!(f.bitmap_seg_num, 1);
         assert_eq!(f.bitmap_size, 4096);
         let empty = Footer::new_head(0, 2 << 20, Compression::Zstd);
-        assert_eq!((empty.orig_size, empty.curr_size, empty.max_blk_num), (0, 0, 0));
+        assert_eq!(
+            (empty.orig_size, empty.curr_size, empty.max_blk_num),
+            (0, 0, 0)
+        );
     }
 
     #[test]
@@ -613,12 +653,16 @@ mod tests {
         f.cookie = ZVHD_COOKIE;
         f.zvhd2_version = 0;
         let bytes = f.encode();
-        let err = ImageHeader::parse(&bytes, &bytes, 4096).unwrap_err().to_string();
+        let err = ImageHeader::parse(&bytes, &bytes, 4096)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("old ZVHD"), "{err}");
         let mut f = sample();
         f.zvhd2_version = 0;
         let bytes = f.encode();
-        let err = ImageHeader::parse(&bytes, &bytes, 4096).unwrap_err().to_string();
+        let err = ImageHeader::parse(&bytes, &bytes, 4096)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("old ZVHD"), "{err}");
     }
 
@@ -630,7 +674,9 @@ mod tests {
         assert!(h.metadata_range().is_none());
         // A lone head footer that claims data is a truncated image.
         let bytes = Footer::new_head(1 << 20, 2 << 20, Compression::Zstd).encode();
-        let err = ImageHeader::parse(&bytes, &bytes, 4096).unwrap_err().to_string();
+        let err = ImageHeader::parse(&bytes, &bytes, 4096)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("truncated"), "{err}");
     }
 }

@@ -60,7 +60,13 @@ struct LocationChecker {
 }
 
 impl LocationChecker {
-    fn check(&mut self, block: u64, slot: u64, offset: u64, size: u32) -> FormatResult<RecordLocation> {
+    fn check(
+        &mut self,
+        block: u64,
+        slot: u64,
+        offset: u64,
+        size: u32,
+    ) -> FormatResult<RecordLocation> {
         let bad = |detail: String| {
             Err(FormatError::BadIndex(format!(
                 "entry {slot} (block {block}, record offset {offset}, size {size}): {detail}"
@@ -68,13 +74,20 @@ impl LocationChecker {
         };
         let size64 = u64::from(size);
         if offset < FOOTER_SIZE {
-            return bad(format!("record offset is inside the head footer (must be >= {FOOTER_SIZE})"));
+            return bad(format!(
+                "record offset is inside the head footer (must be >= {FOOTER_SIZE})"
+            ));
         }
-        if offset % SECTOR_ALIGN != 0 || size64 % SECTOR_ALIGN != 0 {
-            return bad(format!("record offset and size must be multiples of {SECTOR_ALIGN}"));
+        if !offset.is_multiple_of(SECTOR_ALIGN) || !size64.is_multiple_of(SECTOR_ALIGN) {
+            return bad(format!(
+                "record offset and size must be multiples of {SECTOR_ALIGN}"
+            ));
         }
         if size64 > self.max_size {
-            return bad(format!("record size exceeds the largest possible record ({} bytes)", self.max_size));
+            return bad(format!(
+                "record size exceeds the largest possible record ({} bytes)",
+                self.max_size
+            ));
         }
         let end = offset + size64; // both bounded above: cannot overflow
         if end > self.data_end {
@@ -115,7 +128,11 @@ impl BlockIndex {
                 )));
             }
             let entries = vec![RecordLocation { offset: 0, size: 0 }; blocks as usize];
-            return Ok(BlockIndex { block_size, entries, non_zero: 0 });
+            return Ok(BlockIndex {
+                block_size,
+                entries,
+                non_zero: 0,
+            });
         };
         let want_len = range.end - range.start;
         if metadata.len() as u64 != want_len {
@@ -136,9 +153,9 @@ impl BlockIndex {
             prev_end: FOOTER_SIZE,
         };
         let mut entries = Vec::new();
-        entries
-            .try_reserve_exact(blocks as usize)
-            .map_err(|_| FormatError::BadIndex(format!("cannot allocate a table of {blocks} blocks")))?;
+        entries.try_reserve_exact(blocks as usize).map_err(|_| {
+            FormatError::BadIndex(format!("cannot allocate a table of {blocks} blocks"))
+        })?;
         let index_entries = index.len() as u64 / INDEX_ENTRY_SIZE as u64;
         let zero = RecordLocation { offset: 0, size: 0 };
         if f.index_contains_zero_blk == 0 {
@@ -201,17 +218,31 @@ impl BlockIndex {
                 )));
             }
         }
-        Ok(BlockIndex { block_size, entries, non_zero })
+        Ok(BlockIndex {
+            block_size,
+            entries,
+            non_zero,
+        })
     }
 
     /// A table from explicit locations (one per block; `None` = zero block).
-    pub fn from_locations(block_size: u32, locations: impl IntoIterator<Item = Option<RecordLocation>>) -> BlockIndex {
+    pub fn from_locations(
+        block_size: u32,
+        locations: impl IntoIterator<Item = Option<RecordLocation>>,
+    ) -> BlockIndex {
         let entries: Vec<RecordLocation> = locations
             .into_iter()
-            .map(|l| l.filter(|l| l.size != 0).unwrap_or(RecordLocation { offset: 0, size: 0 }))
+            .map(|l| {
+                l.filter(|l| l.size != 0)
+                    .unwrap_or(RecordLocation { offset: 0, size: 0 })
+            })
             .collect();
         let non_zero = entries.iter().filter(|e| e.size != 0).count() as u64;
-        BlockIndex { block_size, entries, non_zero }
+        BlockIndex {
+            block_size,
+            entries,
+            non_zero,
+        }
     }
 
     /// Bytes of disk per block.
@@ -232,13 +263,19 @@ impl BlockIndex {
     /// Location of `block`; `None` past the end of the disk.
     pub fn lookup(&self, block: u64) -> Option<BlockLocation> {
         let e = self.entries.get(usize::try_from(block).ok()?)?;
-        Some(if e.size == 0 { BlockLocation::Zero } else { BlockLocation::Record(*e) })
+        Some(if e.size == 0 {
+            BlockLocation::Zero
+        } else {
+            BlockLocation::Record(*e)
+        })
     }
 
     /// Like [`BlockIndex::lookup`], with an error naming the disk's size.
     pub fn locate(&self, block: u64) -> FormatResult<BlockLocation> {
-        self.lookup(block)
-            .ok_or(FormatError::BlockOutOfRange { block, blocks: self.block_count() })
+        self.lookup(block).ok_or(FormatError::BlockOutOfRange {
+            block,
+            blocks: self.block_count(),
+        })
     }
 }
 
@@ -246,7 +283,10 @@ impl BlockIndex {
 /// Bits past `bits` (the tail of the last segment) are ignored.
 fn count_bits(bitmap: &[u8], bits: u64) -> u64 {
     let full = (bits / 8) as usize;
-    let mut n: u64 = bitmap[..full].iter().map(|b| u64::from(b.count_ones())).sum();
+    let mut n: u64 = bitmap[..full]
+        .iter()
+        .map(|b| u64::from(b.count_ones()))
+        .sum();
     let rest = bits % 8;
     if rest != 0 {
         n += u64::from((bitmap[full] & ((1u8 << rest) - 1)).count_ones());
@@ -262,7 +302,8 @@ pub fn encode_metadata(locations: &[Option<RecordLocation>]) -> (Vec<u8>, Vec<u8
     let blocks = locations.len() as u64;
     let non_zero = locations.iter().filter(|l| l.is_some()).count() as u64;
     let seg_entries = BLOCKS_PER_SEGMENT as usize;
-    let index_len = div_ceil_u64(non_zero, BLOCKS_PER_SEGMENT) as usize * seg_entries * INDEX_ENTRY_SIZE;
+    let index_len =
+        div_ceil_u64(non_zero, BLOCKS_PER_SEGMENT) as usize * seg_entries * INDEX_ENTRY_SIZE;
     let bitmap_len = div_ceil_u64(blocks, BLOCKS_PER_SEGMENT) as usize * (seg_entries / 8);
     let mut index = Vec::with_capacity(index_len);
     let mut bitmap = vec![0u8; bitmap_len];
@@ -291,7 +332,10 @@ mod tests {
         let mut f = Footer::new_head(blocks * u64::from(BS), BS, Compression::Zstd);
         let mut locs: Vec<Option<RecordLocation>> = vec![None; blocks as usize];
         for (i, &b) in data.iter().enumerate() {
-            locs[b as usize] = Some(RecordLocation { offset: 4096 + 4096 * i as u64, size: 4096 });
+            locs[b as usize] = Some(RecordLocation {
+                offset: 4096 + 4096 * i as u64,
+                size: 4096,
+            });
         }
         let (mut index, bitmap) = encode_metadata(&locs);
         if zero_mode {
@@ -317,7 +361,10 @@ mod tests {
         let header = ImageHeader::parse(&head, &tail, file_size).unwrap();
         let mut meta = index;
         meta.extend_from_slice(&bitmap);
-        assert_eq!(header.metadata_range().unwrap().end - header.metadata_range().unwrap().start, meta.len() as u64);
+        assert_eq!(
+            header.metadata_range().unwrap().end - header.metadata_range().unwrap().start,
+            meta.len() as u64
+        );
         (header, meta)
     }
 
@@ -330,7 +377,10 @@ mod tests {
         for (i, &b) in data.iter().enumerate() {
             assert_eq!(
                 idx.lookup(b),
-                Some(BlockLocation::Record(RecordLocation { offset: 4096 + 4096 * i as u64, size: 4096 })),
+                Some(BlockLocation::Record(RecordLocation {
+                    offset: 4096 + 4096 * i as u64,
+                    size: 4096
+                })),
                 "block {b}"
             );
             if b > 0 && !set.contains(&(b - 1)) {
@@ -384,9 +434,17 @@ mod tests {
         assert!(mutate(&|m| m[8] = 4).contains("for block 4"));
         assert!(mutate(&|m| m[0..8].copy_from_slice(&0u64.to_le_bytes())).contains("offset 0"));
         assert!(mutate(&|m| m[0..8].copy_from_slice(&4196u64.to_le_bytes())).contains("multiples"));
-        assert!(mutate(&|m| m[16..24].copy_from_slice(&4096u64.to_le_bytes())).contains("overlaps"));
-        assert!(mutate(&|m| m[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes())).contains("past the end"));
-        assert!(mutate(&|m| m[12..16].copy_from_slice(&(64u32 << 20).to_le_bytes())).contains("largest"));
+        assert!(
+            mutate(&|m| m[16..24].copy_from_slice(&4096u64.to_le_bytes())).contains("overlaps")
+        );
+        assert!(
+            mutate(&|m| m[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes()))
+                .contains("past the end")
+        );
+        assert!(
+            mutate(&|m| m[12..16].copy_from_slice(&(64u32 << 20).to_le_bytes()))
+                .contains("largest")
+        );
         assert!(BlockIndex::from_metadata(&h, &meta[1..]).is_err());
     }
 }

@@ -38,7 +38,11 @@ pub enum FormatError {
     #[error("index/bitmap: {0}")]
     BadIndex(String),
     #[error("block {block} (record at offset {offset}): {detail}")]
-    BadRecord { block: u64, offset: u64, detail: String },
+    BadRecord {
+        block: u64,
+        offset: u64,
+        detail: String,
+    },
     #[error("block {block} is past the end of the disk ({blocks} blocks)")]
     BlockOutOfRange { block: u64, blocks: u64 },
     #[error("sidecar: {0}")]

@@ -17,7 +17,8 @@ pub const RECORD_HEADER_SIZE: usize = 48;
 
 /// The padded length of a record holding a `payload_len`-byte payload.
 pub fn record_size(payload_len: u64) -> u64 {
-    (RECORD_HEADER_SIZE as u64 + payload_len + RECORD_TRAILER.len() as u64).div_ceil(SECTOR_ALIGN) * SECTOR_ALIGN
+    (RECORD_HEADER_SIZE as u64 + payload_len + RECORD_TRAILER.len() as u64).div_ceil(SECTOR_ALIGN)
+        * SECTOR_ALIGN
 }
 
 /// An upper bound on the padded size of any valid record of a
@@ -46,8 +47,18 @@ thread_local! {
 /// it implies, the `end` trailer, and that the payload decodes to exactly
 /// `block_size` bytes. Padding bytes and the compressed-flag / orig-size
 /// fields are ignored (Huawei's writer leaves them arbitrary or zero).
-pub fn decode_record(record: &[u8], block: u64, offset: u64, block_size: u32, compression: Compression) -> FormatResult<Vec<u8>> {
-    let bad = |detail: String| FormatError::BadRecord { block, offset, detail };
+pub fn decode_record(
+    record: &[u8],
+    block: u64,
+    offset: u64,
+    block_size: u32,
+    compression: Compression,
+) -> FormatResult<Vec<u8>> {
+    let bad = |detail: String| FormatError::BadRecord {
+        block,
+        offset,
+        detail,
+    };
     let payload = record_payload(record, block).map_err(bad)?;
     match compression {
         Compression::Zstd => decode_zstd(payload, block_size),
@@ -60,7 +71,10 @@ pub fn decode_record(record: &[u8], block: u64, offset: u64, block_size: u32, co
 fn record_payload(record: &[u8], block: u64) -> Result<&[u8], String> {
     let min = RECORD_HEADER_SIZE + RECORD_TRAILER.len();
     if record.len() < min {
-        return Err(format!("record is {} bytes, shorter than its {min}-byte framing", record.len()));
+        return Err(format!(
+            "record is {} bytes, shorter than its {min}-byte framing",
+            record.len()
+        ));
     }
     if record[..12] != RECORD_MAGIC {
         return Err(format!(
@@ -88,7 +102,10 @@ fn record_payload(record: &[u8], block: u64) -> Result<&[u8], String> {
         ));
     }
     if record[record.len() - 4..] != RECORD_TRAILER {
-        return Err(format!("record does not end with \"end\\0\" (found {:02x?})", &record[record.len() - 4..]));
+        return Err(format!(
+            "record does not end with \"end\\0\" (found {:02x?})",
+            &record[record.len() - 4..]
+        ));
     }
     Ok(&record[RECORD_HEADER_SIZE..RECORD_HEADER_SIZE + payload_len as usize])
 }
@@ -99,16 +116,24 @@ fn decode_zstd(payload: &[u8], block_size: u32) -> Result<Vec<u8>, String> {
     ZSTD_DCTX.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd context: {e}"))?);
+            *slot =
+                Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd context: {e}"))?);
         }
         let dctx = slot.as_mut().expect("just set");
         // The output buffer's capacity bounds the decode: a frame that
         // would produce more than block_size bytes fails here.
-        dctx.decompress_to_buffer(payload, &mut out)
-            .map_err(|e| format!("zstd payload ({} bytes) does not decode to a {want}-byte block: {e}", payload.len()))
+        dctx.decompress_to_buffer(payload, &mut out).map_err(|e| {
+            format!(
+                "zstd payload ({} bytes) does not decode to a {want}-byte block: {e}",
+                payload.len()
+            )
+        })
     })?;
     if out.len() != want {
-        return Err(format!("zstd payload decodes to {} bytes, expected {want}", out.len()));
+        return Err(format!(
+            "zstd payload decodes to {} bytes, expected {want}",
+            out.len()
+        ));
     }
     Ok(out)
 }
@@ -129,7 +154,10 @@ fn decode_zlib(payload: &[u8], block_size: u32) -> Result<Vec<u8>, String> {
         }
         let stalled = (z.total_in(), z.total_out()) == before;
         if status == Status::StreamEnd || stalled {
-            return Err(format!("zlib payload decodes to only {} bytes, expected {want}", out.len()));
+            return Err(format!(
+                "zlib payload decodes to only {} bytes, expected {want}",
+                out.len()
+            ));
         }
     }
     // The stream has no end marker (sync flush only); what remains may be
@@ -164,7 +192,10 @@ pub fn encode_record(block: u32, payload: &[u8]) -> Vec<u8> {
 
 /// Compresses one block as a zstd frame the way Huawei's writer does:
 /// content size in the header, no checksum, no dictionary.
-pub fn compress_zstd(compressor: &mut zstd::bulk::Compressor<'_>, block: &[u8]) -> std::io::Result<Vec<u8>> {
+pub fn compress_zstd(
+    compressor: &mut zstd::bulk::Compressor<'_>,
+    block: &[u8],
+) -> std::io::Result<Vec<u8>> {
     compressor.compress(block)
 }
 
@@ -188,7 +219,10 @@ pub fn compress_zlib_sync(block: &[u8], level: u32) -> std::io::Result<Vec<u8>> 
         let status = z
             .compress_vec(&block[consumed..], &mut out, FlushCompress::Sync)
             .map_err(std::io::Error::other)?;
-        if z.total_in() as usize == block.len() && out.len() < out.capacity() && status != Status::BufError {
+        if z.total_in() as usize == block.len()
+            && out.len() < out.capacity()
+            && status != Status::BufError
+        {
             break;
         }
         out.reserve(64 << 10);
@@ -218,7 +252,10 @@ mod tests {
         assert_eq!(r.len() % 4096, 0);
         assert_eq!(&r[..12], b"hwstream bg\0");
         assert_eq!(&r[r.len() - 4..], b"end\0");
-        assert_eq!(decode_record(&r, 5, 4096, BS, Compression::Zstd).unwrap(), data);
+        assert_eq!(
+            decode_record(&r, 5, 4096, BS, Compression::Zstd).unwrap(),
+            data
+        );
         // Padding is ignored.
         let mut r2 = r.clone();
         let len = u32::from_le_bytes(r2[12..16].try_into().unwrap()) as usize;
@@ -226,14 +263,21 @@ mod tests {
         for b in &mut r2[48 + len..n - 4] {
             *b = 0xee;
         }
-        assert_eq!(decode_record(&r2, 5, 4096, BS, Compression::Zstd).unwrap(), data);
+        assert_eq!(
+            decode_record(&r2, 5, 4096, BS, Compression::Zstd).unwrap(),
+            data
+        );
     }
 
     #[test]
     fn framing_errors_are_named() {
         let data = block();
         let r = zstd_record(&data, 5);
-        let err = |r: &[u8], b: u64| decode_record(r, b, 4096, BS, Compression::Zstd).unwrap_err().to_string();
+        let err = |r: &[u8], b: u64| {
+            decode_record(r, b, 4096, BS, Compression::Zstd)
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err(&r, 6).contains("says block 5"));
         let mut m = r.clone();
         m[0] = b'X';
@@ -242,7 +286,10 @@ mod tests {
         let n = m.len();
         m[n - 2] = b'X';
         assert!(err(&m, 5).contains("end"));
-        assert!(err(&r[..r.len() - 4096], 5).contains("does not fit") || err(&r[..r.len() - 4096], 5).contains("pads"));
+        assert!(
+            err(&r[..r.len() - 4096], 5).contains("does not fit")
+                || err(&r[..r.len() - 4096], 5).contains("pads")
+        );
         let mut longer = r.clone();
         longer.extend_from_slice(&[0; 4096]);
         assert!(err(&longer, 5).contains("pads to"));
@@ -255,7 +302,9 @@ mod tests {
     #[test]
     fn zstd_wrong_length_is_an_error() {
         let small = zstd_record(&vec![1u8; (BS / 2) as usize], 0);
-        let e = decode_record(&small, 0, 0, BS, Compression::Zstd).unwrap_err().to_string();
+        let e = decode_record(&small, 0, 0, BS, Compression::Zstd)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected"), "{e}");
         let big = zstd_record(&vec![1u8; (BS * 2) as usize], 0);
         assert!(decode_record(&big, 0, 0, BS, Compression::Zstd).is_err());
@@ -270,9 +319,15 @@ mod tests {
         assert_eq!(&payload[..2], &[0x78, 0x01]);
         assert_eq!(&payload[payload.len() - 4..], &[0, 0, 0xff, 0xff]);
         let r = encode_record(2, &payload);
-        assert_eq!(decode_record(&r, 2, 0, BS, Compression::Zlib).unwrap(), data);
+        assert_eq!(
+            decode_record(&r, 2, 0, BS, Compression::Zlib).unwrap(),
+            data
+        );
         // Too short and too long streams are errors.
-        let half = encode_record(2, &compress_zlib_sync(&data[..(BS / 2) as usize], 1).unwrap());
+        let half = encode_record(
+            2,
+            &compress_zlib_sync(&data[..(BS / 2) as usize], 1).unwrap(),
+        );
         assert!(decode_record(&half, 2, 0, BS, Compression::Zlib).is_err());
         let mut twice = data.clone();
         twice.extend_from_slice(&data);

@@ -1,7 +1,7 @@
 //! Streaming raw → ZVHD2 writer with the exact layout Huawei's converter
 //! produces; compresses blocks on all cores with bounded memory.
 //!
-//! Layout written (see `/docs/format.md` and the layout reference):
+//! Layout written (see `docs/format.md`):
 //! head footer at 0 (no index yet, valid checksum); one record per non-zero
 //! block in block order from 4096; the mid footer (the head footer with
 //! `non_zero_blk_num` filled in and its checksum deliberately left stale,
@@ -19,13 +19,15 @@ use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use super::footer::{BITMAP_SEG_SIZE, BLOCKS_PER_SEGMENT, INDEX_SEG_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use super::footer::{
+    BITMAP_SEG_SIZE, BLOCKS_PER_SEGMENT, INDEX_SEG_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
+};
 use super::index::encode_metadata;
 use super::record::{encode_record, zstd_compressor};
 use super::zvidx::zero_block_hash;
 use super::{
-    Compression, DEFAULT_BLOCK_SIZE, FOOTER_SIZE, Footer, FormatError, FormatResult, ImageHeader, ImageIdentity,
-    RecordLocation, Sidecar, SidecarEntry,
+    Compression, DEFAULT_BLOCK_SIZE, FOOTER_SIZE, Footer, FormatError, FormatResult, ImageHeader,
+    ImageIdentity, RecordLocation, Sidecar, SidecarEntry,
 };
 
 /// How to write an image.
@@ -42,7 +44,11 @@ pub struct WriteOptions {
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions { block_size: DEFAULT_BLOCK_SIZE, level: 3, threads: 0 }
+        WriteOptions {
+            block_size: DEFAULT_BLOCK_SIZE,
+            level: 3,
+            threads: 0,
+        }
     }
 }
 
@@ -149,7 +155,9 @@ pub fn write_image<R: Read, W: Write>(
 ) -> FormatResult<WriteSummary> {
     let bs = options.block_size;
     if !bs.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) {
-        return Err(invalid(format!("block size {bs} is not a power of two from 1 MiB to 32 MiB")));
+        return Err(invalid(format!(
+            "block size {bs} is not a power of two from 1 MiB to 32 MiB"
+        )));
     }
     let zstd_levels = zstd::compression_level_range();
     if !zstd_levels.contains(&options.level) {
@@ -169,16 +177,28 @@ pub fn write_image<R: Read, W: Write>(
             "a {input_size}-byte disk has {blocks} blocks of {bs} bytes: too many for ZVHD2's 32-bit fields"
         )));
     }
-    let mut out = CountingWriter { inner: out, written: 0 };
+    let mut out = CountingWriter {
+        inner: out,
+        written: 0,
+    };
     let head_bytes = head.encode();
     out.write_all(&head_bytes)?;
     if input_size == 0 {
         out.flush()?;
         let footer = Footer::parse(&head_bytes, 0)?;
-        let header = ImageHeader { footer, file_size: FOOTER_SIZE };
+        let header = ImageHeader {
+            footer,
+            file_size: FOOTER_SIZE,
+        };
         let identity = ImageIdentity::from_tail(FOOTER_SIZE, &head_bytes);
         let sidecar = Sidecar::from_parts(identity, &header, Vec::new(), Vec::new());
-        return Ok(WriteSummary { disk_size: 0, image_size: FOOTER_SIZE, blocks: 0, non_zero_blocks: 0, sidecar });
+        return Ok(WriteSummary {
+            disk_size: 0,
+            image_size: FOOTER_SIZE,
+            blocks: 0,
+            non_zero_blocks: 0,
+            sidecar,
+        });
     }
 
     let threads = match options.threads {
@@ -207,13 +227,18 @@ pub fn write_image<R: Read, W: Write>(
 
         let mut free: Vec<Vec<u8>> = Vec::new();
         let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
-        let (mut next_read, mut next_write, mut in_flight, mut consumed) = (0u64, 0u64, 0usize, 0u64);
+        let (mut next_read, mut next_write, mut in_flight, mut consumed) =
+            (0u64, 0u64, 0usize, 0u64);
         while next_write < blocks {
-            while next_read < blocks && in_flight < max_in_flight && next_read - next_write < window {
+            while next_read < blocks && in_flight < max_in_flight && next_read - next_write < window
+            {
                 let mut data = free.pop().unwrap_or_else(|| vec![0u8; bs as usize]);
                 let want = (input_size - consumed).min(u64::from(bs)) as usize;
                 input.read_exact(&mut data[..want]).map_err(|e| {
-                    io::Error::new(e.kind(), format!("reading input at byte {consumed} of {input_size}: {e}"))
+                    io::Error::new(
+                        e.kind(),
+                        format!("reading input at byte {consumed} of {input_size}: {e}"),
+                    )
                 })?;
                 data[want..].fill(0);
                 consumed += want as u64;
@@ -223,7 +248,10 @@ pub fn write_image<R: Read, W: Write>(
                     pending.insert(next_read, Pending::Zero);
                 } else {
                     job_tx
-                        .send(Job { block: next_read, data })
+                        .send(Job {
+                            block: next_read,
+                            data,
+                        })
                         .map_err(|_| io::Error::other("compression workers stopped"))?;
                     in_flight += 1;
                 }
@@ -233,7 +261,12 @@ pub fn write_image<R: Read, W: Write>(
                 match p {
                     Pending::Zero => {
                         locations.push(None);
-                        entries.push(SidecarEntry { record_offset: 0, record_size: 0, record_crc32c: 0, block_hash: zero_hash });
+                        entries.push(SidecarEntry {
+                            record_offset: 0,
+                            record_size: 0,
+                            record_crc32c: 0,
+                            block_hash: zero_hash,
+                        });
                     }
                     Pending::Record(done) => {
                         let offset = out.written;
@@ -288,10 +321,19 @@ pub fn write_image<R: Read, W: Write>(
 
     let image_size = out.written;
     let footer = Footer::parse(&fin_bytes, image_size - FOOTER_SIZE)?;
-    let header = ImageHeader { footer, file_size: image_size };
+    let header = ImageHeader {
+        footer,
+        file_size: image_size,
+    };
     let identity = ImageIdentity::from_tail(image_size, &fin_bytes);
     let sidecar = Sidecar::from_parts(identity, &header, entries, Vec::new());
-    Ok(WriteSummary { disk_size: head.orig_size, image_size, blocks, non_zero_blocks: non_zero, sidecar })
+    Ok(WriteSummary {
+        disk_size: head.orig_size,
+        image_size,
+        blocks,
+        non_zero_blocks: non_zero,
+        sidecar,
+    })
 }
 
 /// Counts bytes so record offsets are known without `Seek`.
@@ -330,16 +372,29 @@ mod tests {
     #[test]
     fn rejects_bad_options() {
         let mut sink = Vec::new();
-        let opts = WriteOptions { block_size: 3 << 20, ..Default::default() };
+        let opts = WriteOptions {
+            block_size: 3 << 20,
+            ..Default::default()
+        };
         assert!(write_image(&[][..], 0, &mut sink, &opts, &mut |_| {}).is_err());
-        let opts = WriteOptions { level: 1000, ..Default::default() };
+        let opts = WriteOptions {
+            level: 1000,
+            ..Default::default()
+        };
         assert!(write_image(&[][..], 0, &mut sink, &opts, &mut |_| {}).is_err());
     }
 
     #[test]
     fn short_input_is_an_error() {
         let mut sink = Vec::new();
-        let err = write_image(&[1u8; 100][..], 5000, &mut sink, &WriteOptions::default(), &mut |_| {}).unwrap_err();
+        let err = write_image(
+            &[1u8; 100][..],
+            5000,
+            &mut sink,
+            &WriteOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("reading input"), "{err}");
     }
 }

@@ -10,7 +10,10 @@
 
 use super::footer::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 use super::record::max_record_size;
-use super::{BlockIndex, Compression, FOOTER_SIZE, FormatError, FormatResult, ImageHeader, RecordLocation, SECTOR_ALIGN};
+use super::{
+    BlockIndex, Compression, FOOTER_SIZE, FormatError, FormatResult, ImageHeader, RecordLocation,
+    SECTOR_ALIGN,
+};
 
 /// First 8 bytes of every sidecar.
 pub const ZVIDX_MAGIC: [u8; 8] = *b"ZVIDX\0\r\n";
@@ -36,7 +39,10 @@ pub struct ImageIdentity {
 impl ImageIdentity {
     /// `tail`: the last 4096 bytes of the image (all of it if shorter).
     pub fn from_tail(image_size: u64, tail: &[u8]) -> ImageIdentity {
-        ImageIdentity { image_size, footer_hash: *blake3::hash(tail).as_bytes() }
+        ImageIdentity {
+            image_size,
+            footer_hash: *blake3::hash(tail).as_bytes(),
+        }
     }
 }
 
@@ -141,7 +147,12 @@ fn bad<T>(msg: String) -> FormatResult<T> {
 impl Sidecar {
     /// A sidecar for the image with `identity` and `header`, computing the
     /// image digest from `entries` (one per block, in block order).
-    pub fn from_parts(identity: ImageIdentity, header: &ImageHeader, entries: Vec<SidecarEntry>, boot_profile: Vec<u64>) -> Sidecar {
+    pub fn from_parts(
+        identity: ImageIdentity,
+        header: &ImageHeader,
+        entries: Vec<SidecarEntry>,
+        boot_profile: Vec<u64>,
+    ) -> Sidecar {
         Sidecar {
             identity,
             block_size: header.block_size(),
@@ -156,7 +167,10 @@ impl Sidecar {
 
     /// The on-disk form (see `docs/zvidx.md`).
     pub fn encode(&self) -> Vec<u8> {
-        let len = ZVIDX_HEADER_SIZE + self.entries.len() * ZVIDX_ENTRY_SIZE + self.boot_profile.len() * 8 + TRAILER_SIZE;
+        let len = ZVIDX_HEADER_SIZE
+            + self.entries.len() * ZVIDX_ENTRY_SIZE
+            + self.boot_profile.len() * 8
+            + TRAILER_SIZE;
         let mut b = Vec::with_capacity(len);
         b.extend_from_slice(&ZVIDX_MAGIC);
         b.extend_from_slice(&ZVIDX_VERSION.to_le_bytes());
@@ -203,7 +217,9 @@ impl Sidecar {
         }
         let version = c.u32();
         if version != ZVIDX_VERSION {
-            return bad(format!("format version {version}; this build reads version {ZVIDX_VERSION}"));
+            return bad(format!(
+                "format version {version}; this build reads version {ZVIDX_VERSION}"
+            ));
         }
         let flags = c.u32();
         let image_size = c.u64();
@@ -237,15 +253,24 @@ impl Sidecar {
             ));
         }
         if flags != 0 || reserved.iter().any(|&b| b != 0) {
-            return bad(format!("unknown flags {flags:#x} / reserved bytes {reserved:02x?} set"));
+            return bad(format!(
+                "unknown flags {flags:#x} / reserved bytes {reserved:02x?} set"
+            ));
         }
-        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-            return bad(format!("block size {block_size} is not a power of two from 1 MiB to 32 MiB"));
+        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
+        {
+            return bad(format!(
+                "block size {block_size} is not a power of two from 1 MiB to 32 MiB"
+            ));
         }
         let compression = match method {
             0 => Compression::Zlib,
             1 => Compression::Zstd,
-            other => return bad(format!("compression {other} is neither 0 (zlib) nor 1 (zstd)")),
+            other => {
+                return bad(format!(
+                    "compression {other} is neither 0 (zlib) nor 1 (zstd)"
+                ));
+            }
         };
         let want_entries = disk_size.div_ceil(u64::from(block_size));
         if entry_count != want_entries {
@@ -254,10 +279,14 @@ impl Sidecar {
             ));
         }
         if curr_size < disk_size {
-            return bad(format!("curr size {curr_size} is smaller than disk size {disk_size}"));
+            return bad(format!(
+                "curr size {curr_size} is smaller than disk size {disk_size}"
+            ));
         }
         if image_size < FOOTER_SIZE {
-            return bad(format!("image size {image_size} is smaller than one footer"));
+            return bad(format!(
+                "image size {image_size} is smaller than one footer"
+            ));
         }
         // Records end before the mid footer and the final footer.
         let data_end = image_size.saturating_sub(2 * FOOTER_SIZE);
@@ -281,8 +310,8 @@ impl Sidecar {
                     ));
                 }
             } else if e.record_offset < prev_end
-                || e.record_offset % SECTOR_ALIGN != 0
-                || size % SECTOR_ALIGN != 0
+                || !e.record_offset.is_multiple_of(SECTOR_ALIGN)
+                || !size.is_multiple_of(SECTOR_ALIGN)
                 || size > max_size
                 || e.record_offset + size > data_end
             {
@@ -300,7 +329,9 @@ impl Sidecar {
         for i in 0..profile_count {
             let b = c.u64();
             if b >= entry_count {
-                return bad(format!("boot profile item {i} is block {b}, past the disk's {entry_count} blocks"));
+                return bad(format!(
+                    "boot profile item {i} is block {b}, past the disk's {entry_count} blocks"
+                ));
             }
             boot_profile.push(b);
         }
@@ -313,7 +344,10 @@ impl Sidecar {
             ));
         }
         Ok(Sidecar {
-            identity: ImageIdentity { image_size, footer_hash },
+            identity: ImageIdentity {
+                image_size,
+                footer_hash,
+            },
             block_size,
             disk_size,
             curr_size,
@@ -345,7 +379,13 @@ impl Sidecar {
     /// Errors unless the sidecar's geometry matches what the image's own
     /// footer says (a second line of defence after [`Sidecar::check_identity`]).
     pub fn check_header(&self, header: &ImageHeader) -> FormatResult<()> {
-        let ours = (self.block_size, self.disk_size, self.curr_size, self.compression, self.entries.len() as u64);
+        let ours = (
+            self.block_size,
+            self.disk_size,
+            self.curr_size,
+            self.compression,
+            self.entries.len() as u64,
+        );
         let theirs = (
             header.block_size(),
             header.disk_size(),
@@ -366,7 +406,10 @@ impl Sidecar {
         BlockIndex::from_locations(
             self.block_size,
             self.entries.iter().map(|e| {
-                (!e.is_zero()).then_some(RecordLocation { offset: e.record_offset, size: e.record_size })
+                (!e.is_zero()).then_some(RecordLocation {
+                    offset: e.record_offset,
+                    size: e.record_size,
+                })
             }),
         )
     }
@@ -376,22 +419,38 @@ impl Sidecar {
         usize::try_from(block)
             .ok()
             .and_then(|i| self.entries.get(i))
-            .ok_or(FormatError::BlockOutOfRange { block, blocks: self.entries.len() as u64 })
+            .ok_or(FormatError::BlockOutOfRange {
+                block,
+                blocks: self.entries.len() as u64,
+            })
     }
 
     /// Checks the stored record bytes of `block` against their CRC32C.
     pub fn verify_record(&self, block: u64, record: &[u8]) -> FormatResult<()> {
         let e = self.entry(block)?;
-        let fail = |detail: String| Err(FormatError::BadRecord { block, offset: e.record_offset, detail });
+        let fail = |detail: String| {
+            Err(FormatError::BadRecord {
+                block,
+                offset: e.record_offset,
+                detail,
+            })
+        };
         if e.is_zero() {
             return fail("the sidecar says this is a zero block, with no record".into());
         }
         if record.len() as u64 != u64::from(e.record_size) {
-            return fail(format!("{} record bytes, the sidecar says {}", record.len(), e.record_size));
+            return fail(format!(
+                "{} record bytes, the sidecar says {}",
+                record.len(),
+                e.record_size
+            ));
         }
         let crc = crc32c::crc32c(record);
         if crc != e.record_crc32c {
-            return fail(format!("record CRC32C {crc:#010x}, the sidecar says {:#010x}", e.record_crc32c));
+            return fail(format!(
+                "record CRC32C {crc:#010x}, the sidecar says {:#010x}",
+                e.record_crc32c
+            ));
         }
         Ok(())
     }
@@ -404,7 +463,11 @@ impl Sidecar {
             return Err(FormatError::BadRecord {
                 block,
                 offset: e.record_offset,
-                detail: format!("decoded block BLAKE3 {}, the sidecar says {}", hash.to_hex(), hex(&e.block_hash)),
+                detail: format!(
+                    "decoded block BLAKE3 {}, the sidecar says {}",
+                    hash.to_hex(),
+                    hex(&e.block_hash)
+                ),
             });
         }
         Ok(())
@@ -421,12 +484,30 @@ mod tests {
     fn sample() -> Sidecar {
         let mut f = Footer::new_head(3 * u64::from(BS) - 512, BS, Compression::Zstd);
         f.non_zero_blk_num = 2;
-        let header = ImageHeader { footer: f, file_size: 1 << 20 };
+        let header = ImageHeader {
+            footer: f,
+            file_size: 1 << 20,
+        };
         let identity = ImageIdentity::from_tail(1 << 20, b"tail bytes");
         let entries = vec![
-            SidecarEntry { record_offset: 4096, record_size: 8192, record_crc32c: 7, block_hash: [1; 32] },
-            SidecarEntry { record_offset: 0, record_size: 0, record_crc32c: 0, block_hash: zero_block_hash(BS) },
-            SidecarEntry { record_offset: 12288, record_size: 4096, record_crc32c: 9, block_hash: [2; 32] },
+            SidecarEntry {
+                record_offset: 4096,
+                record_size: 8192,
+                record_crc32c: 7,
+                block_hash: [1; 32],
+            },
+            SidecarEntry {
+                record_offset: 0,
+                record_size: 0,
+                record_crc32c: 0,
+                block_hash: zero_block_hash(BS),
+            },
+            SidecarEntry {
+                record_offset: 12288,
+                record_size: 4096,
+                record_crc32c: 9,
+                block_hash: [2; 32],
+            },
         ];
         Sidecar::from_parts(identity, &header, entries, vec![2, 0])
     }
@@ -490,13 +571,32 @@ mod tests {
         let s = sample();
         s.check_identity(&s.identity).unwrap();
         let other = ImageIdentity::from_tail(1 << 20, b"other");
-        assert!(matches!(s.check_identity(&other), Err(FormatError::SidecarMismatch(_))));
-        let other = ImageIdentity { image_size: 5, ..s.identity };
-        assert!(s.check_identity(&other).unwrap_err().to_string().contains("5 bytes"));
+        assert!(matches!(
+            s.check_identity(&other),
+            Err(FormatError::SidecarMismatch(_))
+        ));
+        let other = ImageIdentity {
+            image_size: 5,
+            ..s.identity
+        };
+        assert!(
+            s.check_identity(&other)
+                .unwrap_err()
+                .to_string()
+                .contains("5 bytes")
+        );
         assert!(s.verify_record(1, &[]).is_err());
-        assert!(s.verify_record(0, &[0; 8192]).unwrap_err().to_string().contains("CRC32C"));
+        assert!(
+            s.verify_record(0, &[0; 8192])
+                .unwrap_err()
+                .to_string()
+                .contains("CRC32C")
+        );
         s.verify_block(1, &vec![0; BS as usize]).unwrap();
         assert!(s.verify_block(1, &vec![1; BS as usize]).is_err());
-        assert!(matches!(s.verify_block(3, &[]), Err(FormatError::BlockOutOfRange { .. })));
+        assert!(matches!(
+            s.verify_block(3, &[]),
+            Err(FormatError::BlockOutOfRange { .. })
+        ));
     }
 }

@@ -29,7 +29,9 @@ pub enum BlockFailure {
     #[error("{0}")]
     Record(#[source] FormatError),
     /// The record bytes differ from those the sidecar was made from.
-    #[error("record CRC32C is {actual:08x}, the sidecar says {expected:08x} (corrupted in storage or transit)")]
+    #[error(
+        "record CRC32C is {actual:08x}, the sidecar says {expected:08x} (corrupted in storage or transit)"
+    )]
     RecordCrc { expected: u32, actual: u32 },
     /// The decoded block differs from the one the sidecar was made from.
     #[error("BLAKE3 of the decoded block does not match the sidecar")]
@@ -62,7 +64,12 @@ impl Pending {
         loc: RecordLocation,
         tx: oneshot::Sender<Result<Bytes, Arc<BlockFailure>>>,
     ) -> Pending {
-        Pending { image, block, loc, tx: Some(tx) }
+        Pending {
+            image,
+            block,
+            loc,
+            tx: Some(tx),
+        }
     }
 
     /// Hands `result` to every waiter. A fetched block is cached first and
@@ -70,14 +77,20 @@ impl Pending {
     /// of the two places (see `Image::claim`).
     fn complete(mut self, result: Result<Bytes, Arc<BlockFailure>>, cache_it: bool) {
         if let (Ok(bytes), true) = (&result, cache_it) {
-            self.image.cache.put(&self.image.cache_key(self.block), bytes.clone());
+            self.image
+                .cache
+                .put(&self.image.cache_key(self.block), bytes.clone());
         }
         self.finish(result);
     }
 
     fn finish(&mut self, result: Result<Bytes, Arc<BlockFailure>>) {
         if let Some(tx) = self.tx.take() {
-            self.image.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.block);
+            self.image
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.block);
             let _ = tx.send(result);
         }
     }
@@ -85,14 +98,21 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.finish(Err(Arc::new(BlockFailure::Aborted("fetch task ended early".into()))));
+        self.finish(Err(Arc::new(BlockFailure::Aborted(
+            "fetch task ended early".into(),
+        ))));
     }
 }
 
 /// Produces every block of `pending`: from the lower cache levels when they
 /// have it, else from the store in coalesced runs. Holds `permit` (the
 /// prefetch budget) until all are done.
-pub(super) async fn run(image: Arc<Image>, pending: Vec<Pending>, kind: FetchKind, permit: BudgetPermit) {
+pub(super) async fn run(
+    image: Arc<Image>,
+    pending: Vec<Pending>,
+    kind: FetchKind,
+    permit: BudgetPermit,
+) {
     let _permit = permit;
     let demand = kind == FetchKind::Demand;
     let mut remaining = Vec::with_capacity(pending.len());
@@ -100,7 +120,9 @@ pub(super) async fn run(image: Arc<Image>, pending: Vec<Pending>, kind: FetchKin
         let cache = Arc::clone(&image.cache);
         let keys: Vec<_> = pending.iter().map(|p| image.cache_key(p.block)).collect();
         let looked = tokio::task::spawn_blocking(move || {
-            keys.iter().map(|k| cache.get(k).map(|(bytes, _)| bytes)).collect::<Vec<_>>()
+            keys.iter()
+                .map(|k| cache.get(k).map(|(bytes, _)| bytes))
+                .collect::<Vec<_>>()
         })
         .await;
         match looked {
@@ -130,7 +152,11 @@ pub(super) async fn run(image: Arc<Image>, pending: Vec<Pending>, kind: FetchKin
     if demand {
         Metrics::add(&image.metrics.cache_misses, remaining.len() as u64);
     }
-    let groups = coalesce(remaining, image.options.coalesce_gap, image.options.max_coalesce_bytes);
+    let groups = coalesce(
+        remaining,
+        image.options.coalesce_gap,
+        image.options.max_coalesce_bytes,
+    );
     futures::future::join_all(groups.into_iter().map(|g| fetch_group(&image, g, kind))).await;
 }
 
@@ -165,12 +191,18 @@ async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
     let end = last.offset + u64::from(last.size);
     let m = &image.metrics;
     Metrics::inc(&m.store_requests);
-    let fetched = image.store.get_range(&image.layout.key, start..end, Some(&image.layout.meta)).await;
+    let fetched = image
+        .store
+        .get_range(&image.layout.key, start..end, Some(&image.layout.meta))
+        .await;
     let bytes = match fetched {
         Ok(bytes) if bytes.len() as u64 == end - start => bytes,
         Ok(bytes) => {
             Metrics::inc(&m.fetch_errors);
-            let failure = Arc::new(BlockFailure::ShortRead { expected: end - start, actual: bytes.len() as u64 });
+            let failure = Arc::new(BlockFailure::ShortRead {
+                expected: end - start,
+                actual: bytes.len() as u64,
+            });
             fail_group(image, group, failure);
             return;
         }
@@ -205,7 +237,11 @@ async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
 
 fn fail_group(image: &Image, group: Vec<Pending>, failure: Arc<BlockFailure>) {
     let first = &group[0];
-    tracing::warn!(blocks = group.len(), "{}", image.block_error(first.block, first.loc, &failure));
+    tracing::warn!(
+        blocks = group.len(),
+        "{}",
+        image.block_error(first.block, first.loc, &failure)
+    );
     for p in group {
         p.complete(Err(Arc::clone(&failure)), false);
     }
@@ -213,7 +249,12 @@ fn fail_group(image: &Image, group: Vec<Pending>, failure: Arc<BlockFailure>) {
 
 /// Verifies and decodes one record on the blocking pool, at most
 /// `decode_threads` at a time.
-async fn decode(image: &Arc<Image>, block: u64, loc: RecordLocation, record: Bytes) -> Result<Bytes, Arc<BlockFailure>> {
+async fn decode(
+    image: &Arc<Image>,
+    block: u64,
+    loc: RecordLocation,
+    record: Bytes,
+) -> Result<Bytes, Arc<BlockFailure>> {
     let _slot = image
         .decode_limit
         .acquire()
@@ -232,14 +273,18 @@ async fn decode(image: &Arc<Image>, block: u64, loc: RecordLocation, record: Byt
 impl Image {
     /// The checks and decode of one record: sidecar CRC32C of the record
     /// bytes, framing and exact decoded length, sidecar BLAKE3 of the block.
-    fn verify_and_decode(&self, block: u64, loc: RecordLocation, record: &[u8]) -> Result<Bytes, BlockFailure> {
+    fn verify_and_decode(
+        &self,
+        block: u64,
+        loc: RecordLocation,
+        record: &[u8],
+    ) -> Result<Bytes, BlockFailure> {
         let started = Instant::now();
         let entry = match (&self.layout.sidecar, self.options.verify) {
             (Some(sidecar), true) => {
-                let entry = sidecar
-                    .entries
-                    .get(block as usize)
-                    .ok_or_else(|| BlockFailure::Sidecar(format!("has no entry for block {block}")))?;
+                let entry = sidecar.entries.get(block as usize).ok_or_else(|| {
+                    BlockFailure::Sidecar(format!("has no entry for block {block}"))
+                })?;
                 if entry.record_offset != loc.offset || entry.record_size != loc.size {
                     return Err(BlockFailure::Sidecar(format!(
                         "places the record at {}+{}, the index at {}+{}",
@@ -248,21 +293,34 @@ impl Image {
                 }
                 let crc = crc32c::crc32c(record);
                 if crc != entry.record_crc32c {
-                    return Err(BlockFailure::RecordCrc { expected: entry.record_crc32c, actual: crc });
+                    return Err(BlockFailure::RecordCrc {
+                        expected: entry.record_crc32c,
+                        actual: crc,
+                    });
                 }
                 Some(entry)
             }
             _ => None,
         };
         let compression = self.layout.header.compression();
-        let decoded = decode_record(record, block, loc.offset, self.block_size as u32, compression).map_err(BlockFailure::Record)?;
+        let decoded = decode_record(
+            record,
+            block,
+            loc.offset,
+            self.block_size as u32,
+            compression,
+        )
+        .map_err(BlockFailure::Record)?;
         if decoded.len() as u64 != self.block_size {
-            return Err(BlockFailure::Length { expected: self.block_size, actual: decoded.len() as u64 });
+            return Err(BlockFailure::Length {
+                expected: self.block_size,
+                actual: decoded.len() as u64,
+            });
         }
-        if let Some(entry) = entry {
-            if blake3::hash(&decoded).as_bytes() != &entry.block_hash {
-                return Err(BlockFailure::BlockHash);
-            }
+        if let Some(entry) = entry
+            && blake3::hash(&decoded).as_bytes() != &entry.block_hash
+        {
+            return Err(BlockFailure::BlockHash);
         }
         Metrics::add(&self.metrics.decode_ns, started.elapsed().as_nanos() as u64);
         Ok(Bytes::from(decoded))

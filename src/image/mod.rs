@@ -153,7 +153,10 @@ impl Image {
     ) -> Arc<Image> {
         let block_size = u64::from(layout.index.block_size());
         let block_count = layout.index.block_count();
-        let data_size = layout.header.disk_size().min(block_count.saturating_mul(block_size));
+        let data_size = layout
+            .header
+            .disk_size()
+            .min(block_count.saturating_mul(block_size));
         let size = match options.size_mode {
             SizeMode::Orig => layout.header.disk_size(),
             // A curr_size below orig_size would hide data: never report less.
@@ -165,10 +168,14 @@ impl Image {
             Bytes::from(vec![0u8; block_size as usize])
         };
         let decode_threads = match options.decode_threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             n => n,
         };
-        let recorder = options.record_access.then(|| Arc::new(AccessRecorder::new(block_count)));
+        let recorder = options
+            .record_access
+            .then(|| Arc::new(AccessRecorder::new(block_count)));
         Arc::new(Image {
             cache_id: Arc::from(layout.cache_id()),
             store,
@@ -181,7 +188,10 @@ impl Image {
             zero_block,
             inflight: Mutex::new(HashMap::new()),
             decode_limit: Arc::new(tokio::sync::Semaphore::new(decode_threads)),
-            budget: PrefetchBudget::new(options.prefetch_budget_bytes, options.prefetch_concurrency),
+            budget: PrefetchBudget::new(
+                options.prefetch_budget_bytes,
+                options.prefetch_concurrency,
+            ),
             detector: Mutex::new(SequentialDetector::new(options.readahead_blocks)),
             recorder,
             layout,
@@ -290,8 +300,15 @@ impl Image {
     /// blocks are fetched in order, [`ImageOptions::prefetch_concurrency`]
     /// requests at a time, within the prefetch budget. The task ends when
     /// every block is ready (or failed); its result says how it went.
-    pub fn start_profile_prefetch(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<ProfileReplay>> {
-        let profile = self.layout.sidecar.as_ref().map(|s| s.boot_profile.clone()).unwrap_or_default();
+    pub fn start_profile_prefetch(
+        self: &Arc<Self>,
+    ) -> Option<tokio::task::JoinHandle<ProfileReplay>> {
+        let profile = self
+            .layout
+            .sidecar
+            .as_ref()
+            .map(|s| s.boot_profile.clone())
+            .unwrap_or_default();
         if profile.is_empty() || self.budget.capacity() == 0 {
             return None;
         }
@@ -300,7 +317,10 @@ impl Image {
 
     /// Replays an explicit profile (block numbers in the order to fetch
     /// them), as [`Image::start_profile_prefetch`] does for the sidecar's.
-    pub fn prefetch_profile(self: &Arc<Self>, profile: Vec<u64>) -> tokio::task::JoinHandle<ProfileReplay> {
+    pub fn prefetch_profile(
+        self: &Arc<Self>,
+        profile: Vec<u64>,
+    ) -> tokio::task::JoinHandle<ProfileReplay> {
         let image = Arc::clone(self);
         tokio::spawn(async move { image.replay_profile(profile).await })
     }
@@ -308,12 +328,15 @@ impl Image {
     // ---- internals -------------------------------------------------------
 
     fn locate(&self, block: u64) -> Result<BlockLocation, ImageError> {
-        self.layout.index.lookup(block).ok_or_else(|| ImageError::OutOfRange {
-            location: self.layout.location.clone(),
-            offset: block.saturating_mul(self.block_size),
-            len: self.block_size,
-            size: self.block_count.saturating_mul(self.block_size),
-        })
+        self.layout
+            .index
+            .lookup(block)
+            .ok_or_else(|| ImageError::OutOfRange {
+                location: self.layout.location.clone(),
+                offset: block.saturating_mul(self.block_size),
+                len: self.block_size,
+                size: self.block_count.saturating_mul(self.block_size),
+            })
     }
 
     /// Profile recording and readahead, once per block a demand read touches.
@@ -324,7 +347,11 @@ impl Image {
         if self.options.readahead_blocks == 0 || self.budget.capacity() == 0 {
             return;
         }
-        let ahead = self.detector.lock().unwrap_or_else(|p| p.into_inner()).access(block);
+        let ahead = self
+            .detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .access(block);
         if let Some(range) = ahead {
             Metrics::inc(&self.metrics.readahead_triggers);
             let range = range.start..range.end.min(self.block_count);
@@ -350,7 +377,11 @@ impl Image {
     }
 
     /// One wait per block of `first..=last`, starting fetches for misses.
-    fn demand_blocks(self: &Arc<Self>, first: u64, last: u64) -> Result<Vec<(u64, BlockWait)>, ImageError> {
+    fn demand_blocks(
+        self: &Arc<Self>,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(u64, BlockWait)>, ImageError> {
         let mut out = Vec::with_capacity((last - first + 1) as usize);
         let mut missing = Vec::new();
         for b in first..=last {
@@ -384,7 +415,10 @@ impl Image {
             BlockWait::Fetch(loc, fut) => {
                 let started = Instant::now();
                 let result = fut.await;
-                Metrics::add(&self.metrics.miss_wait_ns, started.elapsed().as_nanos() as u64);
+                Metrics::add(
+                    &self.metrics.miss_wait_ns,
+                    started.elapsed().as_nanos() as u64,
+                );
                 result.map_err(|failure| self.block_error(block, loc, &failure))
             }
         }
@@ -393,10 +427,17 @@ impl Image {
     fn block_error(&self, block: u64, loc: RecordLocation, failure: &BlockFailure) -> ImageError {
         // A record error already names block and offset: keep only its detail.
         let detail = match failure {
-            BlockFailure::Record(crate::format::FormatError::BadRecord { detail, .. }) => detail.clone(),
+            BlockFailure::Record(crate::format::FormatError::BadRecord { detail, .. }) => {
+                detail.clone()
+            }
             other => other.to_string(),
         };
-        ImageError::Verify { location: self.layout.location.clone(), block, offset: loc.offset, detail }
+        ImageError::Verify {
+            location: self.layout.location.clone(),
+            block,
+            offset: loc.offset,
+            detail,
+        }
     }
 
     /// Registers a fetch for each of `wanted` that is neither in flight nor
@@ -434,7 +475,11 @@ impl Image {
                 }
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let fut: InFlight = rx
-                    .map(|r| r.unwrap_or_else(|_| Err(Arc::new(BlockFailure::Aborted("fetch task ended".into())))))
+                    .map(|r| {
+                        r.unwrap_or_else(|_| {
+                            Err(Arc::new(BlockFailure::Aborted("fetch task ended".into())))
+                        })
+                    })
                     .boxed()
                     .shared();
                 map.insert(block, fut.clone());
@@ -452,7 +497,12 @@ impl Image {
     /// Whether `block` is in memory or being fetched (no recency update
     /// matters here: the caller is about to fetch it otherwise).
     fn is_present(&self, block: u64) -> bool {
-        if self.inflight.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&block) {
+        if self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&block)
+        {
             return true;
         }
         self.cache.get_fast(&self.cache_key(block)).is_some()
@@ -460,11 +510,16 @@ impl Image {
 
     /// Blocks of `blocks` that have a record and are not present, grouped
     /// into runs of records neighbouring in the file (kept in given order).
-    fn prefetch_runs(&self, blocks: impl IntoIterator<Item = u64>) -> Vec<Vec<(u64, RecordLocation)>> {
+    fn prefetch_runs(
+        &self,
+        blocks: impl IntoIterator<Item = u64>,
+    ) -> Vec<Vec<(u64, RecordLocation)>> {
         let mut runs: Vec<Vec<(u64, RecordLocation)>> = Vec::new();
         let mut bytes = 0u64;
         for b in blocks {
-            let Some(BlockLocation::Record(loc)) = self.layout.index.lookup(b) else { continue };
+            let Some(BlockLocation::Record(loc)) = self.layout.index.lookup(b) else {
+                continue;
+            };
             if self.is_present(b) {
                 continue;
             }
@@ -493,10 +548,16 @@ impl Image {
 
     /// Memory a prefetch of `run` holds while in flight: records + blocks.
     fn run_cost(&self, run: &[(u64, RecordLocation)]) -> u64 {
-        run.iter().map(|(_, loc)| u64::from(loc.size) + self.block_size).sum()
+        run.iter()
+            .map(|(_, loc)| u64::from(loc.size) + self.block_size)
+            .sum()
     }
 
-    fn prefetch_now(self: &Arc<Self>, blocks: impl IntoIterator<Item = u64>, kind: FetchKind) -> usize {
+    fn prefetch_now(
+        self: &Arc<Self>,
+        blocks: impl IntoIterator<Item = u64>,
+        kind: FetchKind,
+    ) -> usize {
         if self.budget.capacity() == 0 {
             return 0;
         }
@@ -516,7 +577,10 @@ impl Image {
         let mut waits = Vec::new();
         for run in self.prefetch_runs(profile) {
             // Fetched by a reader since the runs were planned?
-            let run: Vec<_> = run.into_iter().filter(|(b, _)| !self.is_present(*b)).collect();
+            let run: Vec<_> = run
+                .into_iter()
+                .filter(|(b, _)| !self.is_present(*b))
+                .collect();
             if run.is_empty() {
                 continue;
             }
@@ -564,5 +628,9 @@ enum BlockWait {
 
 /// `n` zero bytes, shared when they fit the static buffer.
 fn zeros(n: usize) -> Bytes {
-    if n <= MAX_STATIC_ZEROS { Bytes::from_static(&ZEROS[..n]) } else { BytesMut::zeroed(n).freeze() }
+    if n <= MAX_STATIC_ZEROS {
+        Bytes::from_static(&ZEROS[..n])
+    } else {
+        BytesMut::zeroed(n).freeze()
+    }
 }

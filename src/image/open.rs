@@ -135,9 +135,12 @@ impl ImageLayout {
     }
 }
 
-/// The sidecar key that readers look for beside an image key.
-pub fn sidecar_key(image_key: &str) -> String {
-    format!("{image_key}.zvidx")
+/// What readers append to an image's name to find its sidecar.
+pub const SIDECAR_SUFFIX: &str = ".zvidx";
+
+/// The sidecar key that readers look for beside `image_key` in `store`.
+pub fn sidecar_key(store: &dyn ObjectStore, image_key: &str) -> String {
+    store.sibling_key(image_key, SIDECAR_SUFFIX)
 }
 
 /// Largest sidecar we accept: 48 bytes a block covers a 16 TiB image at 2 MiB blocks.
@@ -152,11 +155,16 @@ async fn fetch_sidecar(
     match source {
         SidecarSource::Ignore => Ok((None, String::new(), 0)),
         SidecarSource::Auto => {
-            let key = sidecar_key(image_key);
+            let key = sidecar_key(store, image_key);
             let name = store.location(&key);
             match read_whole(store, &key).await {
                 Ok(bytes) => Ok((Some(bytes), name, 1)),
-                Err(StoreError::NotFound { .. }) => Ok((None, name, 1)),
+                Err(e) if e.is_not_found() => Ok((None, name, 1)),
+                // A presigned URL signs only the image: no sidecar for us, not an error.
+                Err(StoreError::Forbidden { .. }) => {
+                    tracing::warn!("{name}: sidecar not readable (access denied); using the image's own index");
+                    Ok((None, name, 1))
+                }
                 Err(e) => Err(e.into()),
             }
         }

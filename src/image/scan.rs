@@ -54,14 +54,14 @@ where
     let zero_hash = *blake3::hash(&zero).as_bytes();
     let compression = layout.header.compression();
     let blocks = layout.index.block_count();
-    if let Some(sc) = &options.verify_with {
-        if sc.entries.len() as u64 != blocks {
-            return Err(ImageError::Sidecar {
-                location: layout.location.clone(),
-                sidecar: String::from("given"),
-                detail: format!("has {} block entries, the image has {blocks} blocks", sc.entries.len()),
-            });
-        }
+    if let Some(sc) = &options.verify_with
+        && sc.entries.len() as u64 != blocks
+    {
+        return Err(ImageError::Sidecar {
+            location: layout.location.clone(),
+            sidecar: String::from("given"),
+            detail: format!("has {} block entries, the image has {blocks} blocks", sc.entries.len()),
+        });
     }
 
     let fetches = futures::stream::iter(0..blocks)

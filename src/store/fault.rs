@@ -86,7 +86,10 @@ impl FaultControl {
     fn draw(&self) -> Draw {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut p = self.plan.lock().unwrap_or_else(|e| e.into_inner());
-        let mut d = Draw { latency: p.latency, ..Draw::default() };
+        let mut d = Draw {
+            latency: p.latency,
+            ..Draw::default()
+        };
         let take = |n: &mut u32| {
             let hit = *n > 0;
             *n = n.saturating_sub(1);
@@ -97,7 +100,9 @@ impl FaultControl {
         }
         if take(&mut p.fail_permanent) {
             d.fail = Some(false);
-        } else if take(&mut p.fail_transient) || (p.fail_rate > 0.0 && rand::thread_rng().gen_bool(p.fail_rate.min(1.0))) {
+        } else if take(&mut p.fail_transient)
+            || (p.fail_rate > 0.0 && rand::thread_rng().gen_bool(p.fail_rate.min(1.0)))
+        {
             d.fail = Some(true);
         }
         d.truncate = take(&mut p.truncate);
@@ -138,7 +143,10 @@ pub struct FaultStore<S> {
 impl<S: ObjectStore> FaultStore<S> {
     /// Wraps `inner` with no faults planned; change them through [`FaultStore::control`].
     pub fn new(inner: S) -> Self {
-        FaultStore { inner, control: Arc::new(FaultControl::default()) }
+        FaultStore {
+            inner,
+            control: Arc::new(FaultControl::default()),
+        }
     }
 
     /// The plan and counters, shareable with the test driving the faults.
@@ -175,7 +183,11 @@ impl<S: ObjectStore> FaultStore<S> {
 /// Damages `body` as drawn: keeps only the first half, and/or flips the bits
 /// of its middle byte.
 fn damage(body: Bytes, truncate: bool, corrupt: bool) -> Bytes {
-    let mut body = if truncate { body.slice(..body.len() / 2) } else { body };
+    let mut body = if truncate {
+        body.slice(..body.len() / 2)
+    } else {
+        body
+    };
     if corrupt && !body.is_empty() {
         let mut m = BytesMut::from(&body[..]);
         let mid = m.len() / 2;
@@ -197,9 +209,16 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         self.inner.head(key).await
     }
 
-    async fn get_range(&self, key: &str, range: Range<u64>, pin: Option<&ObjectMeta>) -> StoreResult<Bytes> {
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        pin: Option<&ObjectMeta>,
+    ) -> StoreResult<Bytes> {
         let _in_flight = self.control.enter();
-        let (truncate, corrupt) = self.before(key, &format!("GET {}..{}", range.start, range.end)).await?;
+        let (truncate, corrupt) = self
+            .before(key, &format!("GET {}..{}", range.start, range.end))
+            .await?;
         let body = self.inner.get_range(key, range, pin).await?;
         Ok(damage(body, truncate, corrupt))
     }
@@ -221,7 +240,12 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         self.inner.put_file(key, path).await
     }
 
-    async fn put_file_with_progress(&self, key: &str, path: &Path, progress: Progress) -> StoreResult<ObjectMeta> {
+    async fn put_file_with_progress(
+        &self,
+        key: &str,
+        path: &Path,
+        progress: Progress,
+    ) -> StoreResult<ObjectMeta> {
         self.inner.put_file_with_progress(key, path, progress).await
     }
 

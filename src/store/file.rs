@@ -16,12 +16,17 @@ pub struct FileStore {
 }
 
 impl FileStore {
+    /// A store whose keys are paths relative to `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         FileStore { root: root.into() }
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        if key.is_empty() { self.root.clone() } else { self.root.join(key) }
+        if key.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(key)
+        }
     }
 
     fn meta_of(&self, key: &str, md: &std::fs::Metadata) -> ObjectMeta {
@@ -30,7 +35,12 @@ impl FileStore {
         ObjectMeta {
             size: md.len(),
             // Size, mtime (ns) and inode: changes whenever the file is replaced or rewritten.
-            etag: Some(format!("{:x}-{:x}-{:x}", md.len(), md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128, md.ino())),
+            etag: Some(format!(
+                "{:x}-{:x}-{:x}",
+                md.len(),
+                md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+                md.ino()
+            )),
             modified: md.modified().ok(),
         }
     }
@@ -39,8 +49,15 @@ impl FileStore {
         let location = self.location(key);
         match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::NotFound { location },
-            std::io::ErrorKind::PermissionDenied => StoreError::Forbidden { location, detail: e.to_string() },
-            _ => StoreError::Other { location, op: op.into(), detail: e.to_string() },
+            std::io::ErrorKind::PermissionDenied => StoreError::Forbidden {
+                location,
+                detail: e.to_string(),
+            },
+            _ => StoreError::Other {
+                location,
+                op: op.into(),
+                detail: e.to_string(),
+            },
         }
     }
 }
@@ -54,12 +71,21 @@ impl ObjectStore for FileStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         let md = std::fs::metadata(self.path(key)).map_err(|e| self.io_err(key, "stat", e))?;
         if !md.is_file() {
-            return Err(StoreError::Other { location: self.location(key), op: "stat".into(), detail: "not a regular file".into() });
+            return Err(StoreError::Other {
+                location: self.location(key),
+                op: "stat".into(),
+                detail: "not a regular file".into(),
+            });
         }
         Ok(self.meta_of(key, &md))
     }
 
-    async fn get_range(&self, key: &str, range: Range<u64>, pin: Option<&ObjectMeta>) -> StoreResult<Bytes> {
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        pin: Option<&ObjectMeta>,
+    ) -> StoreResult<Bytes> {
         let path = self.path(key);
         let this = self.clone();
         let key = key.to_string();
@@ -68,24 +94,34 @@ impl ObjectStore for FileStore {
             let file = std::fs::File::open(&path).map_err(|e| this.io_err(&key, "open", e))?;
             let md = file.metadata().map_err(|e| this.io_err(&key, "stat", e))?;
             let now = this.meta_of(&key, &md);
-            if let Some(pin) = &pin {
-                if pin.etag != now.etag {
-                    return Err(StoreError::Changed {
-                        location: this.location(&key),
-                        expected: pin.etag.clone().unwrap_or_default(),
-                        actual: now.etag.clone().unwrap_or_default(),
-                    });
-                }
+            if let Some(pin) = &pin
+                && pin.etag != now.etag
+            {
+                return Err(StoreError::Changed {
+                    location: this.location(&key),
+                    expected: pin.etag.clone().unwrap_or_default(),
+                    actual: now.etag.clone().unwrap_or_default(),
+                });
             }
             if range.start > range.end || range.end > md.len() {
-                return Err(StoreError::OutOfRange { location: this.location(&key), start: range.start, end: range.end, size: md.len() });
+                return Err(StoreError::OutOfRange {
+                    location: this.location(&key),
+                    start: range.start,
+                    end: range.end,
+                    size: md.len(),
+                });
             }
             let mut buf = vec![0u8; (range.end - range.start) as usize];
-            file.read_exact_at(&mut buf, range.start).map_err(|e| this.io_err(&key, "read", e))?;
+            file.read_exact_at(&mut buf, range.start)
+                .map_err(|e| this.io_err(&key, "read", e))?;
             Ok(Bytes::from(buf))
         })
         .await
-        .map_err(|e| StoreError::Other { location: self.location(""), op: "read".into(), detail: e.to_string() })?
+        .map_err(|e| StoreError::Other {
+            location: self.location(""),
+            op: "read".into(),
+            detail: e.to_string(),
+        })?
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<(String, ObjectMeta)>> {
@@ -117,4 +153,3 @@ impl ObjectStore for FileStore {
         self.head(key).await
     }
 }
-

@@ -13,7 +13,10 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG, HeaderMap, IF_MATCH, IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_RANGE, ETAG, HeaderMap, IF_MATCH, IF_UNMODIFIED_SINCE, LAST_MODIFIED,
+    RANGE,
+};
 use reqwest::{Client, Method, Response, StatusCode, Url};
 
 use super::source::{StoreArgs, redact_url};
@@ -24,16 +27,29 @@ use super::{ObjectMeta, ObjectStore, StoreError, StoreResult};
 const LAST_MODIFIED_TAG: &str = "last-modified:";
 
 /// Objects under one HTTP(S) base URL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpStore {
     client: Client,
+    /// May hold `user:password@` (reqwest sends it as basic auth): never printed raw.
     base: Url,
+}
+
+impl std::fmt::Debug for HttpStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpStore")
+            .field("base", &redact_url(self.base.as_str()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpStore {
     /// A store for the directory of `url`, and the key of `url` in it.
     pub fn for_url(url: &str, args: &StoreArgs) -> StoreResult<(HttpStore, String)> {
-        let bad = |detail: String| StoreError::Other { location: redact_url(url), op: "parse URL".into(), detail };
+        let bad = |detail: String| StoreError::Other {
+            location: redact_url(url),
+            op: "parse URL".into(),
+            detail,
+        };
         let parsed = Url::parse(url).map_err(|e| bad(e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
             return Err(bad("expected an http:// or https:// URL with a host".into()));
@@ -67,22 +83,44 @@ impl HttpStore {
         })
     }
 
-    async fn send(&self, key: &str, op: &str, method: Method, headers: HeaderMap) -> StoreResult<Response> {
+    async fn send(
+        &self,
+        key: &str,
+        op: &str,
+        method: Method,
+        headers: HeaderMap,
+    ) -> StoreResult<Response> {
         let url = self.url(key)?;
-        self.client.request(method, url).headers(headers).send().await.map_err(|e| StoreError::Transient {
-            location: self.location(key),
-            op: op.into(),
-            attempt: 0,
-            detail: error_chain(&e.without_url()),
-        })
+        self.client
+            .request(method, url)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| StoreError::Transient {
+                location: self.location(key),
+                op: op.into(),
+                attempt: 0,
+                detail: error_chain(&e.without_url()),
+            })
     }
 
     /// The error for a non-success status.
-    fn status_error(&self, key: &str, op: &str, status: StatusCode, pin: Option<&ObjectMeta>, size: Option<u64>, range: Option<&Range<u64>>) -> StoreError {
+    fn status_error(
+        &self,
+        key: &str,
+        op: &str,
+        status: StatusCode,
+        pin: Option<&ObjectMeta>,
+        size: Option<u64>,
+        range: Option<&Range<u64>>,
+    ) -> StoreError {
         let location = self.location(key);
         match status.as_u16() {
             404 | 410 => StoreError::NotFound { location },
-            401 | 403 => StoreError::Forbidden { location, detail: format!("HTTP {status}") },
+            401 | 403 => StoreError::Forbidden {
+                location,
+                detail: format!("HTTP {status}"),
+            },
             412 => StoreError::Changed {
                 location,
                 expected: pin.and_then(|p| p.etag.clone()).unwrap_or_default(),
@@ -90,16 +128,32 @@ impl HttpStore {
             },
             416 if range.is_some() => {
                 let r = range.cloned().unwrap_or(0..0);
-                StoreError::OutOfRange { location, start: r.start, end: r.end, size: size.unwrap_or(0) }
+                StoreError::OutOfRange {
+                    location,
+                    start: r.start,
+                    end: r.end,
+                    size: size.unwrap_or(0),
+                }
             }
-            408 | 429 | 500..=599 => StoreError::Transient { location, op: op.into(), attempt: 0, detail: format!("HTTP {status}") },
-            _ => StoreError::Other { location, op: op.into(), detail: format!("unexpected HTTP {status}") },
+            408 | 429 | 500..=599 => StoreError::Transient {
+                location,
+                op: op.into(),
+                attempt: 0,
+                detail: format!("HTTP {status}"),
+            },
+            _ => StoreError::Other {
+                location,
+                op: op.into(),
+                detail: format!("unexpected HTTP {status}"),
+            },
         }
     }
 
     /// Conditional headers pinning a request to `pin`.
     fn pin_headers(headers: &mut HeaderMap, pin: Option<&ObjectMeta>) {
-        let Some(tag) = pin.and_then(|p| p.etag.as_deref()) else { return };
+        let Some(tag) = pin.and_then(|p| p.etag.as_deref()) else {
+            return;
+        };
         let (name, value) = match tag.strip_prefix(LAST_MODIFIED_TAG) {
             Some(date) => (IF_UNMODIFIED_SINCE, date),
             // A weak ETag never matches If-Match (strong comparison); the
@@ -115,14 +169,14 @@ impl HttpStore {
     /// Fails with [`StoreError::Changed`] when a response's validator
     /// differs from the pinned one.
     fn check_pin(&self, key: &str, pin: Option<&ObjectMeta>, got: &ObjectMeta) -> StoreResult<()> {
-        if let Some(want) = pin.and_then(|p| p.etag.as_ref()) {
-            if got.etag.as_ref() != Some(want) {
-                return Err(StoreError::Changed {
-                    location: self.location(key),
-                    expected: want.clone(),
-                    actual: got.etag.clone().unwrap_or_else(|| "(none)".into()),
-                });
-            }
+        if let Some(want) = pin.and_then(|p| p.etag.as_ref())
+            && got.etag.as_ref() != Some(want)
+        {
+            return Err(StoreError::Changed {
+                location: self.location(key),
+                expected: want.clone(),
+                actual: got.etag.clone().unwrap_or_else(|| "(none)".into()),
+            });
         }
         Ok(())
     }
@@ -147,15 +201,23 @@ impl HttpStore {
             StatusCode::PARTIAL_CONTENT => content_range(resp.headers()).map(|(_, _, size)| size),
             StatusCode::OK => header_u64(resp.headers(), CONTENT_LENGTH.as_str()),
             // An empty object has no byte 0.
-            StatusCode::RANGE_NOT_SATISFIABLE => Some(content_range_total(resp.headers()).unwrap_or(0)),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                Some(content_range_total(resp.headers()).unwrap_or(0))
+            }
             _ => return Err(self.status_error(key, "GET 0..1", status, None, None, None)),
         };
-        let size = size.ok_or_else(|| self.protocol_error(key, "GET 0..1", "no object size in the response"))?;
+        let size = size.ok_or_else(|| {
+            self.protocol_error(key, "GET 0..1", "no object size in the response")
+        })?;
         Ok(meta_from(resp.headers(), size))
     }
 
     fn protocol_error(&self, key: &str, op: &str, detail: &str) -> StoreError {
-        StoreError::Other { location: self.location(key), op: op.into(), detail: detail.into() }
+        StoreError::Other {
+            location: self.location(key),
+            op: op.into(),
+            detail: detail.into(),
+        }
     }
 
     fn unsupported(&self, key: &str, op: &str) -> StoreError {
@@ -177,21 +239,32 @@ impl ObjectStore for HttpStore {
     }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        let resp = self.send(key, "HEAD", Method::HEAD, HeaderMap::new()).await?;
+        let resp = self
+            .send(key, "HEAD", Method::HEAD, HeaderMap::new())
+            .await?;
         let status = resp.status();
         match status {
             StatusCode::OK => {
-                let size = header_u64(resp.headers(), CONTENT_LENGTH.as_str())
-                    .ok_or_else(|| self.protocol_error(key, "HEAD", "no Content-Length in the response"))?;
+                let size =
+                    header_u64(resp.headers(), CONTENT_LENGTH.as_str()).ok_or_else(|| {
+                        self.protocol_error(key, "HEAD", "no Content-Length in the response")
+                    })?;
                 Ok(meta_from(resp.headers(), size))
             }
             // Presigned URLs are signed for GET only; some servers lack HEAD.
-            StatusCode::FORBIDDEN | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED => self.head_by_get(key).await,
+            StatusCode::FORBIDDEN
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::NOT_IMPLEMENTED => self.head_by_get(key).await,
             _ => Err(self.status_error(key, "HEAD", status, None, None, None)),
         }
     }
 
-    async fn get_range(&self, key: &str, range: Range<u64>, pin: Option<&ObjectMeta>) -> StoreResult<Bytes> {
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        pin: Option<&ObjectMeta>,
+    ) -> StoreResult<Bytes> {
         let op = format!("GET {}..{}", range.start, range.end);
         if range.start >= range.end {
             let size = match pin {
@@ -199,26 +272,46 @@ impl ObjectStore for HttpStore {
                 None => self.head(key).await?.size,
             };
             if range.start > range.end || range.end > size {
-                return Err(StoreError::OutOfRange { location: self.location(key), start: range.start, end: range.end, size });
+                return Err(StoreError::OutOfRange {
+                    location: self.location(key),
+                    start: range.start,
+                    end: range.end,
+                    size,
+                });
             }
             return Ok(Bytes::new());
         }
         let mut h = HeaderMap::new();
-        h.insert(RANGE, format!("bytes={}-{}", range.start, range.end - 1).parse().expect("ascii header"));
+        h.insert(
+            RANGE,
+            format!("bytes={}-{}", range.start, range.end - 1)
+                .parse()
+                .expect("ascii header"),
+        );
         Self::pin_headers(&mut h, pin);
         let resp = self.send(key, &op, Method::GET, h).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         match status {
             StatusCode::PARTIAL_CONTENT => {
-                let (start, end, size) =
-                    content_range(&headers).ok_or_else(|| self.protocol_error(key, &op, "206 without a valid Content-Range"))?;
+                let (start, end, size) = content_range(&headers).ok_or_else(|| {
+                    self.protocol_error(key, &op, "206 without a valid Content-Range")
+                })?;
                 self.check_pin(key, pin, &meta_from(&headers, size))?;
                 if start != range.start || end != range.end {
                     if range.end > size {
-                        return Err(StoreError::OutOfRange { location: self.location(key), start: range.start, end: range.end, size });
+                        return Err(StoreError::OutOfRange {
+                            location: self.location(key),
+                            start: range.start,
+                            end: range.end,
+                            size,
+                        });
                     }
-                    return Err(self.protocol_error(key, &op, &format!("server sent bytes {start}..{end} instead")));
+                    return Err(self.protocol_error(
+                        key,
+                        &op,
+                        &format!("server sent bytes {start}..{end} instead"),
+                    ));
                 }
                 self.body(key, &op, resp).await
             }
@@ -231,7 +324,14 @@ impl ObjectStore for HttpStore {
                 self.check_pin(key, pin, &meta_from(&headers, range.end))?;
                 self.body(key, &op, resp).await
             }
-            _ => Err(self.status_error(key, &op, status, pin, content_range_total(&headers), Some(&range))),
+            _ => Err(self.status_error(
+                key,
+                &op,
+                status,
+                pin,
+                content_range_total(&headers),
+                Some(&range),
+            )),
         }
     }
 
@@ -241,24 +341,33 @@ impl ObjectStore for HttpStore {
             return Ok((Bytes::new(), self.head(key).await?));
         }
         let mut h = HeaderMap::new();
-        h.insert(RANGE, format!("bytes=-{len}").parse().expect("ascii header"));
+        h.insert(
+            RANGE,
+            format!("bytes=-{len}").parse().expect("ascii header"),
+        );
         let resp = self.send(key, &op, Method::GET, h).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         match status {
             StatusCode::PARTIAL_CONTENT => {
-                let (start, end, size) =
-                    content_range(&headers).ok_or_else(|| self.protocol_error(key, &op, "206 without a valid Content-Range"))?;
+                let (start, end, size) = content_range(&headers).ok_or_else(|| {
+                    self.protocol_error(key, &op, "206 without a valid Content-Range")
+                })?;
                 if end != size || start != size.saturating_sub(len) {
-                    return Err(self.protocol_error(key, &op, &format!("server sent bytes {start}..{end} of {size}")));
+                    return Err(self.protocol_error(
+                        key,
+                        &op,
+                        &format!("server sent bytes {start}..{end} of {size}"),
+                    ));
                 }
                 let body = self.body(key, &op, resp).await?;
                 Ok((body, meta_from(&headers, size)))
             }
             StatusCode::OK => {
                 // Whole object: shorter than `len`, or Range ignored.
-                let size = header_u64(&headers, CONTENT_LENGTH.as_str())
-                    .ok_or_else(|| self.protocol_error(key, &op, "no Content-Length in the response"))?;
+                let size = header_u64(&headers, CONTENT_LENGTH.as_str()).ok_or_else(|| {
+                    self.protocol_error(key, &op, "no Content-Length in the response")
+                })?;
                 if size > len {
                     return Err(self.protocol_error(key, &op, "the server ignores Range requests"));
                 }
@@ -302,22 +411,36 @@ fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
 fn meta_from(h: &HeaderMap, size: u64) -> ObjectMeta {
     let etag = header_str(h, ETAG.as_str())
         .map(str::to_string)
-        .or_else(|| header_str(h, LAST_MODIFIED.as_str()).map(|d| format!("{LAST_MODIFIED_TAG}{d}")));
-    ObjectMeta { size, etag, modified: None }
+        .or_else(|| {
+            header_str(h, LAST_MODIFIED.as_str()).map(|d| format!("{LAST_MODIFIED_TAG}{d}"))
+        });
+    ObjectMeta {
+        size,
+        etag,
+        modified: None,
+    }
 }
 
 /// `Content-Range: bytes START-END/SIZE` as `(start, end_exclusive, size)`.
 fn content_range(h: &HeaderMap) -> Option<(u64, u64, u64)> {
-    let v = header_str(h, CONTENT_RANGE.as_str())?.trim().strip_prefix("bytes ")?;
+    let v = header_str(h, CONTENT_RANGE.as_str())?
+        .trim()
+        .strip_prefix("bytes ")?;
     let (span, size) = v.split_once('/')?;
     let (a, b) = span.split_once('-')?;
-    let (a, b, size): (u64, u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?, size.trim().parse().ok()?);
+    let (a, b, size): (u64, u64, u64) = (
+        a.trim().parse().ok()?,
+        b.trim().parse().ok()?,
+        size.trim().parse().ok()?,
+    );
     (a <= b && b < size).then_some((a, b + 1, size))
 }
 
 /// The `SIZE` of `Content-Range: bytes */SIZE` (sent with 416).
 fn content_range_total(h: &HeaderMap) -> Option<u64> {
-    let v = header_str(h, CONTENT_RANGE.as_str())?.trim().strip_prefix("bytes ")?;
+    let v = header_str(h, CONTENT_RANGE.as_str())?
+        .trim()
+        .strip_prefix("bytes ")?;
     v.split_once('/')?.1.trim().parse().ok()
 }
 
@@ -339,12 +462,26 @@ mod tests {
 
     #[test]
     fn keys_and_locations() {
-        let (s, key) = HttpStore::for_url("https://h.example/a/b/img.zvhd2?X-Amz-Signature=s3cr3t", &StoreArgs::default()).unwrap();
+        let (s, key) = HttpStore::for_url(
+            "https://h.example/a/b/img.zvhd2?X-Amz-Signature=s3cr3t",
+            &StoreArgs::default(),
+        )
+        .unwrap();
         assert_eq!(key, "img.zvhd2?X-Amz-Signature=s3cr3t");
-        assert_eq!(s.url(&key).unwrap().as_str(), "https://h.example/a/b/img.zvhd2?X-Amz-Signature=s3cr3t");
+        assert_eq!(
+            s.url(&key).unwrap().as_str(),
+            "https://h.example/a/b/img.zvhd2?X-Amz-Signature=s3cr3t"
+        );
         assert_eq!(s.location(&key), "https://h.example/a/b/img.zvhd2?…");
-        assert_eq!(s.sibling_key(&key, ".zvidx"), "img.zvhd2.zvidx?X-Amz-Signature=s3cr3t");
+        assert_eq!(
+            s.sibling_key(&key, ".zvidx"),
+            "img.zvhd2.zvidx?X-Amz-Signature=s3cr3t"
+        );
         assert!(HttpStore::for_url("https://h.example/dir/", &StoreArgs::default()).is_err());
+        let (s, key) =
+            HttpStore::for_url("https://me:pa55word@h.example/x.img", &StoreArgs::default())
+                .unwrap();
+        assert!(!format!("{s:?} {}", s.location(&key)).contains("pa55word"));
     }
 
     #[test]

@@ -29,9 +29,11 @@ pub use source::{StaticCredentials, StoreArgs, open_source};
 /// identity, which reads can be pinned to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectMeta {
+    /// Bytes in the object.
     pub size: u64,
     /// Strong validator (S3/HTTP ETag, or a synthetic one for local files).
     pub etag: Option<String>,
+    /// Last modification, where the backend reports one.
     pub modified: Option<SystemTime>,
 }
 
@@ -84,18 +86,26 @@ impl StoreError {
     /// Whether trying the same request again may succeed (5xx, throttling,
     /// timeouts, resets), as opposed to 403/404/changed object.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Timeout { .. } | StoreError::Transient { .. })
+        matches!(
+            self,
+            StoreError::Timeout { .. } | StoreError::Transient { .. }
+        )
     }
 
     /// Whether the object (or its bucket) does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, StoreError::NotFound { .. } | StoreError::BucketNotFound { .. })
+        matches!(
+            self,
+            StoreError::NotFound { .. } | StoreError::BucketNotFound { .. }
+        )
     }
 
     /// The same error, stamped with the attempt (1-based) it happened on.
     pub fn with_attempt(mut self, n: u32) -> Self {
         match &mut self {
-            StoreError::Timeout { attempt, .. } | StoreError::Transient { attempt, .. } => *attempt = n,
+            StoreError::Timeout { attempt, .. } | StoreError::Transient { attempt, .. } => {
+                *attempt = n
+            }
             _ => {}
         }
         self
@@ -105,6 +115,7 @@ impl StoreError {
 /// Called with the number of bytes just stored, as an upload progresses.
 pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 
+/// The result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A place objects are read from (and, for some backends, written to).
@@ -121,7 +132,12 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
 
     /// Bytes `range` of an object; the result is exactly `range` long or an error.
-    async fn get_range(&self, key: &str, range: Range<u64>, pin: Option<&ObjectMeta>) -> StoreResult<Bytes>;
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        pin: Option<&ObjectMeta>,
+    ) -> StoreResult<Bytes>;
 
     /// The last `len` bytes of an object (fewer if it is shorter), and its meta,
     /// in one request where the backend can.
@@ -169,7 +185,12 @@ impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         (**self).head(key).await
     }
-    async fn get_range(&self, key: &str, range: Range<u64>, pin: Option<&ObjectMeta>) -> StoreResult<Bytes> {
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        pin: Option<&ObjectMeta>,
+    ) -> StoreResult<Bytes> {
         (**self).get_range(key, range, pin).await
     }
     async fn get_suffix(&self, key: &str, len: u64) -> StoreResult<(Bytes, ObjectMeta)> {

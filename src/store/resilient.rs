@@ -32,6 +32,7 @@ pub struct RetryPolicy {
     pub max_retries: u32,
     /// Backoff before retry `n` (1-based) is uniform in `0..=min(max_delay, base_delay * 2^(n-1))`.
     pub base_delay: Duration,
+    /// Upper bound on one backoff sleep.
     pub max_delay: Duration,
     /// Requests in flight at once through this store.
     pub max_concurrent: usize,
@@ -54,14 +55,17 @@ impl RetryPolicy {
     /// full jitter so many clients failing together don't retry in lockstep.
     pub fn backoff(&self, retry: u32) -> Duration {
         let ceiling = self.backoff_ceiling(retry);
-        let nanos = rand::thread_rng().gen_range(0..=ceiling.as_nanos().min(u64::MAX as u128) as u64);
+        let nanos =
+            rand::thread_rng().gen_range(0..=ceiling.as_nanos().min(u64::MAX as u128) as u64);
         Duration::from_nanos(nanos)
     }
 
     /// The upper bound of [`RetryPolicy::backoff`] for retry `retry`.
     pub fn backoff_ceiling(&self, retry: u32) -> Duration {
         let exp = retry.saturating_sub(1).min(30);
-        self.base_delay.saturating_mul(1u32 << exp).min(self.max_delay)
+        self.base_delay
+            .saturating_mul(1u32 << exp)
+            .min(self.max_delay)
     }
 }
 
@@ -70,6 +74,7 @@ impl RetryPolicy {
 pub struct StoreStats {
     /// Attempts sent to the backend (including retries).
     pub requests: AtomicU64,
+    /// Attempts that were retried.
     pub retries: AtomicU64,
     /// Bytes returned by successful range reads.
     pub bytes: AtomicU64,
@@ -87,9 +92,15 @@ pub struct ResilientStore<S> {
 }
 
 impl<S: ObjectStore> ResilientStore<S> {
+    /// Wraps `inner` with `policy`; the concurrency cap is this wrapper's own.
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
         let permits = Arc::new(Semaphore::new(policy.max_concurrent.max(1)));
-        ResilientStore { inner, policy, permits, stats: Arc::new(StoreStats::default()) }
+        ResilientStore {
+            inner,
+            policy,
+            permits,
+            stats: Arc::new(StoreStats::default()),
+        }
     }
 
     /// The wrapped backend.
@@ -97,6 +108,7 @@ impl<S: ObjectStore> ResilientStore<S> {
         &self.inner
     }
 
+    /// The policy in force.
     pub fn policy(&self) -> &RetryPolicy {
         &self.policy
     }
@@ -108,7 +120,13 @@ impl<S: ObjectStore> ResilientStore<S> {
 
     /// Runs `attempt` under the policy. `what` names the operation for a
     /// timeout (`op` text, and the byte range when it is a read).
-    async fn run<T, F, Fut>(&self, key: &str, op: &str, range: Option<Range<u64>>, mut attempt: F) -> StoreResult<T>
+    async fn run<T, F, Fut>(
+        &self,
+        key: &str,
+        op: &str,
+        range: Option<Range<u64>>,
+        mut attempt: F,
+    ) -> StoreResult<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = StoreResult<T>>,
@@ -118,11 +136,15 @@ impl<S: ObjectStore> ResilientStore<S> {
             let result = {
                 // The permit covers the request only, not the backoff sleep,
                 // so a failing request does not hold a slot while it waits.
-                let _permit = self.permits.acquire().await.map_err(|_| StoreError::Other {
-                    location: self.inner.location(key),
-                    op: op.into(),
-                    detail: "store is shut down".into(),
-                })?;
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|_| StoreError::Other {
+                        location: self.inner.location(key),
+                        op: op.into(),
+                        detail: "store is shut down".into(),
+                    })?;
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
                 match tokio::time::timeout(self.policy.timeout, attempt()).await {
                     Ok(r) => r,
@@ -150,8 +172,19 @@ impl<S: ObjectStore> ResilientStore<S> {
         let location = self.inner.location(key);
         let secs = self.policy.timeout.as_secs_f64();
         match range {
-            Some(r) => StoreError::Timeout { location, start: r.start, end: r.end, secs, attempt: 0 },
-            None => StoreError::Transient { location, op: op.into(), attempt: 0, detail: format!("timed out after {secs:.1}s") },
+            Some(r) => StoreError::Timeout {
+                location,
+                start: r.start,
+                end: r.end,
+                secs,
+                attempt: 0,
+            },
+            None => StoreError::Transient {
+                location,
+                op: op.into(),
+                attempt: 0,
+                detail: format!("timed out after {secs:.1}s"),
+            },
         }
     }
 }
@@ -181,7 +214,12 @@ impl<S: ObjectStore> ObjectStore for ResilientStore<S> {
         self.run(key, "HEAD", None, || self.inner.head(key)).await
     }
 
-    async fn get_range(&self, key: &str, range: Range<u64>, pin: Option<&ObjectMeta>) -> StoreResult<Bytes> {
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        pin: Option<&ObjectMeta>,
+    ) -> StoreResult<Bytes> {
         if range.start > range.end {
             return Err(StoreError::OutOfRange {
                 location: self.location(key),
@@ -198,7 +236,9 @@ impl<S: ObjectStore> ObjectStore for ResilientStore<S> {
                 Ok(b)
             })
             .await?;
-        self.stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(bytes)
     }
 
@@ -211,19 +251,27 @@ impl<S: ObjectStore> ObjectStore for ResilientStore<S> {
                 Ok((b, meta))
             })
             .await?;
-        self.stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok((bytes, meta))
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<(String, ObjectMeta)>> {
-        self.run(prefix, "LIST", None, || self.inner.list(prefix)).await
+        self.run(prefix, "LIST", None, || self.inner.list(prefix))
+            .await
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> StoreResult<ObjectMeta> {
         self.inner.put_file(key, path).await
     }
 
-    async fn put_file_with_progress(&self, key: &str, path: &Path, progress: Progress) -> StoreResult<ObjectMeta> {
+    async fn put_file_with_progress(
+        &self,
+        key: &str,
+        path: &Path,
+        progress: Progress,
+    ) -> StoreResult<ObjectMeta> {
         self.inner.put_file_with_progress(key, path, progress).await
     }
 
@@ -255,9 +303,16 @@ mod tests {
 
     #[test]
     fn attempt_is_stamped_on_retryable_errors_only() {
-        let t = StoreError::Transient { location: "x".into(), op: "GET".into(), attempt: 0, detail: "reset".into() };
+        let t = StoreError::Transient {
+            location: "x".into(),
+            op: "GET".into(),
+            attempt: 0,
+            detail: "reset".into(),
+        };
         assert!(t.with_attempt(3).to_string().contains("attempt 3"));
-        let nf = StoreError::NotFound { location: "x".into() };
+        let nf = StoreError::NotFound {
+            location: "x".into(),
+        };
         assert!(!nf.with_attempt(3).is_retryable());
     }
 }

@@ -51,7 +51,9 @@ pub struct S3Store {
 impl fmt::Debug for S3Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Deliberately not the client: its config holds the credentials provider.
-        f.debug_struct("S3Store").field("bucket", &self.bucket).finish_non_exhaustive()
+        f.debug_struct("S3Store")
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,11 +82,19 @@ pub async fn s3_client(args: &StoreArgs) -> Client {
     }
     let sdk = loader
         .retry_config(RetryConfig::disabled())
-        .timeout_config(TimeoutConfig::builder().connect_timeout(args.timeout.min(Duration::from_secs(10))).build())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(args.timeout.min(Duration::from_secs(10)))
+                .build(),
+        )
         .load()
         .await;
-    let endpoint = args.endpoint_url.clone().or_else(|| sdk.endpoint_url().map(str::to_string));
-    let path_style = args.force_path_style || endpoint.as_deref().is_some_and(endpoint_wants_path_style);
+    let endpoint = args
+        .endpoint_url
+        .clone()
+        .or_else(|| sdk.endpoint_url().map(str::to_string));
+    let path_style =
+        args.force_path_style || endpoint.as_deref().is_some_and(endpoint_wants_path_style);
     let mut b = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(path_style);
     if sdk.region().is_none() {
         b = b.region(Region::new("us-east-1"));
@@ -95,9 +105,16 @@ pub async fn s3_client(args: &StoreArgs) -> Client {
 /// Virtual-host addressing needs DNS for `bucket.HOST`: impossible for IP
 /// addresses and `localhost`.
 fn endpoint_wants_path_style(endpoint: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(endpoint) else { return false };
-    let Some(host) = url.host_str() else { return false };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let Ok(url) = reqwest::Url::parse(endpoint) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     host.parse::<std::net::IpAddr>().is_ok() || host == "localhost" || host.ends_with(".localhost")
 }
 
@@ -105,12 +122,20 @@ impl S3Store {
     /// A store for `bucket`, configured from `args` and the standard chain.
     /// Sends no request.
     pub async fn connect(bucket: &str, args: &StoreArgs) -> StoreResult<S3Store> {
-        Ok(S3Store::with_client(s3_client(args).await, bucket, args.retries + 1))
+        Ok(S3Store::with_client(
+            s3_client(args).await,
+            bucket,
+            args.retries + 1,
+        ))
     }
 
     /// A store over an existing client.
     pub fn with_client(client: Client, bucket: &str, part_attempts: u32) -> S3Store {
-        S3Store { client, bucket: bucket.into(), part_attempts: part_attempts.max(1) }
+        S3Store {
+            client,
+            bucket: bucket.into(),
+            part_attempts: part_attempts.max(1),
+        }
     }
 
     /// The client, for fixtures and tools that need other S3 operations.
@@ -118,6 +143,7 @@ impl S3Store {
         &self.client
     }
 
+    /// The bucket this store reads and writes.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
@@ -131,13 +157,24 @@ impl S3Store {
         let detail = DisplayErrorContext(&e).to_string();
         let service = match &e {
             SdkError::ServiceError(_) => true,
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                return StoreError::Transient { location, op: op.into(), attempt: 0, detail };
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => {
+                return StoreError::Transient {
+                    location,
+                    op: op.into(),
+                    attempt: 0,
+                    detail,
+                };
             }
             _ => false,
         };
         if !service {
-            return StoreError::Other { location, op: op.into(), detail };
+            return StoreError::Other {
+                location,
+                op: op.into(),
+                detail,
+            };
         }
         let status = e.raw_response().map_or(0, |r| r.status().as_u16());
         let code = e.code().unwrap_or("");
@@ -147,56 +184,98 @@ impl S3Store {
             _ => format!("HTTP {status}"),
         };
         match (status, code) {
-            (_, "NoSuchBucket") => StoreError::BucketNotFound { location: format!("s3://{}", self.bucket) },
+            (_, "NoSuchBucket") => StoreError::BucketNotFound {
+                location: format!("s3://{}", self.bucket),
+            },
             (404, _) | (_, "NoSuchKey") | (_, "NotFound") => StoreError::NotFound { location },
-            (401 | 403, _) => StoreError::Forbidden { location, detail: described },
-            (412, _) | (_, "PreconditionFailed") => {
-                StoreError::Changed { location, expected: "(pinned ETag)".into(), actual: "(different)".into() }
-            }
-            (_, "SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout" | "RequestTimeTooSkewed" | "InternalError")
-            | (408 | 429 | 500..=599, _) => StoreError::Transient { location, op: op.into(), attempt: 0, detail: described },
-            _ => StoreError::Other { location, op: op.into(), detail: described },
+            (401 | 403, _) => StoreError::Forbidden {
+                location,
+                detail: described,
+            },
+            (412, _) | (_, "PreconditionFailed") => StoreError::Changed {
+                location,
+                expected: "(pinned ETag)".into(),
+                actual: "(different)".into(),
+            },
+            (
+                _,
+                "SlowDown"
+                | "Throttling"
+                | "ThrottlingException"
+                | "RequestTimeout"
+                | "RequestTimeTooSkewed"
+                | "InternalError",
+            )
+            | (408 | 429 | 500..=599, _) => StoreError::Transient {
+                location,
+                op: op.into(),
+                attempt: 0,
+                detail: described,
+            },
+            _ => StoreError::Other {
+                location,
+                op: op.into(),
+                detail: described,
+            },
         }
     }
 
-    fn check_pin(&self, key: &str, pin: Option<&ObjectMeta>, etag: Option<&str>) -> StoreResult<()> {
-        if let Some(want) = pin.and_then(|p| p.etag.as_deref()) {
-            if etag != Some(want) {
-                return Err(StoreError::Changed {
-                    location: self.location(key),
-                    expected: want.into(),
-                    actual: etag.unwrap_or("(none)").into(),
-                });
-            }
+    fn check_pin(
+        &self,
+        key: &str,
+        pin: Option<&ObjectMeta>,
+        etag: Option<&str>,
+    ) -> StoreResult<()> {
+        if let Some(want) = pin.and_then(|p| p.etag.as_deref())
+            && etag != Some(want)
+        {
+            return Err(StoreError::Changed {
+                location: self.location(key),
+                expected: want.into(),
+                actual: etag.unwrap_or("(none)").into(),
+            });
         }
         Ok(())
     }
 
     fn protocol_error(&self, key: &str, op: &str, detail: String) -> StoreError {
-        StoreError::Other { location: self.location(key), op: op.into(), detail }
+        StoreError::Other {
+            location: self.location(key),
+            op: op.into(),
+            detail,
+        }
     }
 
     async fn collect(&self, key: &str, op: &str, body: ByteStream) -> StoreResult<Bytes> {
-        body.collect().await.map(|a| a.into_bytes()).map_err(|e| StoreError::Transient {
-            location: self.location(key),
-            op: op.into(),
-            attempt: 0,
-            detail: DisplayErrorContext(&e).to_string(),
-        })
+        body.collect()
+            .await
+            .map(|a| a.into_bytes())
+            .map_err(|e| StoreError::Transient {
+                location: self.location(key),
+                op: op.into(),
+                attempt: 0,
+                detail: DisplayErrorContext(&e).to_string(),
+            })
     }
 
     /// Distinguishes a missing bucket from a missing key after a bodiless 404.
     async fn not_found(&self, key: &str) -> StoreError {
         match self.client.head_bucket().bucket(&self.bucket).send().await {
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => {
-                StoreError::BucketNotFound { location: format!("s3://{}", self.bucket) }
+                StoreError::BucketNotFound {
+                    location: format!("s3://{}", self.bucket),
+                }
             }
-            _ => StoreError::NotFound { location: self.location(key) },
+            _ => StoreError::NotFound {
+                location: self.location(key),
+            },
         }
     }
 
     async fn put_small(&self, key: &str, path: &Path, size: u64) -> StoreResult<Option<String>> {
-        let data = read_part(path, 0, size).await.map_err(|e| self.io_err(key, path, e))?;
+        let data = read_part(path, 0, size)
+            .await
+            .map_err(|e| self.io_err(key, path, e))?;
         let out = self
             .client
             .put_object()
@@ -212,15 +291,27 @@ impl S3Store {
     }
 
     fn upload_retries(&self) -> aws_sdk_s3::config::Builder {
-        aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::standard().with_max_attempts(self.part_attempts))
+        aws_sdk_s3::config::Builder::default()
+            .retry_config(RetryConfig::standard().with_max_attempts(self.part_attempts))
     }
 
     fn io_err(&self, key: &str, path: &Path, e: std::io::Error) -> StoreError {
-        StoreError::Other { location: self.location(key), op: format!("read {}", path.display()), detail: e.to_string() }
+        StoreError::Other {
+            location: self.location(key),
+            op: format!("read {}", path.display()),
+            detail: e.to_string(),
+        }
     }
 
     /// Uploads `path` in parts; the caller aborts `upload_id` on error.
-    async fn put_parts(&self, key: &str, path: &Path, size: u64, upload_id: &str, progress: &Progress) -> StoreResult<Option<String>> {
+    async fn put_parts(
+        &self,
+        key: &str,
+        path: &Path,
+        size: u64,
+        upload_id: &str,
+        progress: &Progress,
+    ) -> StoreResult<Option<String>> {
         let part_size = PART_SIZE.max(size.div_ceil(MAX_PARTS));
         let parts = size.div_ceil(part_size);
         let mut done: Vec<CompletedPart> = futures::stream::iter(0..parts)
@@ -228,8 +319,13 @@ impl S3Store {
                 let start = i * part_size;
                 let len = part_size.min(size - start);
                 let number = i as i32 + 1;
-                let op = format!("upload part {number}/{parts} (bytes {start}..{})", start + len);
-                let data = read_part(path, start, len).await.map_err(|e| self.io_err(key, path, e))?;
+                let op = format!(
+                    "upload part {number}/{parts} (bytes {start}..{})",
+                    start + len
+                );
+                let data = read_part(path, start, len)
+                    .await
+                    .map_err(|e| self.io_err(key, path, e))?;
                 let out = self
                     .client
                     .upload_part()
@@ -244,7 +340,12 @@ impl S3Store {
                     .await
                     .map_err(|e| self.map_err(key, &op, e))?;
                 progress(len);
-                Ok::<_, StoreError>(CompletedPart::builder().set_e_tag(out.e_tag).part_number(number).build())
+                Ok::<_, StoreError>(
+                    CompletedPart::builder()
+                        .set_e_tag(out.e_tag)
+                        .part_number(number)
+                        .build(),
+                )
             })
             .buffer_unordered(UPLOAD_PARALLELISM)
             .try_collect()
@@ -256,7 +357,11 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| self.map_err(key, "complete multipart upload", e))?;
@@ -286,7 +391,11 @@ fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTim
 fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
     let (span, size) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
     let (a, b) = span.split_once('-')?;
-    let (a, b, size): (u64, u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?, size.trim().parse().ok()?);
+    let (a, b, size): (u64, u64, u64) = (
+        a.trim().parse().ok()?,
+        b.trim().parse().ok()?,
+        size.trim().parse().ok()?,
+    );
     (a <= b && b < size).then_some((a, b + 1, size))
 }
 
@@ -297,7 +406,14 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        let out = match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        let out = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(e) => {
                 return Err(match self.map_err(key, "HEAD", e) {
@@ -309,11 +425,22 @@ impl ObjectStore for S3Store {
         let size = out
             .content_length
             .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(|| self.protocol_error(key, "HEAD", "no Content-Length in the response".into()))?;
-        Ok(ObjectMeta { size, etag: out.e_tag, modified: system_time(out.last_modified.as_ref()) })
+            .ok_or_else(|| {
+                self.protocol_error(key, "HEAD", "no Content-Length in the response".into())
+            })?;
+        Ok(ObjectMeta {
+            size,
+            etag: out.e_tag,
+            modified: system_time(out.last_modified.as_ref()),
+        })
     }
 
-    async fn get_range(&self, key: &str, range: Range<u64>, pin: Option<&ObjectMeta>) -> StoreResult<Bytes> {
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        pin: Option<&ObjectMeta>,
+    ) -> StoreResult<Bytes> {
         let op = format!("GET {}..{}", range.start, range.end);
         if range.start >= range.end {
             let size = match pin {
@@ -321,16 +448,31 @@ impl ObjectStore for S3Store {
                 None => self.head(key).await?.size,
             };
             if range.start > range.end || range.end > size {
-                return Err(StoreError::OutOfRange { location: self.location(key), start: range.start, end: range.end, size });
+                return Err(StoreError::OutOfRange {
+                    location: self.location(key),
+                    start: range.start,
+                    end: range.end,
+                    size,
+                });
             }
             return Ok(Bytes::new());
         }
-        if let Some(p) = pin {
-            if range.end > p.size {
-                return Err(StoreError::OutOfRange { location: self.location(key), start: range.start, end: range.end, size: p.size });
-            }
+        if let Some(p) = pin
+            && range.end > p.size
+        {
+            return Err(StoreError::OutOfRange {
+                location: self.location(key),
+                start: range.start,
+                end: range.end,
+                size: p.size,
+            });
         }
-        let mut req = self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes={}-{}", range.start, range.end - 1));
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1));
         if let Some(tag) = pin.and_then(|p| p.etag.as_deref()) {
             req = req.if_match(tag);
         }
@@ -343,12 +485,14 @@ impl ObjectStore for S3Store {
                         expected: pin.and_then(|p| p.etag.clone()).unwrap_or_default(),
                         actual: "(different)".into(),
                     },
-                    StoreError::Other { detail, .. } if detail.contains("InvalidRange") => StoreError::OutOfRange {
-                        location: self.location(key),
-                        start: range.start,
-                        end: range.end,
-                        size: pin.map_or(0, |p| p.size),
-                    },
+                    StoreError::Other { detail, .. } if detail.contains("InvalidRange") => {
+                        StoreError::OutOfRange {
+                            location: self.location(key),
+                            start: range.start,
+                            end: range.end,
+                            size: pin.map_or(0, |p| p.size),
+                        }
+                    }
                     // Some servers answer NoSuchKey for a missing bucket too.
                     StoreError::NotFound { .. } => self.not_found(key).await,
                     other => other,
@@ -360,14 +504,29 @@ impl ObjectStore for S3Store {
             Some((s, e, _)) if s == range.start && e == range.end => {}
             Some((s, e, size)) if range.end > size || e < range.end => {
                 let _ = s;
-                return Err(StoreError::OutOfRange { location: self.location(key), start: range.start, end: range.end, size });
+                return Err(StoreError::OutOfRange {
+                    location: self.location(key),
+                    start: range.start,
+                    end: range.end,
+                    size,
+                });
             }
-            Some((s, e, _)) => return Err(self.protocol_error(key, &op, format!("server sent bytes {s}..{e} instead"))),
+            Some((s, e, _)) => {
+                return Err(self.protocol_error(
+                    key,
+                    &op,
+                    format!("server sent bytes {s}..{e} instead"),
+                ));
+            }
             None => {
                 // A whole-object answer is right only when the whole object was asked for.
                 let len = out.content_length.unwrap_or(-1);
                 if range.start != 0 || len != range.end as i64 {
-                    return Err(self.protocol_error(key, &op, "no Content-Range in the answer to a range GET".into()));
+                    return Err(self.protocol_error(
+                        key,
+                        &op,
+                        "no Content-Range in the answer to a range GET".into(),
+                    ));
                 }
             }
         }
@@ -379,7 +538,15 @@ impl ObjectStore for S3Store {
         if len == 0 {
             return Ok((Bytes::new(), self.head(key).await?));
         }
-        let out = match self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes=-{len}")).send().await {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes=-{len}"))
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(e) => {
                 let status = e.raw_response().map_or(0, |r| r.status().as_u16());
@@ -402,19 +569,34 @@ impl ObjectStore for S3Store {
         let size = match out.content_range.as_deref().and_then(parse_content_range) {
             Some((start, end, size)) => {
                 if end != size || start != size.saturating_sub(len) {
-                    return Err(self.protocol_error(key, &op, format!("server sent bytes {start}..{end} of {size}")));
+                    return Err(self.protocol_error(
+                        key,
+                        &op,
+                        format!("server sent bytes {start}..{end} of {size}"),
+                    ));
                 }
                 size
             }
             None => {
-                let size = out.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(u64::MAX);
+                let size = out
+                    .content_length
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(u64::MAX);
                 if size > len {
-                    return Err(self.protocol_error(key, &op, "no Content-Range in the answer to a suffix GET".into()));
+                    return Err(self.protocol_error(
+                        key,
+                        &op,
+                        "no Content-Range in the answer to a suffix GET".into(),
+                    ));
                 }
                 size
             }
         };
-        let meta = ObjectMeta { size, etag: out.e_tag.clone(), modified: system_time(out.last_modified.as_ref()) };
+        let meta = ObjectMeta {
+            size,
+            etag: out.e_tag.clone(),
+            modified: system_time(out.last_modified.as_ref()),
+        };
         let body = self.collect(key, &op, out.body).await?;
         Ok((body, meta))
     }
@@ -435,7 +617,14 @@ impl ObjectStore for S3Store {
             for o in page.contents() {
                 let Some(key) = o.key() else { continue };
                 let size = o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-                out.push((key.to_string(), ObjectMeta { size, etag: o.e_tag().map(str::to_string), modified: system_time(o.last_modified()) }));
+                out.push((
+                    key.to_string(),
+                    ObjectMeta {
+                        size,
+                        etag: o.e_tag().map(str::to_string),
+                        modified: system_time(o.last_modified()),
+                    },
+                ));
             }
             match page.next_continuation_token() {
                 Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
@@ -446,14 +635,22 @@ impl ObjectStore for S3Store {
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> StoreResult<ObjectMeta> {
-        self.put_file_with_progress(key, path, Arc::new(|_| {})).await
+        self.put_file_with_progress(key, path, Arc::new(|_| {}))
+            .await
     }
 
     /// One PUT up to [`PART_SIZE`], a parallel multipart upload above it
     /// (aborted on any failure, so no incomplete upload is left billed);
     /// then a HEAD checks the stored size and ETag.
-    async fn put_file_with_progress(&self, key: &str, path: &Path, progress: Progress) -> StoreResult<ObjectMeta> {
-        let size = std::fs::metadata(path).map_err(|e| self.io_err(key, path, e))?.len();
+    async fn put_file_with_progress(
+        &self,
+        key: &str,
+        path: &Path,
+        progress: Progress,
+    ) -> StoreResult<ObjectMeta> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| self.io_err(key, path, e))?
+            .len();
         let etag = if size <= PART_SIZE {
             let etag = self.put_small(key, path, size).await?;
             progress(size);
@@ -467,13 +664,24 @@ impl ObjectStore for S3Store {
                 .send()
                 .await
                 .map_err(|e| self.map_err(key, "create multipart upload", e))?;
-            let upload_id = created
-                .upload_id
-                .ok_or_else(|| self.protocol_error(key, "create multipart upload", "no upload id in the response".into()))?;
+            let upload_id = created.upload_id.ok_or_else(|| {
+                self.protocol_error(
+                    key,
+                    "create multipart upload",
+                    "no upload id in the response".into(),
+                )
+            })?;
             match self.put_parts(key, path, size, &upload_id, &progress).await {
                 Ok(etag) => etag,
                 Err(e) => {
-                    let abort = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(&upload_id).send().await;
+                    let abort = self
+                        .client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(&upload_id)
+                        .send()
+                        .await;
                     if let Err(ae) = abort {
                         tracing::warn!(location = %self.location(key), error = %DisplayErrorContext(&ae), "could not abort the failed multipart upload");
                     }
@@ -483,12 +691,20 @@ impl ObjectStore for S3Store {
         };
         let meta = self.head(key).await?;
         if meta.size != size {
-            return Err(self.protocol_error(key, "verify upload", format!("stored object has {} bytes, the file {size}", meta.size)));
+            return Err(self.protocol_error(
+                key,
+                "verify upload",
+                format!("stored object has {} bytes, the file {size}", meta.size),
+            ));
         }
-        if let (Some(sent), Some(stored)) = (&etag, &meta.etag) {
-            if sent != stored {
-                return Err(self.protocol_error(key, "verify upload", format!("stored ETag {stored} differs from the upload's {sent}")));
-            }
+        if let (Some(sent), Some(stored)) = (&etag, &meta.etag)
+            && sent != stored
+        {
+            return Err(self.protocol_error(
+                key,
+                "verify upload",
+                format!("stored ETag {stored} differs from the upload's {sent}"),
+            ));
         }
         Ok(meta)
     }
@@ -503,7 +719,9 @@ mod tests {
         assert!(endpoint_wants_path_style("http://127.0.0.1:9000"));
         assert!(endpoint_wants_path_style("http://[::1]:9000"));
         assert!(endpoint_wants_path_style("http://localhost:9000"));
-        assert!(!endpoint_wants_path_style("https://obs.cn-north-4.myhuaweicloud.com"));
+        assert!(!endpoint_wants_path_style(
+            "https://obs.cn-north-4.myhuaweicloud.com"
+        ));
         assert!(!endpoint_wants_path_style("not a url"));
     }
 

@@ -82,6 +82,7 @@ impl StoreArgs {
 /// An access key pair given in code; its `Debug` never shows the secret.
 #[derive(Clone)]
 pub struct StaticCredentials {
+    /// Access key ID (not secret; shown by `Debug`).
     pub access_key_id: String,
     pub secret_access_key: String,
     pub session_token: Option<String>,
@@ -99,7 +100,9 @@ impl fmt::Debug for StaticCredentials {
 /// Parses `30s`, `500ms`, `2m`, `1h`, or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
@@ -117,27 +120,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// What kind of location a source string names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceKind {
+    /// A local file: its directory and file name.
     File { dir: String, name: String },
+    /// `s3://bucket/key` (an empty key is the whole bucket).
     S3 { bucket: String, key: String },
+    /// An `http://` or `https://` URL, query string included.
     Http { url: String },
 }
 
 /// Classifies `source` without opening anything.
 pub fn parse_source(source: &str) -> StoreResult<SourceKind> {
-    let bad = |detail: &str| StoreError::Other { location: redact_url(source), op: "parse source".into(), detail: detail.into() };
+    let bad = |detail: &str| StoreError::Other {
+        location: redact_url(source),
+        op: "parse source".into(),
+        detail: detail.into(),
+    };
     if let Some(rest) = source.strip_prefix("s3://") {
-        let (bucket, key) = rest.split_once('/').ok_or_else(|| bad("expected s3://BUCKET/KEY"))?;
-        if bucket.is_empty() || key.is_empty() {
-            return Err(bad("expected s3://BUCKET/KEY with a non-empty bucket and key"));
+        // An empty key (`s3://bucket/`) names the whole bucket, for listing.
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("expected s3://BUCKET/KEY"));
         }
-        return Ok(SourceKind::S3 { bucket: bucket.into(), key: key.into() });
+        return Ok(SourceKind::S3 {
+            bucket: bucket.into(),
+            key: key.into(),
+        });
     }
     let lower = source.get(..8).unwrap_or(source).to_ascii_lowercase();
     if lower.starts_with("https://") || lower.starts_with("http://") {
         return Ok(SourceKind::Http { url: source.into() });
     }
     if source.contains("://") {
-        return Err(bad("unknown scheme: expected a local path, s3://BUCKET/KEY or https://URL"));
+        return Err(bad(
+            "unknown scheme: expected a local path, s3://BUCKET/KEY or https://URL",
+        ));
     }
     let path = Path::new(source);
     let name = path
@@ -156,10 +172,16 @@ pub fn parse_source(source: &str) -> StoreResult<SourceKind> {
 /// directory, key = file name), `s3://bucket/key` or `http(s)://…`, wrapped
 /// in [`ResilientStore`]. Returns the store and the object's key in it.
 /// Nothing is requested yet; the first `head`/read talks to the store.
-pub async fn open_source(source: &str, args: &StoreArgs) -> StoreResult<(Arc<dyn ObjectStore>, String)> {
+pub async fn open_source(
+    source: &str,
+    args: &StoreArgs,
+) -> StoreResult<(Arc<dyn ObjectStore>, String)> {
     let policy = args.retry_policy();
     Ok(match parse_source(source)? {
-        SourceKind::File { dir, name } => (Arc::new(ResilientStore::new(FileStore::new(dir), policy)), name),
+        SourceKind::File { dir, name } => (
+            Arc::new(ResilientStore::new(FileStore::new(dir), policy)),
+            name,
+        ),
         SourceKind::S3 { bucket, key } => {
             let s3 = S3Store::connect(&bucket, args).await?;
             (Arc::new(ResilientStore::new(s3, policy)), key)
@@ -185,11 +207,17 @@ pub fn redact_url(url: &str) -> String {
         },
         None => base.to_string(),
     };
-    if had_query { format!("{base}?…") } else { base }
+    if had_query {
+        format!("{base}?…")
+    } else {
+        base
+    }
 }
 
 fn strip_userinfo(authority: &str) -> &str {
-    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
 }
 
 #[cfg(test)]
@@ -200,17 +228,38 @@ mod tests {
     fn sources() {
         assert_eq!(
             parse_source("s3://b/dir/img.zvhd2").unwrap(),
-            SourceKind::S3 { bucket: "b".into(), key: "dir/img.zvhd2".into() }
+            SourceKind::S3 {
+                bucket: "b".into(),
+                key: "dir/img.zvhd2".into()
+            }
         );
-        assert!(parse_source("s3://b").is_err());
+        assert_eq!(
+            parse_source("s3://b/").unwrap(),
+            SourceKind::S3 {
+                bucket: "b".into(),
+                key: "".into()
+            }
+        );
         assert!(parse_source("s3:///k").is_err());
         assert!(parse_source("ftp://x/y").is_err());
         assert_eq!(
             parse_source("/data/img.zvhd2").unwrap(),
-            SourceKind::File { dir: "/data".into(), name: "img.zvhd2".into() }
+            SourceKind::File {
+                dir: "/data".into(),
+                name: "img.zvhd2".into()
+            }
         );
-        assert_eq!(parse_source("img").unwrap(), SourceKind::File { dir: ".".into(), name: "img".into() });
-        assert!(matches!(parse_source("HTTPS://h/x").unwrap(), SourceKind::Http { .. }));
+        assert_eq!(
+            parse_source("img").unwrap(),
+            SourceKind::File {
+                dir: ".".into(),
+                name: "img".into()
+            }
+        );
+        assert!(matches!(
+            parse_source("HTTPS://h/x").unwrap(),
+            SourceKind::Http { .. }
+        ));
     }
 
     #[test]
@@ -230,7 +279,11 @@ mod tests {
             "https://h.example/b/k.img?…"
         );
         assert_eq!(redact_url("http://h:80/x"), "http://h:80/x");
-        let c = StaticCredentials { access_key_id: "AK".into(), secret_access_key: "SECRET".into(), session_token: None };
+        let c = StaticCredentials {
+            access_key_id: "AK".into(),
+            secret_access_key: "SECRET".into(),
+            session_token: None,
+        };
         assert!(!format!("{c:?}").contains("SECRET"));
     }
 }

@@ -62,7 +62,12 @@ pub struct Args {
     pub bandwidth: u64,
     /// Sizes (MiB of incompressible data added to the test image) for the
     /// "image grows" comparison; `--data-mib ''` skips it.
-    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096", value_name = "MIB,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1024,2048,4096",
+        value_name = "MIB,..."
+    )]
     pub data_mib: Vec<String>,
     /// Boot with KVM (`-accel kvm -cpu host`) instead of TCG; only on hosts
     /// where KVM is real (nested /dev/kvm on cloud VMs crawls).
@@ -100,7 +105,10 @@ pub struct Args {
 /// Parses a rate like `100MB/s` (the `/s` is optional) into bytes per second.
 fn parse_rate(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let t = t.strip_suffix("/s").or_else(|| t.strip_suffix("ps")).unwrap_or(t);
+    let t = t
+        .strip_suffix("/s")
+        .or_else(|| t.strip_suffix("ps"))
+        .unwrap_or(t);
     zvmount::util::parse_size(t).map_err(|e| format!("invalid bandwidth {text:?}: {e}"))
 }
 
@@ -195,44 +203,80 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .data_mib
         .iter()
         .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse::<u64>().with_context(|| format!("--data-mib: {s:?} is not a number of MiB")))
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .with_context(|| format!("--data-mib: {s:?} is not a number of MiB"))
+        })
         .collect::<anyhow::Result<_>>()?;
     let tools = Tools::find(&args)?;
     let scratch = match &args.work_dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            Scratch { path: d.clone(), remove: false }
+            Scratch {
+                path: d.clone(),
+                remove: false,
+            }
         }
         None => {
-            let base = std::env::temp_dir().join(format!("zvimg-bench-boot-{}", std::process::id()));
-            std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-            Scratch { path: base, remove: true }
+            let base =
+                std::env::temp_dir().join(format!("zvimg-bench-boot-{}", std::process::id()));
+            std::fs::create_dir_all(&base)
+                .with_context(|| format!("creating {}", base.display()))?;
+            Scratch {
+                path: base,
+                remove: true,
+            }
         }
     };
     let work = scratch.path.clone();
 
     // The images: the base one, then the growing ones (test image only).
+    // (MiB of unread data, guest); the first one is the base of the table.
     let mut images: Vec<(u64, Guest)> = Vec::new();
     match (&args.image, &args.guest_dir) {
         (Some(raw), _) => {
             if !growth.is_empty() {
                 eprintln!("note: --data-mib applies to the test image only; skipped for --image");
             }
-            images.push((0, Guest { raw: raw.clone(), expected_sha: None }));
+            images.push((
+                0,
+                Guest {
+                    raw: raw.clone(),
+                    expected_sha: None,
+                },
+            ));
         }
-        (None, Some(dir)) => images.push((0, Guest::from_dir(dir)?)),
-        (None, None) => images.push((0, Guest::from_dir(&build_guest(&args.build_script, 0)?)?)),
+        (None, Some(dir)) => images.push(Guest::from_dir(dir)?),
+        (None, None) => images.push(Guest::from_dir(&build_guest(&args.build_script, None)?)?),
     }
     if args.image.is_none() {
         for &mib in &growth {
-            images.push((mib, Guest::from_dir(&build_guest(&args.build_script, mib)?)?));
+            if images.iter().all(|(m, _)| *m != mib) {
+                images.push(Guest::from_dir(&build_guest(
+                    &args.build_script,
+                    Some(mib),
+                )?)?);
+            }
         }
     }
 
     let s3 = S3Server::start(&tools.s3s_fs, &work.join("s3"))?;
-    let proxy = ShapingProxy::start(s3.addr, Shaping { latency: args.latency, bytes_per_sec: args.bandwidth })
-        .context("starting the shaping proxy")?;
-    let bench = Bench { args: &args, tools: &tools, work: &work, s3: &s3, proxy: &proxy };
+    let proxy = ShapingProxy::start(
+        s3.addr,
+        Shaping {
+            latency: args.latency,
+            bytes_per_sec: args.bandwidth,
+        },
+    )
+    .context("starting the shaping proxy")?;
+    let bench = Bench {
+        args: &args,
+        tools: &tools,
+        work: &work,
+        s3: &s3,
+        proxy: &proxy,
+    };
 
     let mut report = Report {
         latency_ms: args.latency.as_secs_f64() * 1e3,
@@ -274,12 +318,22 @@ impl Tools {
             Some(p) => p.clone(),
             None => {
                 let beside = zvimg.with_file_name("zvmount");
-                if beside.exists() { beside } else { PathBuf::from("zvmount") }
+                if beside.exists() {
+                    beside
+                } else {
+                    PathBuf::from("zvmount")
+                }
             }
         };
         for (tool, hint) in [
-            ("qemu-system-x86_64", "apt-get install qemu-system-x86 (scripts/install-deps.sh)"),
-            ("qemu-img", "apt-get install qemu-utils (scripts/install-deps.sh)"),
+            (
+                "qemu-system-x86_64",
+                "apt-get install qemu-system-x86 (scripts/install-deps.sh)",
+            ),
+            (
+                "qemu-img",
+                "apt-get install qemu-utils (scripts/install-deps.sh)",
+            ),
             ("timeout", "coreutils"),
         ] {
             if !on_path(Path::new(tool)) {
@@ -287,7 +341,10 @@ impl Tools {
             }
         }
         if !on_path(&zvmount) {
-            bail!("zvmount not found at {}: build it (cargo build --release) or pass --zvmount", zvmount.display());
+            bail!(
+                "zvmount not found at {}: build it (cargo build --release) or pass --zvmount",
+                zvmount.display()
+            );
         }
         if !on_path(&args.s3s_fs) {
             bail!(
@@ -295,7 +352,11 @@ impl Tools {
                 args.s3s_fs.display()
             );
         }
-        Ok(Tools { zvimg, zvmount, s3s_fs: args.s3s_fs.clone() })
+        Ok(Tools {
+            zvimg,
+            zvmount,
+            s3s_fs: args.s3s_fs.clone(),
+        })
     }
 }
 
@@ -329,26 +390,49 @@ struct Guest {
 }
 
 impl Guest {
-    fn from_dir(dir: &Path) -> anyhow::Result<Guest> {
+    /// The guest in a build-guest-image.sh output, and its MiB of unread data.
+    fn from_dir(dir: &Path) -> anyhow::Result<(u64, Guest)> {
         let raw = dir.join("guest.raw");
         let expected = dir.join("guest.expected");
-        let sha = std::fs::read_to_string(&expected)
-            .with_context(|| format!("{}: not a build-guest-image.sh output (no guest.expected)", dir.display()))?;
+        let sha = std::fs::read_to_string(&expected).with_context(|| {
+            format!(
+                "{}: not a build-guest-image.sh output (no guest.expected)",
+                dir.display()
+            )
+        })?;
         if !raw.is_file() {
             bail!("{}: no guest.raw", dir.display());
         }
-        Ok(Guest { raw, expected_sha: Some(sha.trim().to_string()) })
+        let data_mib = match std::fs::read_to_string(dir.join("guest.data-mib")) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .with_context(|| format!("{}: bad guest.data-mib", dir.display()))?,
+            Err(_) => 0,
+        };
+        Ok((
+            data_mib,
+            Guest {
+                raw,
+                expected_sha: Some(sha.trim().to_string()),
+            },
+        ))
     }
 }
 
 /// Runs the build script (which caches) and returns the directory it prints.
-fn build_guest(script: &Path, data_mib: u64) -> anyhow::Result<PathBuf> {
-    eprintln!("building the test guest (data {data_mib} MiB) with {}", script.display());
-    let out = Command::new(script)
-        .args(["--data-mib", &data_mib.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {} (run from the repository root or pass --build-script)", script.display()))?;
+fn build_guest(script: &Path, data_mib: Option<u64>) -> anyhow::Result<PathBuf> {
+    let mut cmd = Command::new(script);
+    if let Some(mib) = data_mib {
+        cmd.args(["--data-mib", &mib.to_string()]);
+    }
+    eprintln!("building (or reusing) the test guest: {cmd:?}");
+    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| {
+        format!(
+            "cannot run {} (run from the repository root or pass --build-script)",
+            script.display()
+        )
+    })?;
     if !out.status.success() {
         bail!("{} failed ({})", script.display(), out.status);
     }
@@ -368,12 +452,22 @@ struct S3Server {
 
 impl S3Server {
     fn start(binary: &Path, data: &Path) -> anyhow::Result<S3Server> {
-        std::fs::create_dir_all(data.join(BUCKET)).with_context(|| format!("creating {}", data.display()))?;
+        std::fs::create_dir_all(data.join(BUCKET))
+            .with_context(|| format!("creating {}", data.display()))?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::fs::File::create(data.with_extension("log"))?;
         let child = Command::new(binary)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", S3_KEY, "--secret-key", S3_KEY])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                S3_KEY,
+                "--secret-key",
+                S3_KEY,
+            ])
             .arg(data)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -384,7 +478,11 @@ impl S3Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(addr).is_err() {
             if let Some(status) = server.child.try_wait()? {
-                bail!("{} exited at start ({status}); see {}", binary.display(), data.with_extension("log").display());
+                bail!(
+                    "{} exited at start ({status}); see {}",
+                    binary.display(),
+                    data.with_extension("log").display()
+                );
             }
             if Instant::now() > deadline {
                 bail!("{} did not listen on {addr} within 20s", binary.display());
@@ -451,7 +549,12 @@ impl Bench<'_> {
             .output()
             .with_context(|| format!("running zvimg {what}"))?;
         if !out.status.success() {
-            bail!("zvimg {} failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "zvimg {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(t0.elapsed())
     }
@@ -462,7 +565,13 @@ impl Bench<'_> {
         // Connections still open keep their last exchange; a moment lets
         // clients that just finished close theirs.
         std::thread::sleep(Duration::from_millis(50));
-        Ok((value, ProxyPhase { stats: self.proxy.stats(), timings: self.proxy.timings() }))
+        Ok((
+            value,
+            ProxyPhase {
+                stats: self.proxy.stats(),
+                timings: self.proxy.timings(),
+            },
+        ))
     }
 
     /// Converts, uploads and boots one image in every setup.
@@ -474,31 +583,50 @@ impl Bench<'_> {
         let raw = guest.raw.to_string_lossy().into_owned();
         let zv = zvhd2.to_string_lossy().into_owned();
         eprintln!("[{data_mib} MiB] converting {raw}");
-        let convert = self.zvimg(self.s3.addr, &["convert", "--sidecar", &raw, &zv], "convert")?;
+        let convert = self.zvimg(
+            self.s3.addr,
+            &["convert", "--sidecar", &raw, &zv],
+            "convert",
+        )?;
         eprintln!("[{data_mib} MiB] uploading to the local S3 server");
         let url = format!("s3://{BUCKET}/{key}");
-        self.zvimg(self.s3.addr, &["push", "--force-path-style", &zv, &url], "push")?;
+        self.zvimg(
+            self.s3.addr,
+            &["push", "--force-path-style", &zv, &url],
+            "push",
+        )?;
         let disk_bytes = std::fs::metadata(&guest.raw)?.len();
         let stored_bytes = std::fs::metadata(&zvhd2)?.len();
         // The store holds the object now; the local copy is not needed.
         let _ = std::fs::remove_file(&zvhd2);
-        report.images.push(ImageFacts { data_mib, disk_bytes, stored_bytes, convert_s: convert.as_secs_f64() });
+        report.images.push(ImageFacts {
+            data_mib,
+            disk_bytes,
+            stored_bytes,
+            convert_s: convert.as_secs_f64(),
+        });
 
-        let push = |setup: Setup, r: BootResult, timings: Vec<RequestTiming>, report: &mut Report| {
-            eprintln!(
-                "[{data_mib} MiB] {:<14} {:>7.2}s  fetched {:>9}  GETs {}",
-                setup.name(),
-                r.seconds,
-                crate::convert::human(r.bytes_fetched),
-                r.gets
-            );
-            report.timings.insert((data_mib, setup), timings);
-            report.results.push(r);
-        };
+        let push =
+            |setup: Setup, r: BootResult, timings: Vec<RequestTiming>, report: &mut Report| {
+                eprintln!(
+                    "[{data_mib} MiB] {:<14} {:>7.2}s  fetched {:>9}  GETs {}",
+                    setup.name(),
+                    r.seconds,
+                    crate::convert::human(r.bytes_fetched),
+                    r.gets
+                );
+                report.timings.insert((data_mib, setup), timings);
+                report.results.push(r);
+            };
 
         // 1. Local raw file.
         let boot = self.boot(&guest.raw, guest, &dir.join("local"))?;
-        push(Setup::Local, BootResult::new(data_mib, Setup::Local, boot.as_secs_f64()), Vec::new(), report);
+        push(
+            Setup::Local,
+            BootResult::new(data_mib, Setup::Local, boot.as_secs_f64()),
+            Vec::new(),
+            report,
+        );
 
         // 2. Download the whole object, decompress, boot.
         let dl = dir.join("download.zvhd2");
@@ -509,14 +637,22 @@ impl Bench<'_> {
                 &["pull", "--force-path-style", &url, &dl.to_string_lossy()],
                 "pull",
             )?;
-            let c = self.zvimg(self.s3.addr, &["convert", &dl.to_string_lossy(), &dl_raw.to_string_lossy()], "convert")?;
+            let c = self.zvimg(
+                self.s3.addr,
+                &["convert", &dl.to_string_lossy(), &dl_raw.to_string_lossy()],
+                "convert",
+            )?;
             let b = self.boot(&dl_raw, guest, &dir.join("download"))?;
             Ok((d, c, b))
         })?;
         let _ = std::fs::remove_file(&dl);
         let _ = std::fs::remove_file(&dl_raw);
         let _ = std::fs::remove_file(crate::default_sidecar_path(&dl));
-        let mut r = BootResult::new(data_mib, Setup::Download, (download + decompress + boot).as_secs_f64());
+        let mut r = BootResult::new(
+            data_mib,
+            Setup::Download,
+            (download + decompress + boot).as_secs_f64(),
+        );
         r.download_s = download.as_secs_f64();
         r.decompress_s = decompress.as_secs_f64();
         r.boot_s = boot.as_secs_f64();
@@ -546,7 +682,11 @@ impl Bench<'_> {
                 bytes_up: phase_mount.stats.bytes_up + phase_boot.stats.bytes_up,
                 bytes_down: phase_mount.stats.bytes_down + phase_boot.stats.bytes_down,
             },
-            timings: phase_mount.timings.into_iter().chain(phase_boot.timings).collect(),
+            timings: phase_mount
+                .timings
+                .into_iter()
+                .chain(phase_boot.timings)
+                .collect(),
         };
         r.set_proxy(&phase);
         r.daemon = Some(cold_stats.clone());
@@ -556,8 +696,12 @@ impl Bench<'_> {
         let warm_stats = mount.stats()?;
         let mut r = BootResult::new(data_mib, Setup::Warm, boot.as_secs_f64());
         r.boot_s = boot.as_secs_f64();
-        r.bytes_fetched = warm_stats.store_bytes.saturating_sub(cold_stats.store_bytes);
-        r.gets = warm_stats.store_requests.saturating_sub(cold_stats.store_requests);
+        r.bytes_fetched = warm_stats
+            .store_bytes
+            .saturating_sub(cold_stats.store_bytes);
+        r.gets = warm_stats
+            .store_requests
+            .saturating_sub(cold_stats.store_requests);
         r.set_proxy(&phase);
         r.daemon = Some(warm_stats);
         push(Setup::Warm, r, phase.timings, report);
@@ -579,19 +723,28 @@ impl Bench<'_> {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.tools.zvmount.display()))?;
-        let mut m = Mount { child: Some(child), dir: mnt.to_path_buf() };
+        let mut m = Mount {
+            child: Some(child),
+            dir: mnt.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         let disk = mnt.join("disk.raw");
         loop {
             if let Some(status) = m.child.as_mut().map(Child::try_wait).transpose()?.flatten() {
                 m.child = None;
-                bail!("zvmount exited before mounting ({status}); see {}", mnt.with_extension("log").display());
+                bail!(
+                    "zvmount exited before mounting ({status}); see {}",
+                    mnt.with_extension("log").display()
+                );
             }
             if is_mountpoint(mnt) && disk.exists() {
                 return Ok(m);
             }
             if Instant::now() > deadline {
-                bail!("zvmount did not mount within 60s; see {}", mnt.with_extension("log").display());
+                bail!(
+                    "zvmount did not mount within 60s; see {}",
+                    mnt.with_extension("log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -632,7 +785,12 @@ impl Bench<'_> {
 
 /// Runs QEMU on `overlay` until it powers off; returns the time to the first
 /// serial line holding `marker`, and that line.
-fn run_qemu(overlay: &Path, log: &Path, args: &Args, marker: &str) -> anyhow::Result<(Duration, String)> {
+fn run_qemu(
+    overlay: &Path,
+    log: &Path,
+    args: &Args,
+    marker: &str,
+) -> anyhow::Result<(Duration, String)> {
     let secs = args.timeout.as_secs().max(1).to_string();
     let mut cmd = Command::new("timeout");
     cmd.args(["-k", "10", &secs, "qemu-system-x86_64"]);
@@ -641,14 +799,21 @@ fn run_qemu(overlay: &Path, log: &Path, args: &Args, marker: &str) -> anyhow::Re
     } else {
         cmd.args(["-accel", "tcg"]);
     }
-    cmd.args(["-m", &args.memory_mib.to_string(), "-smp", "1", "-nodefaults", "-no-user-config"])
-        .args(["-display", "none", "-no-reboot", "-serial"])
-        .arg(format!("file:{}", log.display()))
-        .arg("-drive")
-        .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-m",
+        &args.memory_mib.to_string(),
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+    ])
+    .args(["-display", "none", "-no-reboot", "-serial"])
+    .arg(format!("file:{}", log.display()))
+    .arg("-drive")
+    .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     let t0 = Instant::now();
     let mut child = Reaped(Some(cmd.spawn().context("starting qemu-system-x86_64")?));
     let deadline = t0 + args.timeout;
@@ -670,7 +835,10 @@ fn run_qemu(overlay: &Path, log: &Path, args: &Args, marker: &str) -> anyhow::Re
             }
             return match found {
                 Some(f) if status.success() => Ok(f),
-                Some(_) => bail!("qemu exited with {status} after the marker: {}", stderr.trim()),
+                Some(_) => bail!(
+                    "qemu exited with {status} after the marker: {}",
+                    stderr.trim()
+                ),
                 None => bail!(
                     "guest did not print {marker:?} (qemu {status}; {}); serial log {} ends:\n{}",
                     stderr.trim(),
@@ -680,7 +848,12 @@ fn run_qemu(overlay: &Path, log: &Path, args: &Args, marker: &str) -> anyhow::Re
             };
         }
         if Instant::now() > deadline {
-            bail!("guest did not boot within {:?}; serial log {} ends:\n{}", args.timeout, log.display(), tail(log, 15));
+            bail!(
+                "guest did not boot within {:?}; serial log {} ends:\n{}",
+                args.timeout,
+                log.display(),
+                tail(log, 15)
+            );
         }
         std::thread::sleep(Duration::from_millis(if found.is_some() { 50 } else { 10 }));
     }
@@ -692,13 +865,19 @@ fn find_marker(log: &Path, marker: &str) -> Option<String> {
     std::io::BufReader::new(file)
         .split(b'\n')
         .map_while(Result::ok)
-        .map(|l| String::from_utf8_lossy(&l).trim_end_matches('\r').to_string())
+        .map(|l| {
+            String::from_utf8_lossy(&l)
+                .trim_end_matches('\r')
+                .to_string()
+        })
         .find(|l| l.contains(marker))
         .map(|l| l[l.find(marker).unwrap_or(0)..].to_string())
 }
 
 fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -723,7 +902,9 @@ impl Mount {
 
     /// SIGTERM and wait; an error if the daemon fails or leaves the mount.
     fn stop(mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else { bail!("zvmount had already exited") };
+        let Some(mut child) = self.child.take() else {
+            bail!("zvmount had already exited")
+        };
         // SAFETY: kill(2) on the pid of our own child, not yet reaped.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -739,7 +920,10 @@ impl Mount {
             std::thread::sleep(Duration::from_millis(20));
         };
         if !status.success() {
-            bail!("zvmount exited with {status}; see {}", self.dir.with_extension("log").display());
+            bail!(
+                "zvmount exited with {status}; see {}",
+                self.dir.with_extension("log").display()
+            );
         }
         if is_mountpoint(&self.dir) {
             bail!("zvmount exited but {} is still mounted", self.dir.display());
@@ -761,7 +945,10 @@ impl Drop for Mount {
             let _ = child.wait();
         }
         if is_mountpoint(&self.dir) {
-            let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).status();
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.dir)
+                .status();
         }
     }
 }
@@ -804,22 +991,39 @@ fn summarize(timings: &[RequestTiming]) -> LatencySummary {
     }
     ms.sort_by(f64::total_cmp);
     let pick = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
-    LatencySummary { count: ms.len(), p50_ms: pick(0.5), p90_ms: pick(0.9), p99_ms: pick(0.99), max_ms: pick(1.0) }
+    LatencySummary {
+        count: ms.len(),
+        p50_ms: pick(0.5),
+        p90_ms: pick(0.9),
+        p99_ms: pick(0.99),
+        max_ms: pick(1.0),
+    }
 }
 
 fn find(report: &Report, mib: u64, setup: Setup) -> Option<&BootResult> {
-    report.results.iter().find(|r| r.data_mib == mib && r.setup == setup)
+    report
+        .results
+        .iter()
+        .find(|r| r.data_mib == mib && r.setup == setup)
 }
 
 /// The ratios the issue sets targets for.
 fn compute_targets(report: &mut Report) {
     let mut t = BTreeMap::new();
     let base = report.images.first().map(|i| i.data_mib).unwrap_or(0);
-    if let (Some(local), Some(cold), Some(warm)) =
-        (find(report, base, Setup::Local), find(report, base, Setup::Cold), find(report, base, Setup::Warm))
-    {
-        t.insert("cold_vs_local (target <= 1.25)".into(), cold.seconds / local.seconds);
-        t.insert("warm_vs_local (target <= 1.05)".into(), warm.seconds / local.seconds);
+    if let (Some(local), Some(cold), Some(warm)) = (
+        find(report, base, Setup::Local),
+        find(report, base, Setup::Cold),
+        find(report, base, Setup::Warm),
+    ) {
+        t.insert(
+            "cold_vs_local (target <= 1.25)".into(),
+            cold.seconds / local.seconds,
+        );
+        t.insert(
+            "warm_vs_local (target <= 1.05)".into(),
+            warm.seconds / local.seconds,
+        );
     }
     for img in &report.images {
         if let Some(cold) = find(report, img.data_mib, Setup::Cold) {
@@ -828,7 +1032,10 @@ fn compute_targets(report: &mut Report) {
                 cold.bytes_fetched as f64 / img.stored_bytes.max(1) as f64,
             );
             if let Some(dl) = find(report, img.data_mib, Setup::Download) {
-                t.insert(format!("download_vs_cold_{}mib (target >= 3 at 1024)", img.data_mib), dl.seconds / cold.seconds);
+                t.insert(
+                    format!("download_vs_cold_{}mib (target >= 3 at 1024)", img.data_mib),
+                    dl.seconds / cold.seconds,
+                );
             }
         }
     }
@@ -861,10 +1068,23 @@ fn render_table(report: &Report) -> String {
     let _ = writeln!(
         s,
         "{:>6}  {:<14} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:>10} {:>6} {:>8} {:>8}",
-        "data", "setup", "marker", "vs loc", "download", "decomp", "mount", "boot", "fetched", "GETs", "GET p50", "GET p99"
+        "data",
+        "setup",
+        "marker",
+        "vs loc",
+        "download",
+        "decomp",
+        "mount",
+        "boot",
+        "fetched",
+        "GETs",
+        "GET p50",
+        "GET p99"
     );
     for r in &report.results {
-        let local = find(report, r.data_mib, Setup::Local).map(|l| l.seconds).unwrap_or(f64::NAN);
+        let local = find(report, r.data_mib, Setup::Local)
+            .map(|l| l.seconds)
+            .unwrap_or(f64::NAN);
         let _ = writeln!(
             s,
             "{:>4}Mi  {:<14} {:>7.2}s {:>6.2}x {:>7.2}s {:>7.2}s {:>6.2}s {:>6.2}s {:>10} {:>6} {:>6.1}ms {:>6.1}ms",
@@ -888,20 +1108,20 @@ fn render_table(report: &Report) -> String {
     s
 }
 
-
 fn draw_chart(path: &Path, report: &Report) -> anyhow::Result<()> {
     let base = report.images.first().map(|i| i.data_mib).unwrap_or(0);
     let setups = [Setup::Local, Setup::Download, Setup::Cold, Setup::Warm];
     let mut panels = vec![Panel::Bars(Bars {
-        title: format!("Time to boot marker ({} MiB extra data)", base),
+        title: format!("Time to boot marker ({base} MiB unread data)"),
         y_label: "seconds".into(),
         bars: setups
             .iter()
             .filter_map(|&s| find(report, base, s).map(|r| (s.name().to_string(), r.seconds)))
             .collect(),
     })];
-    let grown: Vec<u64> = report.images.iter().map(|i| i.data_mib).filter(|&m| m > 0).collect();
-    if !grown.is_empty() {
+    let mut grown: Vec<u64> = report.images.iter().map(|i| i.data_mib).collect();
+    grown.sort_unstable();
+    if grown.len() > 1 {
         panels.push(Panel::Lines(Lines {
             title: "Boot time as the image's data grows".into(),
             x_label: "incompressible data in the image (GiB)".into(),
@@ -923,13 +1143,19 @@ fn draw_chart(path: &Path, report: &Report) -> anyhow::Result<()> {
         let mut ms: Vec<f64> = timings.iter().map(|t| millis(t.total)).collect();
         ms.sort_by(f64::total_cmp);
         let n = ms.len() as f64;
-        ms.iter().enumerate().map(|(i, &v)| (v, (i + 1) as f64 / n * 100.0)).collect()
+        ms.iter()
+            .enumerate()
+            .map(|(i, &v)| (v, (i + 1) as f64 / n * 100.0))
+            .collect()
     };
     let series: Vec<Series> = [Setup::Cold, Setup::Warm, Setup::Download]
         .iter()
         .filter_map(|&s| {
             let t = report.timings.get(&(base, s))?;
-            (!t.is_empty()).then(|| Series { name: format!("{} ({} GETs)", s.name(), t.len()), points: cdf(t) })
+            (!t.is_empty()).then(|| Series {
+                name: format!("{} ({} GETs)", s.name(), t.len()),
+                points: cdf(t),
+            })
         })
         .collect();
     if !series.is_empty() {
@@ -958,11 +1184,15 @@ mod tests {
 
     #[test]
     fn marker_is_found_mid_line() {
-        let dir = std::env::temp_dir().join(format!("zvimg-bench-boot-test-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("zvimg-bench-boot-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("serial.log");
         std::fs::write(&log, b"[ 1.0] noise\r\nsh: ZVMOUNT-BOOT-OK abc123\r\n").unwrap();
-        assert_eq!(find_marker(&log, DEFAULT_MARKER).as_deref(), Some("ZVMOUNT-BOOT-OK abc123"));
+        assert_eq!(
+            find_marker(&log, DEFAULT_MARKER).as_deref(),
+            Some("ZVMOUNT-BOOT-OK abc123")
+        );
         assert_eq!(find_marker(&log, "NOPE"), None);
         assert_eq!(find_marker(&dir.join("missing"), DEFAULT_MARKER), None);
         let _ = std::fs::remove_dir_all(&dir);
@@ -970,10 +1200,17 @@ mod tests {
 
     #[test]
     fn percentiles_use_nearest_rank() {
-        let t = |ms: u64| RequestTiming { first_byte: Duration::ZERO, total: Duration::from_millis(ms), bytes: 1 };
+        let t = |ms: u64| RequestTiming {
+            first_byte: Duration::ZERO,
+            total: Duration::from_millis(ms),
+            bytes: 1,
+        };
         let timings: Vec<_> = (1..=100).map(t).collect();
         let s = summarize(&timings);
-        assert_eq!((s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms), (100, 50.0, 90.0, 99.0, 100.0));
+        assert_eq!(
+            (s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms),
+            (100, 50.0, 90.0, 99.0, 100.0)
+        );
         assert_eq!(summarize(&[]).count, 0);
     }
 }

@@ -59,8 +59,11 @@ fn ensure_font() -> anyhow::Result<()> {
     static FONT: OnceLock<Result<(), String>> = OnceLock::new();
     FONT.get_or_init(|| {
         let path = std::env::var("ZVIMG_CHART_FONT").unwrap_or_else(|_| DEFAULT_FONT.to_string());
-        let bytes = std::fs::read(&path)
-            .map_err(|e| format!("reading chart font {path}: {e} (install fonts-dejavu-core or set ZVIMG_CHART_FONT)"))?;
+        let bytes = std::fs::read(&path).map_err(|e| {
+            format!(
+                "reading chart font {path}: {e} (install fonts-dejavu-core or set ZVIMG_CHART_FONT)"
+            )
+        })?;
         // plotters keeps fonts for the life of the process; leaking the one
         // copy is what it asks for.
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
@@ -108,7 +111,10 @@ fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
-fn draw_bars(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, b: &Bars) -> DrawResult {
+fn draw_bars(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    b: &Bars,
+) -> DrawResult {
     let n = b.bars.len().max(1);
     let top = b.bars.iter().map(|(_, v)| *v).fold(0.0f64, f64::max);
     let top = if top > 0.0 { top * 1.15 } else { 1.0 };
@@ -133,8 +139,14 @@ fn draw_bars(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, b: &
     for (i, (_, v)) in b.bars.iter().enumerate() {
         let style = color(i).filled();
         chart.draw_series(std::iter::once(
-            Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), *v)], style)
-                .into_dyn(),
+            Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), *v),
+                ],
+                style,
+            )
+            .into_dyn(),
         ))?;
         chart.draw_series(std::iter::once(Text::new(
             format!("{v:.1}"),
@@ -145,9 +157,13 @@ fn draw_bars(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, b: &
     Ok(())
 }
 
-fn draw_lines(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, l: &Lines) -> DrawResult {
+fn draw_lines(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    l: &Lines,
+) -> DrawResult {
     let points = || l.series.iter().flat_map(|s| s.points.iter());
-    let (mut x0, mut x1) = points().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (mut x0, mut x1) =
+        points().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let y1 = points().fold(0.0f64, |a, p| a.max(p.1));
     if x0 > x1 {
         (x0, x1) = (0.0, 1.0);
@@ -175,7 +191,10 @@ fn draw_lines(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, l: 
         for (i, s) in l.series.iter().enumerate() {
             let c = color(i);
             chart
-                .draw_series(LineSeries::new(s.points.iter().map(|&(x, y)| (x.max(x0), y)), c.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    s.points.iter().map(|&(x, y)| (x.max(x0), y)),
+                    c.stroke_width(2),
+                ))?
                 .label(&s.name)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
         }
@@ -223,7 +242,8 @@ mod tests {
             eprintln!("SKIPPED: no font at {DEFAULT_FONT}");
             return;
         }
-        let path = std::env::temp_dir().join(format!("zvimg-chart-test-{}.png", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("zvimg-chart-test-{}.png", std::process::id()));
         let panels = [
             Panel::Bars(Bars {
                 title: "boot".into(),
@@ -234,14 +254,20 @@ mod tests {
                 title: "growth".into(),
                 x_label: "GiB".into(),
                 y_label: "s".into(),
-                series: vec![Series { name: "x".into(), points: vec![(1.0, 2.0), (2.0, 4.0)] }],
+                series: vec![Series {
+                    name: "x".into(),
+                    points: vec![(1.0, 2.0), (2.0, 4.0)],
+                }],
                 log_x: false,
             }),
             Panel::Lines(Lines {
                 title: "cdf".into(),
                 x_label: "ms".into(),
                 y_label: "%".into(),
-                series: vec![Series { name: "y".into(), points: vec![(0.5, 10.0), (20.0, 100.0)] }],
+                series: vec![Series {
+                    name: "y".into(),
+                    points: vec![(0.5, 10.0), (20.0, 100.0)],
+                }],
                 log_x: true,
             }),
         ];

@@ -107,7 +107,7 @@ pub fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
         let (layout, sidecar_status) = match ImageLayout::load(store.as_ref(), &key, &SidecarSource::Auto).await {
             Ok(l) => {
                 let status = match &l.sidecar {
-                    Some(_) => format!("{} (matches)", store.location(&sidecar_key(&key))),
+                    Some(_) => format!("{} (matches)", store.location(&sidecar_key(store.as_ref(), &key))),
                     None => "none".to_string(),
                 };
                 (l, status)
@@ -284,7 +284,7 @@ pub fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
             }
             (None, true) => {
                 let tmp = tempfile_with(&bytes)?;
-                let sc_key = sidecar_key(&key);
+                let sc_key = sidecar_key(store.as_ref(), &key);
                 store.put_file(&sc_key, tmp.path()).await?;
                 store.location(&sc_key)
             }

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Largest piece moved (and paced) at once: small enough that pacing is
 /// smooth at tens of MB/s, large enough to keep per-chunk overhead low.
@@ -81,7 +81,9 @@ pub struct ShapingProxy {
 
 impl std::fmt::Debug for ShapingProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShapingProxy").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("ShapingProxy")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,7 +103,9 @@ impl ShapingProxy {
         let c = Arc::clone(&counters);
         runtime.spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
                 c.connections.fetch_add(1, Ordering::Relaxed);
                 let conn = Connection {
                     counters: Arc::clone(&c),
@@ -117,7 +121,11 @@ impl ShapingProxy {
                 });
             }
         });
-        Ok(ShapingProxy { addr, counters, runtime: Some(runtime) })
+        Ok(ShapingProxy {
+            addr,
+            counters,
+            runtime: Some(runtime),
+        })
     }
 
     /// The address clients connect to.
@@ -140,7 +148,11 @@ impl ShapingProxy {
     /// counts as complete when the next request on its connection starts or
     /// the connection closes).
     pub fn timings(&self) -> Vec<RequestTiming> {
-        self.counters.timings.lock().map(|t| t.clone()).unwrap_or_default()
+        self.counters
+            .timings
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
     }
 
     /// Zeroes the counters and forgets the timings, so one proxy can serve
@@ -232,7 +244,9 @@ impl Connection {
     /// Moves the current exchange's timing into the shared list and, when
     /// `next` is given, starts a new exchange.
     fn finish_exchange(&self, next: Option<Instant>) {
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         if let Some(timing) = st.current.as_ref().and_then(Exchange::timing)
             && let Ok(mut t) = self.counters.timings.lock()
         {
@@ -264,7 +278,9 @@ impl Connection {
             }
             self.up_bucket.take(n as u64).await;
             to.write_all(&buf[..n]).await?;
-            self.counters.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+            self.counters
+                .bytes_up
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -291,7 +307,9 @@ impl Connection {
             }
             self.down_bucket.take(n as u64).await;
             to.write_all(&buf[..n]).await?;
-            self.counters.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+            self.counters
+                .bytes_down
+                .fetch_add(n as u64, Ordering::Relaxed);
             let now = Instant::now();
             if let Ok(mut st) = self.state.lock()
                 && let Some(ex) = st.current.as_mut()
@@ -323,7 +341,10 @@ impl TokenBucket {
     fn new(rate: u64) -> TokenBucket {
         TokenBucket {
             rate,
-            state: Mutex::new(BucketState { tokens: 0.0, last: Instant::now() }),
+            state: Mutex::new(BucketState {
+                tokens: 0.0,
+                last: Instant::now(),
+            }),
         }
     }
 
@@ -338,7 +359,9 @@ impl TokenBucket {
             return;
         }
         let wait = {
-            let Ok(mut st) = self.state.lock() else { return };
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
             let now = Instant::now();
             let earned = (now - st.last).as_secs_f64() * self.rate as f64;
             st.tokens = (st.tokens + earned).min(self.burst());
@@ -390,21 +413,36 @@ mod tests {
     }
 
     fn reply_for(request: &[u8], len: usize) -> Vec<u8> {
-        let seed = request.iter().fold(7u32, |a, &b| a.wrapping_mul(31).wrapping_add(u32::from(b)));
-        (0..len).map(|i| (seed.wrapping_add(i as u32 * 2654435761) >> 13) as u8).collect()
+        let seed = request
+            .iter()
+            .fold(7u32, |a, &b| a.wrapping_mul(31).wrapping_add(u32::from(b)));
+        (0..len)
+            .map(|i| (seed.wrapping_add((i as u32).wrapping_mul(2654435761)) >> 13) as u8)
+            .collect()
     }
 
     #[test]
     fn bytes_pass_unchanged_and_are_counted() {
         let upstream = echo_server(300_000);
-        let proxy = ShapingProxy::start(upstream, Shaping { latency: Duration::ZERO, bytes_per_sec: 0 }).unwrap();
+        let proxy = ShapingProxy::start(
+            upstream,
+            Shaping {
+                latency: Duration::ZERO,
+                bytes_per_sec: 0,
+            },
+        )
+        .unwrap();
         let mut s = std::net::TcpStream::connect(proxy.addr()).unwrap();
         for msg in [&b"first"[..], b"second", b"third"] {
             s.write_all(msg).unwrap();
             s.write_all(b"\n").unwrap();
             let mut got = vec![0u8; 300_000];
             s.read_exact(&mut got).unwrap();
-            assert!(got == reply_for(msg, 300_000), "reply to {:?} differs", String::from_utf8_lossy(msg));
+            assert!(
+                got == reply_for(msg, 300_000),
+                "reply to {:?} differs",
+                String::from_utf8_lossy(msg)
+            );
         }
         drop(s);
         let stats = proxy.stats();
@@ -418,7 +456,14 @@ mod tests {
     fn every_request_waits_at_least_the_latency() {
         let latency = Duration::from_millis(40);
         let upstream = echo_server(10);
-        let proxy = ShapingProxy::start(upstream, Shaping { latency, bytes_per_sec: 0 }).unwrap();
+        let proxy = ShapingProxy::start(
+            upstream,
+            Shaping {
+                latency,
+                bytes_per_sec: 0,
+            },
+        )
+        .unwrap();
         let mut s = std::net::TcpStream::connect(proxy.addr()).unwrap();
         for _ in 0..3 {
             let t0 = Instant::now();
@@ -435,7 +480,12 @@ mod tests {
         }
         let timings = proxy.timings();
         assert_eq!(timings.len(), 3);
-        assert!(timings.iter().all(|t| t.first_byte >= latency && t.bytes == 10), "{timings:?}");
+        assert!(
+            timings
+                .iter()
+                .all(|t| t.first_byte >= latency && t.bytes == 10),
+            "{timings:?}"
+        );
     }
 
     #[test]
@@ -443,20 +493,38 @@ mod tests {
         // 1 MB at 4 MB/s takes at least ~250 ms (less the one burst allowed).
         let upstream = echo_server(1_000_000);
         let rate = 4_000_000;
-        let proxy = ShapingProxy::start(upstream, Shaping { latency: Duration::ZERO, bytes_per_sec: rate }).unwrap();
+        let proxy = ShapingProxy::start(
+            upstream,
+            Shaping {
+                latency: Duration::ZERO,
+                bytes_per_sec: rate,
+            },
+        )
+        .unwrap();
         let mut s = std::net::TcpStream::connect(proxy.addr()).unwrap();
         let t0 = Instant::now();
         s.write_all(b"x\n").unwrap();
         let mut got = vec![0u8; 1_000_000];
         s.read_exact(&mut got).unwrap();
         let floor = Duration::from_secs_f64((1_000_000.0 - CHUNK as f64 * 2.0) / rate as f64);
-        assert!(t0.elapsed() >= floor, "1 MB took {:?}, expected at least {floor:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= floor,
+            "1 MB took {:?}, expected at least {floor:?}",
+            t0.elapsed()
+        );
     }
 
     #[test]
     fn reset_zeroes_counters() {
         let upstream = echo_server(5);
-        let proxy = ShapingProxy::start(upstream, Shaping { latency: Duration::ZERO, bytes_per_sec: 0 }).unwrap();
+        let proxy = ShapingProxy::start(
+            upstream,
+            Shaping {
+                latency: Duration::ZERO,
+                bytes_per_sec: 0,
+            },
+        )
+        .unwrap();
         let mut s = std::net::TcpStream::connect(proxy.addr()).unwrap();
         s.write_all(b"a\n").unwrap();
         let mut got = [0u8; 5];

@@ -50,9 +50,11 @@ pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let (store, key) = open_source(&args.dest, &args.source.store).await?;
         let bar = progress::bytes_bar(size, "upload");
-        bar.enable_steady_tick(std::time::Duration::from_millis(200));
         let started = std::time::Instant::now();
-        let meta = store.put_file(&key, &args.image).await?;
+        let progress_bar = bar.clone();
+        let meta = store
+            .put_file_with_progress(&key, &args.image, std::sync::Arc::new(move |n| progress_bar.inc(n)))
+            .await?;
         bar.finish_and_clear();
         if meta.size != size {
             bail!("{}: uploaded {size} bytes but the store reports {}", store.location(&key), meta.size);
@@ -66,7 +68,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
             meta.etag.as_deref().unwrap_or("-")
         );
         if with_sidecar {
-            let sc_key = sidecar_key(&key);
+            let sc_key = sidecar_key(store.as_ref(), &key);
             store.put_file(&sc_key, &sidecar).await?;
             println!("{}: sidecar uploaded", store.location(&sc_key));
         } else if !args.no_sidecar {
@@ -92,7 +94,7 @@ pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
             store.location(&key),
             size as f64 / secs.max(1e-9) / 1e6
         );
-        let sc_key = sidecar_key(&key);
+        let sc_key = sidecar_key(store.as_ref(), &key);
         let sc_path = default_sidecar_path(&args.output);
         match download(store.as_ref(), &sc_key, &sc_path, args.chunk, args.parallel).await {
             Ok(_) => println!("{}: sidecar", sc_path.display()),
