@@ -129,14 +129,16 @@ pub(super) async fn run(
             Ok(hits) => {
                 for (p, hit) in pending.into_iter().zip(hits) {
                     match hit {
-                        Some(bytes) => {
+                        Some(bytes) if bytes.len() as u64 == image.block_size => {
                             if demand {
                                 Metrics::inc(&image.metrics.disk_cache_hits);
                             }
                             // The cache has it already (and promoted it).
                             p.complete(Ok(bytes), false);
                         }
-                        None => remaining.push(p),
+                        // A miss, or an entry of the wrong length (never
+                        // handed out): fetch it again.
+                        _ => remaining.push(p),
                     }
                 }
             }

@@ -247,7 +247,9 @@ impl Image {
     /// The whole decoded block `block` (`block_size` bytes), verified.
     pub async fn read_block(self: &Arc<Self>, block: u64) -> Result<Bytes, ImageError> {
         self.note_access(block);
-        self.demand_block(block).await
+        let bytes = self.demand_block(block).await?;
+        self.check_block_len(block, &bytes)?;
+        Ok(bytes)
     }
 
     /// Up to `len` bytes at `offset`: short at the end of the image, empty
@@ -269,7 +271,9 @@ impl Image {
             self.note_access(first);
             let block = self.demand_block(first).await?;
             let start = (offset - first * bs) as usize;
-            return Ok(block.slice(start..start + (end - offset) as usize));
+            let stop = start + (end - offset) as usize;
+            self.check_block_len(first, &block)?;
+            return Ok(block.slice(start..stop));
         }
         for b in first..=last {
             self.note_access(b);
@@ -283,6 +287,7 @@ impl Image {
             let block_start = b * bs;
             let from = offset.max(block_start) - block_start;
             let to = data_end.min(block_start + bs) - block_start;
+            self.check_block_len(b, &block)?;
             out.extend_from_slice(&block[from as usize..to as usize]);
         }
         out.resize((end - offset) as usize, 0);
@@ -422,6 +427,25 @@ impl Image {
                 result.map_err(|failure| self.block_error(block, loc, &failure))
             }
         }
+    }
+
+    /// Every block handed out is exactly `block_size` long (decoding checks
+    /// it; this guards against a cache that somehow holds something else),
+    /// so slicing it can never go out of bounds.
+    fn check_block_len(&self, block: u64, bytes: &Bytes) -> Result<(), ImageError> {
+        if bytes.len() as u64 == self.block_size {
+            return Ok(());
+        }
+        let offset = match self.layout.index.lookup(block) {
+            Some(BlockLocation::Record(loc)) => loc.offset,
+            _ => 0,
+        };
+        Err(ImageError::Verify {
+            location: self.layout.location.clone(),
+            block,
+            offset,
+            detail: format!("cached block is {} bytes, expected {}", bytes.len(), self.block_size),
+        })
     }
 
     fn block_error(&self, block: u64, loc: RecordLocation, failure: &BlockFailure) -> ImageError {
