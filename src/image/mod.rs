@@ -444,7 +444,11 @@ impl Image {
             location: self.layout.location.clone(),
             block,
             offset,
-            detail: format!("cached block is {} bytes, expected {}", bytes.len(), self.block_size),
+            detail: format!(
+                "cached block is {} bytes, expected {}",
+                bytes.len(),
+                self.block_size
+            ),
         })
     }
 
