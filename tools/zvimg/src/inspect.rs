@@ -300,21 +300,10 @@ pub fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Reads a boot profile: block numbers, one per line (`#` comments allowed).
+/// Reads a boot profile file (see [`zvmount::prefetch::parse_profile`]).
 pub fn read_profile(path: &Path) -> anyhow::Result<Vec<u64>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read boot profile", path.display()))?;
-    let mut blocks = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let n = line
-            .parse()
-            .with_context(|| format!("{}:{}: {line:?} is not a block number", path.display(), i + 1))?;
-        blocks.push(n);
-    }
-    Ok(blocks)
+    zvmount::prefetch::parse_profile(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Writes `bytes` to `path` via a temporary file and a rename.
