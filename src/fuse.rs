@@ -5,9 +5,11 @@
 //! a snapshot of the daemon's counters taken when the file is opened.
 //!
 //! fuser dispatches requests from one thread, so nothing here may block it:
-//! a `read` clones nothing heavier than an `Arc`, spawns a task on the tokio
-//! runtime that awaits [`DiskFile::read_at`] and answers the kernel from
-//! there (fuser's reply objects are `Send`). Reads therefore never wait for
+//! a `read` the daemon's memory cache can answer is answered on the spot
+//! ([`DiskFile::try_read_now`]); any other clones nothing heavier than an
+//! `Arc`, spawns a task on the tokio runtime that awaits
+//! [`DiskFile::read_at`] and answers the kernel from there (fuser's reply
+//! objects are `Send`). Reads that miss never wait for
 //! one another; the kernel may keep many in flight (`FUSE_ASYNC_READ`,
 //! a raised `max_background`).
 //!
@@ -71,6 +73,13 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
     /// Exactly `len` bytes at `offset`; the caller keeps `offset + len`
     /// within [`DiskFile::size`]. A short result is an error, never padded.
     async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskReadError>;
+
+    /// The same bytes as [`DiskFile::read_at`] when they are at hand without
+    /// waiting (in memory); `None` sends the read down the async path. Called
+    /// on the FUSE thread inside the runtime's context, so it must not block.
+    fn try_read_now(&self, _offset: u64, _len: usize) -> Option<Bytes> {
+        None
+    }
 }
 
 /// One file in the mount's root directory.
@@ -400,6 +409,20 @@ impl Filesystem for ZvFs {
             return reply.data(&[]);
         }
         let len = u64::from(size).min(disk_size - offset) as usize;
+        // A read the memory cache can answer is answered here: handing it
+        // to a runtime worker (spawn, wake-up, reply from another thread)
+        // would cost more than the lookup itself. The runtime context is
+        // entered because a hit may start readahead.
+        {
+            let _runtime = self.runtime.enter();
+            if let Some(bytes) = file.disk.try_read_now(offset, len)
+                && bytes.len() == len
+            {
+                Metrics::add(&self.metrics.fuse_reads, 1);
+                Metrics::add(&self.metrics.fuse_read_bytes, len as u64);
+                return reply.data(&bytes);
+            }
+        }
         let disk = Arc::clone(&file.disk);
         let name = file.name.clone();
         let metrics = Arc::clone(&self.metrics);

@@ -52,6 +52,10 @@ impl DiskFile for ImageDisk {
         let len = u32::try_from(len).map_err(|_| format!("read of {len} bytes is too large"))?;
         Ok(self.image.read_at(offset, len).await?)
     }
+
+    fn try_read_now(&self, offset: u64, len: usize) -> Option<Bytes> {
+        self.image.try_read_cached(offset, u32::try_from(len).ok()?)
+    }
 }
 
 /// One source, opened.

@@ -294,6 +294,51 @@ impl Image {
         Ok(out.freeze())
     }
 
+    /// The bytes [`Image::read_at`] would return, when they can be had
+    /// without waiting: the read lies within one block that is a zero block
+    /// or in the memory cache (or wholly in the zero tail). `None` means
+    /// "ask [`Image::read_at`]", never an error; nothing is fetched then.
+    ///
+    /// This lets the FUSE thread answer a cached read itself instead of
+    /// handing it to the runtime (a task spawn and a thread wake-up cost
+    /// more than the lookup). A hit counts and feeds readahead and the
+    /// access recorder exactly as `read_at` does; readahead may start
+    /// fetches, so the caller must be inside the tokio runtime's context
+    /// (`Handle::enter`).
+    pub fn try_read_cached(self: &Arc<Self>, offset: u64, len: u32) -> Option<Bytes> {
+        let end = offset.saturating_add(u64::from(len)).min(self.size);
+        if offset >= end {
+            return Some(Bytes::new());
+        }
+        let data_end = end.min(self.data_size);
+        if offset >= data_end {
+            return Some(zeros((end - offset) as usize));
+        }
+        let bs = self.block_size;
+        let block = offset / bs;
+        if end != data_end || (data_end - 1) / bs != block {
+            return None;
+        }
+        let bytes = match self.layout.index.lookup(block)? {
+            BlockLocation::Zero => {
+                Metrics::inc(&self.metrics.zero_block_reads);
+                self.zero_block.clone()
+            }
+            BlockLocation::Record(_) => {
+                let hit = self.cache.get_fast(&self.cache_key(block))?;
+                if hit.len() as u64 != bs {
+                    // Let the async path report it.
+                    return None;
+                }
+                Metrics::inc(&self.metrics.mem_cache_hits);
+                hit
+            }
+        };
+        self.note_access(block);
+        let start = (offset - block * bs) as usize;
+        Some(bytes.slice(start..start + (end - offset) as usize))
+    }
+
     /// Starts background fetches of `blocks` (skipping zero, cached and
     /// in-flight ones) within the prefetch budget; blocks that do not fit
     /// the budget are skipped. Returns how many fetches were started.

@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::BufRead;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -859,19 +858,15 @@ fn run_qemu(
     }
 }
 
-/// The first line of `log` that contains `marker`, if any yet.
+/// The first complete line of `log` that contains `marker`, from the
+/// marker on. A line still being written (no newline yet) does not count:
+/// QEMU may be halfway through the checksum after the marker.
 fn find_marker(log: &Path, marker: &str) -> Option<String> {
-    let file = std::fs::File::open(log).ok()?;
-    std::io::BufReader::new(file)
-        .split(b'\n')
-        .map_while(Result::ok)
-        .map(|l| {
-            String::from_utf8_lossy(&l)
-                .trim_end_matches('\r')
-                .to_string()
-        })
-        .find(|l| l.contains(marker))
-        .map(|l| l[l.find(marker).unwrap_or(0)..].to_string())
+    let bytes = std::fs::read(log).ok()?;
+    let complete = &bytes[..bytes.iter().rposition(|&b| b == b'\n')? + 1];
+    String::from_utf8_lossy(complete)
+        .lines()
+        .find_map(|l| l.find(marker).map(|at| l[at..].trim_end().to_string()))
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -1188,6 +1183,12 @@ mod tests {
             std::env::temp_dir().join(format!("zvimg-bench-boot-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("serial.log");
+        std::fs::write(&log, b"[ 1.0] noise\r\nsh: ZVMOUNT-BOOT-OK ab").unwrap();
+        assert_eq!(
+            find_marker(&log, DEFAULT_MARKER),
+            None,
+            "a half-written line must not count"
+        );
         std::fs::write(&log, b"[ 1.0] noise\r\nsh: ZVMOUNT-BOOT-OK abc123\r\n").unwrap();
         assert_eq!(
             find_marker(&log, DEFAULT_MARKER).as_deref(),

@@ -1,8 +1,11 @@
 //! `zvimg bench read TARGET`: fio-like read benchmark of one file — a file
 //! in a zvmount mount or any raw file — with cold and warm passes.
 //!
-//! Patterns: random 4 KiB and 1 MiB reads at aligned offsets, and one
-//! sequential sweep in 1 MiB reads. Passes, each over the same offsets:
+//! Patterns: random 4 KiB and 1 MiB reads at aligned offsets, one
+//! sequential sweep in 1 MiB reads, and `miss`: one 4 KiB read in each of
+//! `--count-miss` distinct blocks (kernel readahead off), so on a fresh
+//! mount started with `--readahead 0 --prefetch-budget 0` every read is one
+//! block miss. Passes, each over the same offsets:
 //! - `cold`: after `posix_fadvise(DONTNEED)` (on a fresh mount: every read
 //!   misses everything);
 //! - `daemon`: page cache dropped again, so reads reach the daemon and hit
@@ -10,8 +13,12 @@
 //! - `warm`: straight again, from the kernel's page cache.
 //!
 //! Inside a mount, `.zvmount-stats.json` is read before and after each pass
-//! to report what the store was asked for. `--baseline SOURCE` times one
-//! range GET of a record plus its decode, alone, for the cold-miss target.
+//! to report what the store was asked for (and, for `miss`, how long the
+//! daemon spent decoding and waiting). `--baseline SOURCE` times, in this
+//! process and one at a time, what a miss must do at least: one range GET
+//! of the record, its CRC32C and decode, the decoded block's BLAKE3 (the
+//! checks zvmount makes when a sidecar is there) — for the same blocks the
+//! `miss` pattern reads, when both are asked for.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -37,11 +44,18 @@ pub struct Args {
     /// Random 1 MiB reads per pass.
     #[arg(long, default_value_t = 200)]
     pub count_1m: usize,
+    /// Distinct blocks read by the `miss` pattern (at most the disk's).
+    #[arg(long, default_value_t = 64)]
+    pub count_miss: usize,
+    /// Block size of the image, for the `miss` pattern (taken from the
+    /// image with --baseline).
+    #[arg(long, default_value = "2MiB", value_parser = zvmount::util::parse_size)]
+    pub block_size: u64,
     /// Bytes of the sequential sweep (from offset 0; default: the whole
     /// file, at most 1 GiB).
     #[arg(long, value_parser = zvmount::util::parse_size)]
     pub seq_bytes: Option<u64>,
-    /// Only these patterns (rand4k, rand1m, seq); default all.
+    /// Only these patterns (rand4k, rand1m, seq, miss); default all.
     #[arg(long, value_delimiter = ',')]
     pub patterns: Vec<String>,
     /// Threads issuing reads at once (queue depth).
@@ -54,7 +68,8 @@ pub struct Args {
     /// baseline), e.g. s3://bucket/disk.zvhd2.
     #[arg(long, value_name = "SOURCE")]
     pub baseline: Option<String>,
-    /// Records timed for the baseline.
+    /// Records timed for the baseline (without the `miss` pattern; with
+    /// it, the blocks it reads).
     #[arg(long, default_value_t = 50)]
     pub baseline_count: usize,
     /// Print JSON instead of a table.
@@ -82,17 +97,30 @@ pub struct PassResult {
     /// Store requests/bytes during the pass (inside a mount).
     pub store_requests: Option<u64>,
     pub store_bytes: Option<u64>,
+    /// Daemon time per block fetched during the pass (inside a mount):
+    /// verify + decode, and demand reads' wait for missing blocks.
+    pub decode_us_per_block: Option<f64>,
+    pub miss_wait_us_per_block: Option<f64>,
 }
 
-/// Timing of GET + decode of single records, with nothing else running.
+/// Timing of what one miss must do, one record at a time, nothing else
+/// running: GET, CRC32C of the record, decode, BLAKE3 of the block.
 #[derive(Debug, Serialize)]
 pub struct BaselineResult {
     pub source: String,
     pub records: usize,
+    /// Whether the sidecar's CRC32C and BLAKE3 were checked (as zvmount
+    /// does when the image has a sidecar).
+    pub verified: bool,
     pub get_p50_us: f64,
+    pub crc_p50_us: f64,
     pub decode_p50_us: f64,
+    pub blake3_p50_us: f64,
     pub total_p50_us: f64,
+    pub total_p90_us: f64,
     pub total_p99_us: f64,
+    /// `miss` pass p50 / `total_p50_us`, when both ran (target ≤ 1.2).
+    pub miss_ratio_p50: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +151,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut passes = Vec::new();
     let jobs = args.jobs.max(1);
 
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let opened = match &args.baseline {
+        Some(source) => Some(rt.block_on(open_baseline(source, &args.store))?),
+        None => None,
+    };
+    let mut miss_blocks = Vec::new();
     let mut plans: Vec<(&str, Vec<(u64, usize)>)> = Vec::new();
     if want("rand4k") {
         plans.push((
@@ -135,6 +171,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "rand1m",
             random_offsets(&mut rng, size, 1 << 20, args.count_1m),
         ));
+    }
+    if want("miss") {
+        let block_size = opened
+            .as_ref()
+            .map_or(args.block_size, |o| u64::from(o.layout.header.block_size()));
+        // Blocks with a record only, when the image is known: a zero block
+        // is never a miss.
+        let mut blocks: Vec<u64> = match &opened {
+            Some(o) => record_blocks(&o.layout).map(|(b, _)| b).collect(),
+            None => (0..size / block_size.max(1)).collect(),
+        };
+        blocks.shuffle(&mut rng);
+        blocks.truncate(args.count_miss);
+        // Somewhere in the first half of the block, 4 KiB aligned: any
+        // readahead the kernel still does stays inside the block.
+        let slots = (block_size / 2 / 4096).max(1);
+        let ops = blocks
+            .iter()
+            .map(|&b| (b * block_size + rng.gen_range(0..slots) * 4096, 4096))
+            .filter(|&(o, _)| o + 4096 <= size)
+            .collect();
+        miss_blocks = blocks;
+        plans.push(("miss", ops));
     }
     if want("seq") {
         let total = args.seq_bytes.unwrap_or(size.min(1 << 30)).min(size);
@@ -157,30 +216,47 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 drop_page_cache(&file, size);
             }
             let before = stats_path.as_deref().and_then(read_stats);
+            if *pattern == "miss" {
+                // No kernel readahead: one read, one block, one request.
+                advise(&file, size, libc::POSIX_FADV_RANDOM);
+            }
             let (latencies, seconds, bytes) = run_ops(&file, ops, jobs, *pattern == "seq")?;
+            advise(&file, size, libc::POSIX_FADV_NORMAL);
             let after = stats_path.as_deref().and_then(read_stats);
             let delta = before.zip(after);
-            passes.push(summarize(
-                pattern,
-                pass,
-                latencies,
-                seconds,
-                bytes,
-                delta
-                    .as_ref()
-                    .map(|(b, a)| a.store_requests - b.store_requests),
-                delta.as_ref().map(|(b, a)| a.store_bytes - b.store_bytes),
-            ));
+            let mut result = summarize(pattern, pass, latencies, seconds, bytes);
+            if let Some((b, a)) = &delta {
+                result.store_requests = Some(a.store_requests - b.store_requests);
+                result.store_bytes = Some(a.store_bytes - b.store_bytes);
+                let fetched = a.blocks_fetched - b.blocks_fetched;
+                if fetched > 0 {
+                    let per = |ns: u64| ns as f64 / 1e3 / fetched as f64;
+                    result.decode_us_per_block = Some(per(a.decode_ns - b.decode_ns));
+                    result.miss_wait_us_per_block =
+                        Some(per(a.miss_wait_ns - b.miss_wait_ns));
+                }
+            }
+            passes.push(result);
         }
     }
 
-    let baseline = match &args.baseline {
-        Some(source) => Some(baseline(
-            source,
-            &args.store,
-            args.baseline_count,
-            args.seed,
-        )?),
+    let baseline = match &opened {
+        Some(o) => {
+            let blocks = if miss_blocks.is_empty() {
+                let mut all: Vec<u64> = record_blocks(&o.layout).map(|(b, _)| b).collect();
+                all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(args.seed));
+                all.truncate(args.baseline_count);
+                all
+            } else {
+                miss_blocks.clone()
+            };
+            let mut b = rt.block_on(baseline(o, &blocks))?;
+            b.miss_ratio_p50 = passes
+                .iter()
+                .find(|p| p.pattern == "miss" && p.pass == "cold")
+                .map(|p| p.p50_us / b.total_p50_us.max(1e-9));
+            Some(b)
+        }
         None => None,
     };
     let report = Report {
@@ -220,15 +296,12 @@ fn random_offsets(rng: &mut impl Rng, size: u64, len: u64, count: usize) -> Vec<
 }
 
 fn drop_page_cache(file: &File, size: u64) {
+    advise(file, size, libc::POSIX_FADV_DONTNEED);
+}
+
+fn advise(file: &File, size: u64, advice: libc::c_int) {
     // SAFETY: fadvise on an open descriptor; only a hint to the kernel.
-    unsafe {
-        libc::posix_fadvise(
-            file.as_raw_fd(),
-            0,
-            size as libc::off_t,
-            libc::POSIX_FADV_DONTNEED,
-        )
-    };
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, size as libc::off_t, advice) };
 }
 
 fn read_stats(path: &Path) -> Option<MetricsSnapshot> {
@@ -303,8 +376,6 @@ fn summarize(
     mut lat: Vec<Duration>,
     seconds: f64,
     bytes: u64,
-    store_requests: Option<u64>,
-    store_bytes: Option<u64>,
 ) -> PassResult {
     lat.sort_unstable();
     let ops = lat.len();
@@ -321,70 +392,109 @@ fn summarize(
         p99_us: percentile_us(&lat, 0.99),
         p999_us: percentile_us(&lat, 0.999),
         max_us: lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e6),
-        store_requests,
-        store_bytes,
+        store_requests: None,
+        store_bytes: None,
+        decode_us_per_block: None,
+        miss_wait_us_per_block: None,
     }
 }
 
-/// Times `count` single-record GETs and decodes of `source`, one at a time.
-fn baseline(
-    source: &str,
-    store_args: &StoreArgs,
-    count: usize,
-    seed: u64,
-) -> anyhow::Result<BaselineResult> {
-    use zvmount::format::{BlockLocation, decode_record};
+/// The image the baseline reads, opened once.
+struct BaselineImage {
+    source: String,
+    store: std::sync::Arc<dyn zvmount::store::ObjectStore>,
+    key: String,
+    layout: zvmount::image::ImageLayout,
+}
+
+async fn open_baseline(source: &str, store_args: &StoreArgs) -> anyhow::Result<BaselineImage> {
     use zvmount::image::{ImageLayout, SidecarSource};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let (store, key) = zvmount::store::open_source(source, store_args).await?;
-        let layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Auto)
-            .await
-            .with_context(|| format!("cannot open {source}"))?;
-        let mut records: Vec<(u64, zvmount::format::RecordLocation)> =
-            (0..layout.index.block_count())
-                .filter_map(|b| match layout.index.lookup(b) {
-                    Some(BlockLocation::Record(r)) => Some((b, r)),
-                    _ => None,
-                })
-                .collect();
-        if records.is_empty() {
-            bail!("{source} has no data records to time");
+    let (store, key) = zvmount::store::open_source(source, store_args).await?;
+    let layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Auto)
+        .await
+        .with_context(|| format!("cannot open {source}"))?;
+    Ok(BaselineImage {
+        source: source.into(),
+        store,
+        key,
+        layout,
+    })
+}
+
+/// Blocks of `layout` that have a record, with its location.
+fn record_blocks(
+    layout: &zvmount::image::ImageLayout,
+) -> impl Iterator<Item = (u64, zvmount::format::RecordLocation)> + '_ {
+    use zvmount::format::BlockLocation;
+    (0..layout.index.block_count()).filter_map(|b| match layout.index.lookup(b) {
+        Some(BlockLocation::Record(r)) => Some((b, r)),
+        _ => None,
+    })
+}
+
+/// Times GET + CRC32C + decode + BLAKE3 of each of `blocks`, one at a time.
+async fn baseline(image: &BaselineImage, blocks: &[u64]) -> anyhow::Result<BaselineResult> {
+    use zvmount::format::{BlockLocation, decode_record};
+    let layout = &image.layout;
+    let (block_size, compression) = (layout.header.block_size(), layout.header.compression());
+    let mut t = [(); 5].map(|()| Vec::with_capacity(blocks.len()));
+    for &block in blocks {
+        let Some(BlockLocation::Record(loc)) = layout.index.lookup(block) else {
+            continue;
+        };
+        let entry = layout
+            .sidecar
+            .as_ref()
+            .and_then(|s| s.entries.get(block as usize));
+        let t0 = Instant::now();
+        let bytes = image
+            .store
+            .get_range(
+                &image.key,
+                loc.offset..loc.offset + u64::from(loc.size),
+                Some(&layout.meta),
+            )
+            .await?;
+        let t1 = Instant::now();
+        if let Some(e) = entry
+            && crc32c::crc32c(&bytes) != e.record_crc32c
+        {
+            bail!("block {block}: record CRC32C differs from the sidecar");
         }
-        records.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-        records.truncate(count);
-        let (block_size, compression) = (layout.header.block_size(), layout.header.compression());
-        let (mut gets, mut decodes, mut totals) = (Vec::new(), Vec::new(), Vec::new());
-        for (block, loc) in &records {
-            let t = Instant::now();
-            let bytes = store
-                .get_range(
-                    &key,
-                    loc.offset..loc.offset + u64::from(loc.size),
-                    Some(&layout.meta),
-                )
-                .await?;
-            let got = t.elapsed();
-            let t2 = Instant::now();
-            decode_record(&bytes, *block, loc.offset, block_size, compression)?;
-            let dec = t2.elapsed();
-            gets.push(got);
-            decodes.push(dec);
-            totals.push(got + dec);
+        let t2 = Instant::now();
+        let decoded = decode_record(&bytes, block, loc.offset, block_size, compression)?;
+        if decoded.len() != block_size as usize {
+            bail!("block {block}: decoded {} bytes", decoded.len());
         }
-        for v in [&mut gets, &mut decodes, &mut totals] {
-            v.sort_unstable();
+        let t3 = Instant::now();
+        if let Some(e) = entry
+            && blake3::hash(&decoded).as_bytes() != &e.block_hash
+        {
+            bail!("block {block}: BLAKE3 differs from the sidecar");
         }
-        Ok(BaselineResult {
-            source: source.into(),
-            records: records.len(),
-            get_p50_us: percentile_us(&gets, 0.5),
-            decode_p50_us: percentile_us(&decodes, 0.5),
-            total_p50_us: percentile_us(&totals, 0.5),
-            total_p99_us: percentile_us(&totals, 0.99),
-        })
+        let t4 = Instant::now();
+        for (v, d) in t.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0]) {
+            v.push(d);
+        }
+    }
+    if t[0].is_empty() {
+        bail!("{} has no data records to time", image.source);
+    }
+    for v in t.iter_mut() {
+        v.sort_unstable();
+    }
+    Ok(BaselineResult {
+        source: image.source.clone(),
+        records: t[0].len(),
+        verified: layout.sidecar.is_some(),
+        get_p50_us: percentile_us(&t[0], 0.5),
+        crc_p50_us: percentile_us(&t[1], 0.5),
+        decode_p50_us: percentile_us(&t[2], 0.5),
+        blake3_p50_us: percentile_us(&t[3], 0.5),
+        total_p50_us: percentile_us(&t[4], 0.5),
+        total_p90_us: percentile_us(&t[4], 0.9),
+        total_p99_us: percentile_us(&t[4], 0.99),
+        miss_ratio_p50: None,
     })
 }
 
@@ -431,10 +541,31 @@ fn print_table(r: &Report) {
                 .map_or("-".into(), |v| format!("{:.1}", v as f64 / 1e6)),
         );
     }
+    for p in r.passes.iter().filter(|p| p.decode_us_per_block.is_some()) {
+        println!(
+            "{} {}: daemon per fetched block: verify+decode {:.0} µs, demand wait {:.0} µs",
+            p.pattern,
+            p.pass,
+            p.decode_us_per_block.unwrap_or(0.0),
+            p.miss_wait_us_per_block.unwrap_or(0.0)
+        );
+    }
     if let Some(b) = &r.baseline {
         println!(
-            "baseline {}: {} records, GET p50 {:.0} µs + decode p50 {:.0} µs; total p50 {:.0} µs, p99 {:.0} µs",
-            b.source, b.records, b.get_p50_us, b.decode_p50_us, b.total_p50_us, b.total_p99_us
+            "baseline {}: {} records{}, p50 GET {:.0} + CRC32C {:.0} + decode {:.0} + BLAKE3 {:.0} µs; total p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs",
+            b.source,
+            b.records,
+            if b.verified { "" } else { " (no sidecar: unverified)" },
+            b.get_p50_us,
+            b.crc_p50_us,
+            b.decode_p50_us,
+            b.blake3_p50_us,
+            b.total_p50_us,
+            b.total_p90_us,
+            b.total_p99_us
         );
+        if let Some(ratio) = b.miss_ratio_p50 {
+            println!("miss cold p50 / baseline p50 = {ratio:.2}");
+        }
     }
 }

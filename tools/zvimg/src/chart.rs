@@ -123,7 +123,8 @@ fn draw_bars(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..top)?;
+        // A segmented 0..k axis has k + 1 slots; one per bar is 0..n - 1.
+        .build_cartesian_2d((0..n.saturating_sub(1).max(1)).into_segmented(), 0.0..top)?;
     let labels: Vec<String> = b.bars.iter().map(|(l, _)| l.clone()).collect();
     chart
         .configure_mesh()
@@ -184,6 +185,8 @@ fn draw_lines(
         let mut chart = builder.build_cartesian_2d((x0..x1).log_scale(), 0.0..y1)?;
         chart
             .configure_mesh()
+            .x_labels(6)
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .x_desc(&l.x_label)
             .y_desc(&l.y_label)
             .label_style(("sans-serif", 13))
