@@ -340,8 +340,8 @@ fn check_identity_fields(bytes: &[u8], offset: u64, which: &str) -> FormatResult
     }
     if bytes[..6] != ZVHD2_COOKIE[..6] {
         return Err(FormatError::NotZvhd2(format!(
-            "{which} footer at offset {offset}: cookie {:?} is not \"z2strm\"",
-            String::from_utf8_lossy(&bytes[..8])
+            "{which} footer at offset {offset}: cookie {} is not \"z2strm\"",
+            printable(&bytes[..8])
         )));
     }
     if bytes[87] == 0 {
@@ -679,4 +679,9 @@ mod tests {
             .to_string();
         assert!(err.contains("truncated"), "{err}");
     }
+}
+
+/// Bytes as text where they are printable ASCII, `\xNN` elsewhere, quoted.
+fn printable(bytes: &[u8]) -> String {
+    format!("\"{}\"", bytes.escape_ascii())
 }
