@@ -116,6 +116,7 @@ struct Cli {
 static LOG_FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = init_logging(&cli) {
         eprintln!("zvmount: error: {e:#}");
@@ -131,6 +132,29 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("zvmount: error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Keeps freed 2 MiB buffers (fetched records, evicted blocks) inside the
+/// process for reuse instead of unmapping them. glibc serves allocations
+/// that large with a fresh `mmap` by default, and first-touching fresh
+/// pages is what a cache miss spends most of its time on where page faults
+/// are dear (measured ~4 µs per 4 KiB page in a nested VM: ~2 ms per
+/// block, more than the GET and decode together; see docs/BENCHMARKS.md).
+/// Memory stays bounded by the cache size plus what is in flight, since
+/// freed buffers are reused for the next blocks.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // The largest threshold glibc accepts on 64-bit (half its 64 MiB heap).
+        const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+        const TRIM_THRESHOLD: libc::c_int = 512 << 20;
+        // SAFETY: mallopt only adjusts allocator parameters; called before
+        // any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
         }
     }
 }
@@ -214,15 +238,27 @@ fn spawn_detached() -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the zvmount executable")?;
     let args = std::env::args_os().skip(1).filter(|a| a != "--daemon");
-    let mut child = Command::new(exe)
+    let mut child = Command::new(exe);
+    child
         .args(args)
         .arg("--daemon-child")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Out of the terminal's process group: Ctrl-C in the shell that
-        // started us must not reach the daemon.
-        .process_group(0)
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the
+    // parent; it runs in the forked child just before exec.
+    unsafe {
+        // A session of its own: no controlling terminal, so neither Ctrl-C
+        // in the shell that started us nor the terminal closing (SIGHUP)
+        // reaches the daemon.
+        child.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = child
         .spawn()
         .context("cannot start the background zvmount")?;
     let stderr = child.stderr.take().expect("stderr is piped");

@@ -39,13 +39,17 @@ pub struct Metrics {
     pub prefetch_budget_skips: AtomicU64,
     /// Blocks of the boot profile started by the profile replay.
     pub profile_blocks: AtomicU64,
+    /// Blocks of the boot profile the replay left out: it had brought in
+    /// half of what the cache holds.
+    pub profile_capped: AtomicU64,
     /// Read requests served by the FUSE layer, and their bytes.
     pub fuse_reads: AtomicU64,
     pub fuse_read_bytes: AtomicU64,
     /// Total nanoseconds demand reads spent waiting for a block that was not
     /// in memory (disk-cache reads, fetches, joins).
     pub miss_wait_ns: AtomicU64,
-    /// Total nanoseconds spent verifying and decoding records.
+    /// Total nanoseconds from handing fetched records to the decode threads
+    /// until they were checked and decoded (queueing included).
     pub decode_ns: AtomicU64,
 }
 
@@ -78,6 +82,7 @@ impl Metrics {
             readahead_triggers: g(&self.readahead_triggers),
             prefetch_budget_skips: g(&self.prefetch_budget_skips),
             profile_blocks: g(&self.profile_blocks),
+            profile_capped: g(&self.profile_capped),
             fuse_reads: g(&self.fuse_reads),
             fuse_read_bytes: g(&self.fuse_read_bytes),
             miss_wait_ns: g(&self.miss_wait_ns),
@@ -105,6 +110,7 @@ pub struct MetricsSnapshot {
     pub readahead_triggers: u64,
     pub prefetch_budget_skips: u64,
     pub profile_blocks: u64,
+    pub profile_capped: u64,
     pub fuse_reads: u64,
     pub fuse_read_bytes: u64,
     pub miss_wait_ns: u64,

@@ -34,12 +34,21 @@ const KEY: &str = "guest.zvhd2";
 fn guest_dir() -> Option<PathBuf> {
     let required = std::env::var("ZV_REQUIRE_E2E").is_ok_and(|v| v == "1");
     let Some(dir) = std::env::var_os("ZV_GUEST_DIR").map(PathBuf::from) else {
-        assert!(!required, "ZV_REQUIRE_E2E=1 but ZV_GUEST_DIR is not set (run scripts/build-guest-image.sh)");
-        eprintln!("SKIPPED boot_e2e: set ZV_GUEST_DIR to the output of scripts/build-guest-image.sh");
+        assert!(
+            !required,
+            "ZV_REQUIRE_E2E=1 but ZV_GUEST_DIR is not set (run scripts/build-guest-image.sh)"
+        );
+        eprintln!(
+            "SKIPPED boot_e2e: set ZV_GUEST_DIR to the output of scripts/build-guest-image.sh"
+        );
         return None;
     };
     for f in ["guest.raw", "guest.expected"] {
-        assert!(dir.join(f).is_file(), "{}: no {f}; rebuild with scripts/build-guest-image.sh", dir.display());
+        assert!(
+            dir.join(f).is_file(),
+            "{}: no {f}; rebuild with scripts/build-guest-image.sh",
+            dir.display()
+        );
     }
     for tool in ["qemu-system-x86_64", "qemu-img", "timeout"] {
         let found = Command::new("sh")
@@ -58,13 +67,17 @@ fn convert(raw: &Path, out: &Path) -> u64 {
     let size = std::fs::metadata(raw).expect("guest.raw").len();
     let input = BufReader::with_capacity(1 << 20, File::open(raw).expect("open guest.raw"));
     let mut writer = BufWriter::new(File::create(out).expect("create image"));
-    let summary = zvmount::format::write_image(input, size, &mut writer, &Default::default(), &mut |_| {})
-        .expect("convert guest.raw");
+    let summary =
+        zvmount::format::write_image(input, size, &mut writer, &Default::default(), &mut |_| {})
+            .expect("convert guest.raw");
     drop(writer);
     let mut sidecar = out.as_os_str().to_owned();
     sidecar.push(".zvidx");
     std::fs::write(PathBuf::from(sidecar), summary.sidecar.encode()).expect("write sidecar");
-    assert!(summary.non_zero_blocks > 0 && summary.non_zero_blocks < summary.blocks, "{summary:?}");
+    assert!(
+        summary.non_zero_blocks > 0 && summary.non_zero_blocks < summary.blocks,
+        "{summary:?}"
+    );
     summary.image_size
 }
 
@@ -95,33 +108,73 @@ impl Guest {
             .stdin(Stdio::null())
             .status()
             .expect("run qemu-img");
-        assert!(status.success(), "qemu-img create over {} failed: {status}", backing.display());
+        assert!(
+            status.success(),
+            "qemu-img create over {} failed: {status}",
+            backing.display()
+        );
         let mut cmd = Command::new("timeout");
-        cmd.args(["-k", "10", &BOOT_TIMEOUT.as_secs().to_string(), "qemu-system-x86_64"]);
+        cmd.args([
+            "-k",
+            "10",
+            &BOOT_TIMEOUT.as_secs().to_string(),
+            "qemu-system-x86_64",
+        ]);
         if std::env::var("ZV_QEMU_ACCEL").is_ok_and(|a| a == "kvm") {
             cmd.args(["-accel", "kvm", "-cpu", "host"]);
         } else {
             cmd.args(["-accel", "tcg"]);
         }
-        cmd.args(["-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
-            .arg("-serial")
-            .arg(format!("file:{}", log.display()))
-            .arg("-drive")
-            .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(stem.with_extension("stderr")).expect("qemu stderr file"));
+        cmd.args([
+            "-m",
+            "512",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(stem.with_extension("stderr")).expect("qemu stderr file"));
         let child = cmd.spawn().expect("start qemu-system-x86_64");
-        Guest { child: Some(child), log, started: Instant::now() }
+        Guest {
+            child: Some(child),
+            log,
+            started: Instant::now(),
+        }
     }
 
     /// Waits for the guest to power off (the outer `timeout` bounds it).
     fn wait(mut self) -> Booted {
-        let status = self.child.take().expect("running").wait().expect("wait for qemu");
-        let text = std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-        let marker = text.lines().find_map(|l| l.find(MARKER).map(|at| l[at..].trim_end().to_string()));
-        eprintln!("guest {} finished in {:.1}s: {status}", self.log.display(), self.started.elapsed().as_secs_f64());
-        Booted { status, marker, log: self.log.clone() }
+        let status = self
+            .child
+            .take()
+            .expect("running")
+            .wait()
+            .expect("wait for qemu");
+        let text = std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let marker = text
+            .lines()
+            .find_map(|l| l.find(MARKER).map(|at| l[at..].trim_end().to_string()));
+        eprintln!(
+            "guest {} finished in {:.1}s: {status}",
+            self.log.display(),
+            self.started.elapsed().as_secs_f64()
+        );
+        Booted {
+            status,
+            marker,
+            log: self.log.clone(),
+        }
     }
 }
 
@@ -143,18 +196,31 @@ impl Booted {
             lines[lines.len().saturating_sub(20)..].join("\n")
         };
         let Some(line) = &self.marker else {
-            panic!("guest printed no {MARKER} (qemu {}); serial log {} ends:\n{}", self.status, self.log.display(), tail());
+            panic!(
+                "guest printed no {MARKER} (qemu {}); serial log {} ends:\n{}",
+                self.status,
+                self.log.display(),
+                tail()
+            );
         };
         let sha = line.split_whitespace().nth(1).unwrap_or("");
-        assert_eq!(sha, expected_sha, "the guest read wrong bytes (its sha256 of the payload differs)");
-        assert!(self.status.success(), "qemu exited with {} after the marker", self.status);
+        assert_eq!(
+            sha, expected_sha,
+            "the guest read wrong bytes (its sha256 of the payload differs)"
+        );
+        assert!(
+            self.status.success(),
+            "qemu exited with {} after the marker",
+            self.status
+        );
     }
 }
 
 #[test]
 fn guest_boots_from_s3_through_zvmount() {
     let Some(guest) = guest_dir() else { return };
-    let expected_sha = std::fs::read_to_string(guest.join("guest.expected")).expect("guest.expected");
+    let expected_sha =
+        std::fs::read_to_string(guest.join("guest.expected")).expect("guest.expected");
     let expected_sha = expected_sha.trim();
     let tmp = tempfile::tempdir().expect("tempdir");
     let work = tmp.path();
@@ -168,11 +234,16 @@ fn guest_boots_from_s3_through_zvmount() {
     runtime.block_on(async {
         s3.create_bucket(&bucket).await;
         // Through the S3 API (multipart), as users upload.
-        let (store, key) = open_source(&format!("s3://{bucket}/{KEY}"), &s3.store_args()).await.expect("open store");
+        let (store, key) = open_source(&format!("s3://{bucket}/{KEY}"), &s3.store_args())
+            .await
+            .expect("open store");
         store.put_file(&key, &image).await.expect("upload image");
         let mut sidecar = image.as_os_str().to_owned();
         sidecar.push(".zvidx");
-        store.put_file(&format!("{key}.zvidx"), Path::new(&sidecar)).await.expect("upload sidecar");
+        store
+            .put_file(&format!("{key}.zvidx"), Path::new(&sidecar))
+            .await
+            .expect("upload sidecar");
     });
 
     let builder = Mounted::builder()
@@ -181,19 +252,29 @@ fn guest_boots_from_s3_through_zvmount() {
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("AWS_REGION", "us-east-1");
-    let mount = builder.arg(format!("s3://{bucket}/{KEY}")).expect_file("guest.raw").start();
+    let mount = builder
+        .arg(format!("s3://{bucket}/{KEY}"))
+        .expect_file("guest.raw")
+        .start();
     let disk = mount.path("guest.raw");
     assert_eq!(
         std::fs::metadata(&disk).expect("stat mounted disk").len(),
-        std::fs::metadata(guest.join("guest.raw")).expect("stat guest.raw").len(),
+        std::fs::metadata(guest.join("guest.raw"))
+            .expect("stat guest.raw")
+            .len(),
         "the mounted disk has the wrong size"
     );
 
     // One guest, alone.
-    Guest::start(&disk, &work.join("first")).wait().assert_read_right(expected_sha);
+    Guest::start(&disk, &work.join("first"))
+        .wait()
+        .assert_read_right(expected_sha);
     let stats = mount.stats();
     eprintln!("after the first boot: {stats:?} (image stores {stored} bytes)");
-    assert!(stats.store_bytes > 0, "the daemon reports no bytes from the store: {stats:?}");
+    assert!(
+        stats.store_bytes > 0,
+        "the daemon reports no bytes from the store: {stats:?}"
+    );
     assert!(
         stats.store_bytes < stored,
         "the store served {} bytes for a boot, not fewer than the whole image ({stored})",

@@ -363,3 +363,176 @@ fn qemu_img_sees_the_raw_disk() {
         String::from_utf8_lossy(&cmp.stderr)
     );
 }
+
+/// A daemon started with `--daemon`: not our child once its parent has
+/// returned, so it is stopped by pid (SIGTERM) and waited for by watching
+/// the mount go away; lazily unmounted if it does not.
+struct Detached {
+    pid: libc::pid_t,
+    mountpoint: PathBuf,
+}
+
+impl Detached {
+    /// Sends SIGTERM and waits (bounded) for the mount to disappear.
+    fn stop(&mut self) -> bool {
+        if self.pid == 0 {
+            return true;
+        }
+        // SAFETY: kill(2) with a pid read from the daemon's own message.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        self.pid = 0;
+        wait_unmounted(&self.mountpoint)
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if !self.stop() {
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+/// Waits up to 20 s for `mountpoint` not to be mounted; false if it still is.
+fn wait_unmounted(mountpoint: &Path) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while common::mount::is_mounted(mountpoint) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn daemon_mode_returns_only_once_mounted() {
+    let img = make_image(true);
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let log = dir.path().join("zvmount.log");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zvmount"))
+        .arg("--daemon")
+        .arg("--log-file")
+        .arg(&log)
+        .arg(&img.zvhd2)
+        .arg(&mountpoint)
+        .env("RUST_LOG", "warn,zvmount=info,fuser=off")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let pid: libc::pid_t = stderr
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in the message: {stderr}"));
+    let mut daemon = Detached {
+        pid,
+        mountpoint: mountpoint.clone(),
+    };
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    // Mounted already when the command returned: no waiting here.
+    assert!(common::mount::is_mounted(&mountpoint), "{stderr}");
+    assert_eq!(
+        sha256_file(&mountpoint.join("disk.raw")),
+        Sha256::digest(&img.raw).to_vec()
+    );
+    // Detached from our session: the terminal's signals cannot reach it.
+    // SAFETY: getsid(2) has no memory effects.
+    let (ours, its) = unsafe { (libc::getsid(0), libc::getsid(pid)) };
+    assert!(its > 0 && its != ours, "session {its} vs ours {ours}");
+    assert!(daemon.stop(), "{} still mounted", mountpoint.display());
+    // After detaching, its logs go to --log-file.
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("unmounting"), "log file: {logged}");
+}
+
+#[test]
+fn daemon_mode_failures_reach_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zvmount"))
+        .arg("--daemon")
+        .arg(dir.path().join("missing.zvhd2"))
+        .arg(&mountpoint)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("missing.zvhd2"),
+        "names the source: {stderr}"
+    );
+    assert!(stderr.contains("before mounting"), "{stderr}");
+    assert!(!common::mount::is_mounted(&mountpoint));
+}
+
+#[test]
+fn stopping_while_a_vm_holds_the_disk_detaches_and_keeps_serving_it() {
+    let img = make_image(true);
+    let m = Mounted::new(&img.zvhd2, &[], "disk.raw");
+    let file = File::open(m.path("disk.raw")).unwrap();
+    let mut first = vec![0u8; 4096];
+    file.read_exact_at(&mut first, 0).unwrap();
+    // SAFETY: kill(2) on our running child.
+    unsafe { libc::kill(m.pid().unwrap() as libc::pid_t, libc::SIGTERM) };
+    // The mount leaves the namespace (lazily detached) ...
+    assert!(wait_unmounted(m.dir()), "{}", m.stderr());
+    // ... while the open file keeps reading the right bytes, blocks never
+    // read before included.
+    let mut all = vec![0u8; img.raw.len()];
+    file.read_exact_at(&mut all, 0).unwrap();
+    assert!(all == img.raw, "bytes differ after the lazy unmount");
+    assert!(m.stderr().contains("busy"), "says why: {}", m.stderr());
+    drop(file);
+    let status = m.stop();
+    assert!(status.success(), "zvmount exited with {status}");
+}
+
+#[test]
+fn stat_and_statfs_look_like_a_read_only_disk() {
+    use std::os::unix::fs::MetadataExt;
+    let img = make_image(true);
+    let m = Mounted::new(&img.zvhd2, &[], "disk.raw");
+    let meta = std::fs::metadata(m.path("disk.raw")).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.nlink(), 1);
+    assert_eq!(meta.blocks(), (img.raw.len() as u64).div_ceil(512));
+    assert!(meta.blksize() >= 4096, "{}", meta.blksize());
+    // The image's own mtime, stable across stats (a changing one would
+    // make the kernel drop the page cache).
+    let image_mtime = std::fs::metadata(&img.zvhd2).unwrap().mtime();
+    assert_eq!(meta.mtime(), image_mtime);
+    assert_eq!(
+        std::fs::metadata(m.path("disk.raw")).unwrap().mtime(),
+        meta.mtime()
+    );
+    let root = std::fs::metadata(m.dir()).unwrap();
+    assert!(root.is_dir());
+    assert_eq!(root.permissions().mode() & 0o777, 0o555);
+    let mut names: Vec<String> = std::fs::read_dir(m.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".zvmount-stats.json", "disk.raw"]);
+    // `df`: read-only, and large enough to hold the disk.
+    let path = std::ffi::CString::new(m.dir().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs(3) fills the zeroed struct; `path` is NUL-terminated.
+    let vfs = unsafe {
+        let mut vfs: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(path.as_ptr(), &mut vfs), 0);
+        vfs
+    };
+    assert_ne!(vfs.f_flag & libc::ST_RDONLY, 0, "mounted read-only");
+    assert!(vfs.f_blocks * vfs.f_frsize >= img.raw.len() as u64);
+    assert_eq!(vfs.f_bavail, 0);
+}

@@ -24,6 +24,14 @@ async fn open(
     files: &ImageFiles,
     options: ImageOptions,
 ) -> (Arc<Image>, Arc<FaultControl>, Arc<Metrics>, u64) {
+    open_with_cache(files, options, 256 << 20).await
+}
+
+async fn open_with_cache(
+    files: &ImageFiles,
+    options: ImageOptions,
+    cache_bytes: u64,
+) -> (Arc<Image>, Arc<FaultControl>, Arc<Metrics>, u64) {
     let store = Arc::new(FaultStore::new(FileStore::new(files.dir.path())));
     let control = store.control();
     let layout = ImageLayout::load(store.as_ref(), KEY, &SidecarSource::Auto)
@@ -35,7 +43,7 @@ async fn open(
     let image = Image::new(
         store,
         layout,
-        Arc::new(MemoryCache::new(256 << 20)),
+        Arc::new(MemoryCache::new(cache_bytes)),
         metrics.clone(),
         options,
     );
@@ -186,7 +194,13 @@ async fn prefetch_respects_the_budget() {
         readahead_blocks: 0,
         ..ImageOptions::default()
     };
-    let (image, _control, metrics, _) = open(&files, options).await;
+    let (image, control, metrics, _) = open(&files, options).await;
+    // Fetches must not finish (and give their budget back) while the
+    // prefetch is being planned: hold every GET far longer than the test.
+    control.set(zvmount::store::fault::FaultPlan {
+        latency: std::time::Duration::from_secs(600),
+        ..Default::default()
+    });
     let started = image.prefetch(0..8);
     assert_eq!(started, 1, "only one block fits the budget at once");
     assert_eq!(metrics.snapshot().prefetch_budget_skips, 7);
@@ -228,4 +242,45 @@ async fn recorded_profile_replays() {
     assert_eq!(replay.ready, 4);
     image.read_at(4 * u64::from(BS) + 5, 100).await.unwrap();
     assert_eq!(metrics.snapshot().cache_misses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_stops_at_half_the_cache() {
+    let raw = raw_from_kinds(&[BlockKind::Random; 8], BS, 67);
+    let files = write_files(raw.clone(), BS);
+    set_boot_profile(&files, (0..8).collect());
+    // Four blocks of memory cache: replaying all eight would evict the
+    // first ones, which the guest reads first.
+    let (image, control, metrics, opened) = open_with_cache(
+        &files,
+        ImageOptions {
+            readahead_blocks: 0,
+            ..ImageOptions::default()
+        },
+        4 * u64::from(BS),
+    )
+    .await;
+    let replay = image
+        .start_profile_prefetch()
+        .expect("a profile to replay")
+        .await
+        .unwrap();
+    assert_eq!(replay.started, 2, "{replay:?}");
+    assert_eq!(replay.ready, 2, "{replay:?}");
+    assert_eq!(replay.capped, 6, "{replay:?}");
+    assert_eq!(metrics.snapshot().profile_capped, 6);
+    let fetched = control.requests() - opened;
+    for b in [0u64, 1] {
+        let block = image.read_block(b).await.unwrap();
+        assert!(
+            block[..] == raw[(b * u64::from(BS)) as usize..][..BS as usize],
+            "block {b}"
+        );
+    }
+    let m = metrics.snapshot();
+    assert_eq!(
+        m.cache_misses, 0,
+        "the profile's first blocks stayed: {m:?}"
+    );
+    assert_eq!(control.requests() - opened, fetched);
 }

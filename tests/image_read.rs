@@ -13,7 +13,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use zvmount::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
 use zvmount::format::BlockLocation;
-use zvmount::image::{Image, ImageError, ImageLayout, ImageOptions, SidecarSource, SizeMode};
+use zvmount::image::{
+    BlockFailure, Image, ImageError, ImageLayout, ImageOptions, SidecarSource, SizeMode,
+};
 use zvmount::metrics::Metrics;
 use zvmount::store::ObjectStore;
 use zvmount::store::fault::{FaultControl, FaultPlan, FaultStore};
@@ -315,7 +317,12 @@ async fn corrupted_record_fails_that_block_only() {
     let o = open(&files, true).await;
     let err = o.image.read_block(1).await.unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, ImageError::Verify { block: 1, .. }), "{msg}");
+    assert!(
+        matches!(&err, ImageError::Block { block: 1, source, .. }
+            if matches!(**source, BlockFailure::RecordCrc { .. })),
+        "{msg}"
+    );
+    assert!(err.is_corruption(), "{msg}");
     assert!(msg.contains("CRC32C"), "{msg}");
     assert!(
         msg.contains(&offset.to_string()),
@@ -351,7 +358,12 @@ async fn damaged_record_framing_fails_without_sidecar() {
     std::fs::write(&files.image, bytes).unwrap();
     let o = open(&files, false).await;
     let err = o.image.read_block(1).await.unwrap_err();
-    assert!(matches!(err, ImageError::Verify { block: 1, .. }), "{err}");
+    assert!(
+        matches!(&err, ImageError::Block { block: 1, source, .. }
+            if matches!(**source, BlockFailure::Record(_))),
+        "{err}"
+    );
+    assert!(err.is_corruption(), "{err}");
     assert!(o.image.read_block(0).await.unwrap()[..] == raw[..BS as usize]);
 }
 
@@ -361,31 +373,46 @@ async fn store_faults_are_errors_and_the_next_read_retries() {
     let files = write_files(raw.clone(), BS);
     // No cache, so every read goes to the store and meets the next fault.
     let o = open_with(&files, true, Arc::new(NoCache), quiet()).await;
-    for plan in [
-        FaultPlan {
-            fail_permanent: 1,
-            ..FaultPlan::default()
-        },
-        FaultPlan {
-            fail_transient: 1,
-            ..FaultPlan::default()
-        },
-        FaultPlan {
-            truncate: 1,
-            ..FaultPlan::default()
-        },
-        FaultPlan {
-            corrupt: 1,
-            ..FaultPlan::default()
-        },
+    for (plan, corruption) in [
+        (
+            FaultPlan {
+                fail_permanent: 1,
+                ..FaultPlan::default()
+            },
+            false,
+        ),
+        (
+            FaultPlan {
+                fail_transient: 1,
+                ..FaultPlan::default()
+            },
+            false,
+        ),
+        (
+            FaultPlan {
+                truncate: 1,
+                ..FaultPlan::default()
+            },
+            false,
+        ),
+        (
+            FaultPlan {
+                corrupt: 1,
+                ..FaultPlan::default()
+            },
+            true,
+        ),
     ] {
         let desc = format!("{plan:?}");
         o.control.set(plan);
         let err = o.image.read_block(1).await.expect_err(&desc);
         assert!(
-            matches!(err, ImageError::Verify { block: 1, .. }),
+            matches!(err, ImageError::Block { block: 1, .. }),
             "{desc}: {err}"
         );
+        // Fetch failures are reported as such, not as bad content.
+        assert_eq!(err.is_corruption(), corruption, "{desc}: {err}");
+        assert!(err.to_string().contains("disk.zvhd2"), "{desc}: {err}");
         let block = o
             .image
             .read_block(1)

@@ -408,6 +408,10 @@ impl BlockCache for DiskCache {
         None
     }
 
+    fn capacity(&self) -> Option<u64> {
+        Some(self.inner.capacity)
+    }
+
     fn get(&self, key: &BlockKey) -> Option<(Bytes, CacheTier)> {
         self.inner.read(key).map(|b| (b, CacheTier::Disk))
     }

@@ -81,6 +81,10 @@ impl BlockCache for MemoryCache {
         self.get_fast(key).map(|b| (b, CacheTier::Memory))
     }
 
+    fn capacity(&self) -> Option<u64> {
+        Some(self.capacity)
+    }
+
     fn put(&self, key: &BlockKey, block: Bytes) {
         let len = block.len() as u64;
         if len > self.capacity {

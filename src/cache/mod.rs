@@ -66,6 +66,13 @@ pub trait BlockCache: Send + Sync + std::fmt::Debug {
 
     /// Stores a decoded block. Never blocks on I/O; a cache may drop it.
     fn put(&self, key: &BlockKey, block: Bytes);
+
+    /// Bytes of blocks the cache keeps before it starts evicting, if it
+    /// has such a bound. Prefetchers use it not to fetch so much that they
+    /// evict what they fetched first.
+    fn capacity(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A cache that holds nothing (every lookup misses). For tests and for
@@ -83,4 +90,8 @@ impl BlockCache for NoCache {
     }
 
     fn put(&self, _key: &BlockKey, _block: Bytes) {}
+
+    fn capacity(&self) -> Option<u64> {
+        Some(0)
+    }
 }

@@ -40,6 +40,15 @@ impl BlockCache for TieredCache {
         self.front.may_block() || self.back.may_block()
     }
 
+    /// What the larger level holds: a block evicted from memory is still
+    /// on disk, a disk read away rather than a fetch.
+    fn capacity(&self) -> Option<u64> {
+        match (self.front.capacity(), self.back.capacity()) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        }
+    }
+
     fn put(&self, key: &BlockKey, block: Bytes) {
         self.front.put(key, block.clone());
         self.back.put(key, block);

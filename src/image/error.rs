@@ -1,16 +1,26 @@
 //! Errors of the image layer: each names the image and, where there is one,
 //! the block and the record offset.
 
+use std::sync::Arc;
+
+use super::fetch::BlockFailure;
 use crate::format::FormatError;
 use crate::store::StoreError;
 
+/// Why an image could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    /// The store failed outside any one block (opening, listing).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The image's bytes are not valid ZVHD2 (the detail names block and offset).
     #[error("{location}: {error}")]
-    Format { location: String, error: FormatError },
+    Format {
+        location: String,
+        error: FormatError,
+    },
+    /// A check of the image's content failed (a scan, or a block of the
+    /// wrong length handed out by a cache).
     #[error("{location}: block {block} (record at offset {offset}): {detail}")]
     Verify {
         location: String,
@@ -18,12 +28,27 @@ pub enum ImageError {
         offset: u64,
         detail: String,
     },
+    /// One block could not be produced: its fetch failed, or its record or
+    /// decoded bytes failed a check. `source` says which (and is shared by
+    /// every reader that waited for the block).
+    #[error(
+        "{location}: block {block} (record at offset {offset}): {}",
+        failure_detail(source)
+    )]
+    Block {
+        location: String,
+        block: u64,
+        offset: u64,
+        source: Arc<BlockFailure>,
+    },
+    /// The sidecar index is unusable for this image.
     #[error("{location}: sidecar {sidecar}: {detail}")]
     Sidecar {
         location: String,
         sidecar: String,
         detail: String,
     },
+    /// A read outside the disk.
     #[error("{location}: read at {offset}+{len} is past the end of the disk ({size} bytes)")]
     OutOfRange {
         location: String,
@@ -31,4 +56,70 @@ pub enum ImageError {
         len: u64,
         size: u64,
     },
+}
+
+impl ImageError {
+    /// The block failure behind a [`ImageError::Block`].
+    pub fn block_failure(&self) -> Option<&BlockFailure> {
+        match self {
+            ImageError::Block { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// Whether the image's bytes were wrong (checksum, hash, framing,
+    /// length), as opposed to unreachable: retrying the same bytes will not
+    /// help, and the operator should suspect the stored object.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            ImageError::Verify { .. } | ImageError::Format { .. } => true,
+            ImageError::Block { source, .. } => source.is_corruption(),
+            _ => false,
+        }
+    }
+}
+
+/// The failure's own words, without the block and offset a record error
+/// repeats (the variant's message names them already).
+fn failure_detail(failure: &BlockFailure) -> String {
+    match failure {
+        BlockFailure::Record(FormatError::BadRecord { detail, .. }) => detail.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_errors_name_image_block_offset_and_cause_once() {
+        let err = ImageError::Block {
+            location: "s3://b/disk.zvhd2".into(),
+            block: 7,
+            offset: 4096,
+            source: Arc::new(BlockFailure::Record(FormatError::BadRecord {
+                block: 7,
+                offset: 4096,
+                detail: "bad magic".into(),
+            })),
+        };
+        assert_eq!(
+            err.to_string(),
+            "s3://b/disk.zvhd2: block 7 (record at offset 4096): bad magic"
+        );
+        assert!(err.is_corruption());
+        assert!(std::error::Error::source(&err).is_some());
+        let fetch = ImageError::Block {
+            location: "x".into(),
+            block: 1,
+            offset: 2,
+            source: Arc::new(BlockFailure::ShortRead {
+                expected: 10,
+                actual: 5,
+            }),
+        };
+        assert!(!fetch.is_corruption());
+        assert!(fetch.to_string().contains("5 bytes for a 10-byte range"));
+    }
 }

@@ -1,6 +1,7 @@
 //! Fetching blocks: lower cache levels first, then coalesced range GETs of
-//! the records, verification and decoding off the async runtime, and
-//! completion of every waiter (success cached, failure not).
+//! the records, verification and decoding on the decode threads
+//! ([`super::decode`]), and completion of every waiter (success cached,
+//! failure not).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{FetchKind, Image};
-use crate::format::{FormatError, RecordLocation, decode_record};
+use crate::format::{FormatError, RecordLocation, SidecarEntry, decode_record};
 use crate::metrics::Metrics;
 use crate::prefetch::BudgetPermit;
 use crate::store::StoreError;
@@ -45,6 +46,20 @@ pub enum BlockFailure {
     /// The fetch task stopped before finishing (panic or shutdown).
     #[error("fetch abandoned: {0}")]
     Aborted(String),
+}
+
+impl BlockFailure {
+    /// Whether the bytes were wrong (rather than not delivered).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            BlockFailure::Record(_)
+                | BlockFailure::RecordCrc { .. }
+                | BlockFailure::BlockHash
+                | BlockFailure::Sidecar(_)
+                | BlockFailure::Length { .. }
+        )
+    }
 }
 
 /// A block this task promised to produce. Dropping it unfinished (a panic,
@@ -228,7 +243,7 @@ async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
                     }
                 }
                 Err(failure) => {
-                    tracing::warn!("{}", image.block_error(p.block, p.loc, failure));
+                    tracing::warn!("{}", image.block_error(p.block, p.loc, Arc::clone(failure)));
                 }
             }
             p.complete(result, true);
@@ -242,15 +257,17 @@ fn fail_group(image: &Image, group: Vec<Pending>, failure: Arc<BlockFailure>) {
     tracing::warn!(
         blocks = group.len(),
         "{}",
-        image.block_error(first.block, first.loc, &failure)
+        image.block_error(first.block, first.loc, Arc::clone(&failure))
     );
     for p in group {
         p.complete(Err(Arc::clone(&failure)), false);
     }
 }
 
-/// Verifies and decodes one record on the blocking pool, at most
-/// `decode_threads` at a time.
+/// Verifies and decodes one record on the decode threads, at most
+/// `decode_threads` records at a time. With a sidecar, the record's CRC32C
+/// is computed on one thread while another decodes it (the block is handed
+/// out only when both passed).
 async fn decode(
     image: &Arc<Image>,
     block: u64,
@@ -262,48 +279,78 @@ async fn decode(
         .acquire()
         .await
         .map_err(|_| Arc::new(BlockFailure::Aborted("decoder closed".into())))?;
-    let img = Arc::clone(image);
-    let result = tokio::task::spawn_blocking(move || img.verify_and_decode(block, loc, &record))
-        .await
-        .map_err(|e| Arc::new(BlockFailure::Aborted(format!("decoder task: {e}"))))?;
-    result.map_err(|failure| {
+    let failed = |failure: BlockFailure| {
         Metrics::inc(&image.metrics.verify_failures);
         Arc::new(failure)
-    })
+    };
+    let started = Instant::now();
+    let entry = image.sidecar_entry(block, loc).map_err(failed)?;
+    let warm = image.block_size as usize;
+    let crc = entry.map(|e| {
+        let record = record.clone();
+        (
+            e.record_crc32c,
+            super::decode::run(warm, move || crc32c::crc32c(&record)),
+        )
+    });
+    let img = Arc::clone(image);
+    let hash = entry.map(|e| e.block_hash);
+    let decoded = super::decode::run(warm, move || img.decode_and_hash(block, loc, &record, hash));
+    let abandoned = || Arc::new(BlockFailure::Aborted("decoder thread gave up".into()));
+    let decoded = match crc {
+        Some((expected, crc)) => {
+            let (actual, decoded) = futures::future::join(crc, decoded).await;
+            let actual = actual.ok_or_else(abandoned)?;
+            // A record that is not the sidecar's says so, whatever its
+            // decode said.
+            if actual != expected {
+                return Err(failed(BlockFailure::RecordCrc { expected, actual }));
+            }
+            decoded
+        }
+        None => decoded.await,
+    };
+    let bytes = decoded.ok_or_else(abandoned)?.map_err(failed)?;
+    Metrics::add(
+        &image.metrics.decode_ns,
+        started.elapsed().as_nanos() as u64,
+    );
+    Ok(bytes)
 }
 
 impl Image {
-    /// The checks and decode of one record: sidecar CRC32C of the record
-    /// bytes, framing and exact decoded length, sidecar BLAKE3 of the block.
-    fn verify_and_decode(
+    /// The sidecar's entry for `block` when records are verified, after
+    /// checking that it describes the same record as the index.
+    fn sidecar_entry(
+        &self,
+        block: u64,
+        loc: RecordLocation,
+    ) -> Result<Option<SidecarEntry>, BlockFailure> {
+        let (Some(sidecar), true) = (&self.layout.sidecar, self.options.verify) else {
+            return Ok(None);
+        };
+        let entry = sidecar
+            .entries
+            .get(block as usize)
+            .ok_or_else(|| BlockFailure::Sidecar(format!("has no entry for block {block}")))?;
+        if entry.record_offset != loc.offset || entry.record_size != loc.size {
+            return Err(BlockFailure::Sidecar(format!(
+                "places the record at {}+{}, the index at {}+{}",
+                entry.record_offset, entry.record_size, loc.offset, loc.size
+            )));
+        }
+        Ok(Some(*entry))
+    }
+
+    /// Framing, decode and exact decoded length of one record, then the
+    /// block's BLAKE3 against `hash` when there is one.
+    fn decode_and_hash(
         &self,
         block: u64,
         loc: RecordLocation,
         record: &[u8],
+        hash: Option<[u8; 32]>,
     ) -> Result<Bytes, BlockFailure> {
-        let started = Instant::now();
-        let entry = match (&self.layout.sidecar, self.options.verify) {
-            (Some(sidecar), true) => {
-                let entry = sidecar.entries.get(block as usize).ok_or_else(|| {
-                    BlockFailure::Sidecar(format!("has no entry for block {block}"))
-                })?;
-                if entry.record_offset != loc.offset || entry.record_size != loc.size {
-                    return Err(BlockFailure::Sidecar(format!(
-                        "places the record at {}+{}, the index at {}+{}",
-                        entry.record_offset, entry.record_size, loc.offset, loc.size
-                    )));
-                }
-                let crc = crc32c::crc32c(record);
-                if crc != entry.record_crc32c {
-                    return Err(BlockFailure::RecordCrc {
-                        expected: entry.record_crc32c,
-                        actual: crc,
-                    });
-                }
-                Some(entry)
-            }
-            _ => None,
-        };
         let compression = self.layout.header.compression();
         let decoded = decode_record(
             record,
@@ -319,12 +366,11 @@ impl Image {
                 actual: decoded.len() as u64,
             });
         }
-        if let Some(entry) = entry
-            && blake3::hash(&decoded).as_bytes() != &entry.block_hash
+        if let Some(hash) = hash
+            && blake3::hash(&decoded).as_bytes() != &hash
         {
             return Err(BlockFailure::BlockHash);
         }
-        Metrics::add(&self.metrics.decode_ns, started.elapsed().as_nanos() as u64);
         Ok(Bytes::from(decoded))
     }
 }

@@ -12,6 +12,7 @@
 //! What to prefetch is decided in [`crate::prefetch`]; the fetching itself
 //! (and its budget accounting) happens here, in [`fetch`].
 
+mod decode;
 pub mod error;
 mod fetch;
 pub mod open;
@@ -350,6 +351,12 @@ impl Image {
     /// blocks are fetched in order, [`ImageOptions::prefetch_concurrency`]
     /// requests at a time, within the prefetch budget. The task ends when
     /// every block is ready (or failed); its result says how it went.
+    ///
+    /// The replay fetches at most half of what the cache holds
+    /// ([`BlockCache::capacity`]): a profile larger than the cache would
+    /// otherwise evict its own first blocks (the ones the guest needs
+    /// first) before the guest reads them. The rest of the profile is left
+    /// to demand reads and readahead.
     pub fn start_profile_prefetch(
         self: &Arc<Self>,
     ) -> Option<tokio::task::JoinHandle<ProfileReplay>> {
@@ -469,7 +476,7 @@ impl Image {
                     &self.metrics.miss_wait_ns,
                     started.elapsed().as_nanos() as u64,
                 );
-                result.map_err(|failure| self.block_error(block, loc, &failure))
+                result.map_err(|failure| self.block_error(block, loc, failure))
             }
         }
     }
@@ -497,19 +504,17 @@ impl Image {
         })
     }
 
-    fn block_error(&self, block: u64, loc: RecordLocation, failure: &BlockFailure) -> ImageError {
-        // A record error already names block and offset: keep only its detail.
-        let detail = match failure {
-            BlockFailure::Record(crate::format::FormatError::BadRecord { detail, .. }) => {
-                detail.clone()
-            }
-            other => other.to_string(),
-        };
-        ImageError::Verify {
+    fn block_error(
+        &self,
+        block: u64,
+        loc: RecordLocation,
+        failure: Arc<BlockFailure>,
+    ) -> ImageError {
+        ImageError::Block {
             location: self.layout.location.clone(),
             block,
             offset: loc.offset,
-            detail,
+            source: failure,
         }
     }
 
@@ -644,11 +649,31 @@ impl Image {
         started
     }
 
+    /// Bytes of blocks a profile replay may bring in (see
+    /// [`Image::start_profile_prefetch`]).
+    fn replay_cap(&self) -> u64 {
+        self.cache.capacity().map_or(u64::MAX, |c| c / 2)
+    }
+
     async fn replay_profile(self: Arc<Self>, profile: Vec<u64>) -> ProfileReplay {
         let started_at = Instant::now();
         let mut replay = ProfileReplay::default();
         let mut waits = Vec::new();
-        for run in self.prefetch_runs(profile) {
+        let cap = self.replay_cap();
+        let mut brought = 0u64;
+        let mut runs = self.prefetch_runs(profile).into_iter();
+        while let Some(mut run) = runs.next() {
+            // Room for this run (all of it, or its head) under the cap?
+            let room = (cap.saturating_sub(brought) / self.block_size) as usize;
+            if room < run.len() {
+                replay.capped += (run.len() - room) as u64;
+                replay.capped += runs.by_ref().map(|r| r.len() as u64).sum::<u64>();
+                run.truncate(room);
+                if run.is_empty() {
+                    break;
+                }
+            }
+            brought += run.len() as u64 * self.block_size;
             // Fetched by a reader since the runs were planned?
             let run: Vec<_> = run
                 .into_iter()
@@ -673,6 +698,7 @@ impl Image {
                 Err(_) => replay.failed += 1,
             }
         }
+        Metrics::add(&self.metrics.profile_capped, replay.capped);
         replay.elapsed = started_at.elapsed();
         replay
     }
@@ -689,6 +715,9 @@ pub struct ProfileReplay {
     pub failed: u64,
     /// Blocks skipped because they could never fit the budget.
     pub skipped: u64,
+    /// Blocks left out because the replay had brought in half of what the
+    /// cache holds (more would evict the profile's own first blocks).
+    pub capped: u64,
     /// Time from start until the last block was ready.
     pub elapsed: std::time::Duration,
 }

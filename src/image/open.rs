@@ -42,9 +42,16 @@ pub struct ImageLayout {
 impl ImageLayout {
     /// Reads the footers, then the sidecar or the image's own index and
     /// bitmap, of `key`: two round trips with a sidecar, three without.
-    pub async fn load(store: &dyn ObjectStore, key: &str, sidecar: &SidecarSource) -> Result<ImageLayout, ImageError> {
+    pub async fn load(
+        store: &dyn ObjectStore,
+        key: &str,
+        sidecar: &SidecarSource,
+    ) -> Result<ImageLayout, ImageError> {
         let location = store.location(key);
-        let format_err = |error| ImageError::Format { location: location.clone(), error };
+        let format_err = |error| ImageError::Format {
+            location: location.clone(),
+            error,
+        };
 
         // One suffix read gives the size, the identity and the final footer.
         let (tail, meta) = store.get_suffix(key, FOOTER_SIZE).await?;
@@ -85,8 +92,12 @@ impl ImageLayout {
                     detail,
                 };
                 let decoded = Sidecar::decode(&bytes).map_err(|e| bad(e.to_string()))?;
-                decoded.check_identity(&identity).map_err(|e| bad(e.to_string()))?;
-                if decoded.block_size != header.block_size() || decoded.disk_size != header.disk_size() {
+                decoded
+                    .check_identity(&identity)
+                    .map_err(|e| bad(e.to_string()))?;
+                if decoded.block_size != header.block_size()
+                    || decoded.disk_size != header.disk_size()
+                {
                     return Err(bad(format!(
                         "describes a {}-byte disk in {}-byte blocks, the image is {} bytes in {}-byte blocks",
                         decoded.disk_size,
@@ -162,7 +173,9 @@ async fn fetch_sidecar(
                 Err(e) if e.is_not_found() => Ok((None, name, 1)),
                 // A presigned URL signs only the image: no sidecar for us, not an error.
                 Err(StoreError::Forbidden { .. }) => {
-                    tracing::warn!("{name}: sidecar not readable (access denied); using the image's own index");
+                    tracing::warn!(
+                        "{name}: sidecar not readable (access denied); using the image's own index"
+                    );
                     Ok((None, name, 1))
                 }
                 Err(e) => Err(e.into()),

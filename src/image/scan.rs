@@ -34,7 +34,10 @@ pub struct ScanOptions {
 
 impl Default for ScanOptions {
     fn default() -> Self {
-        ScanOptions { parallel: 8, verify_with: None }
+        ScanOptions {
+            parallel: 8,
+            verify_with: None,
+        }
     }
 }
 
@@ -60,7 +63,10 @@ where
         return Err(ImageError::Sidecar {
             location: layout.location.clone(),
             sidecar: String::from("given"),
-            detail: format!("has {} block entries, the image has {blocks} blocks", sc.entries.len()),
+            detail: format!(
+                "has {} block entries, the image has {blocks} blocks",
+                sc.entries.len()
+            ),
         });
     }
 
@@ -73,13 +79,23 @@ where
                 match location {
                     Some(BlockLocation::Record(rec)) => {
                         let range = rec.offset..rec.offset + u64::from(rec.size);
-                        let record = store.get_range(&layout.key, range, Some(&layout.meta)).await?;
+                        let record = store
+                            .get_range(&layout.key, range, Some(&layout.meta))
+                            .await?;
                         let loc = layout.location.clone();
                         tokio::task::spawn_blocking(move || {
                             let crc = crc32c::crc32c(&record);
-                            let data = decode_record(&record, block, rec.offset, block_size, compression)
-                                .map_err(|error| ImageError::Format { location: loc, error })?;
-                            Ok::<_, ImageError>((BlockLocation::Record(rec), Some(crc), Bytes::from(data)))
+                            let data =
+                                decode_record(&record, block, rec.offset, block_size, compression)
+                                    .map_err(|error| ImageError::Format {
+                                        location: loc,
+                                        error,
+                                    })?;
+                            Ok::<_, ImageError>((
+                                BlockLocation::Record(rec),
+                                Some(crc),
+                                Bytes::from(data),
+                            ))
                         })
                         .await
                         .expect("decode task panicked")
@@ -96,9 +112,22 @@ where
     while let Some(item) = fetches.next().await {
         let (block, location, record_crc32c, data) = item?;
         if let Some(sc) = &options.verify_with {
-            verify_against(layout, sc, block, location, record_crc32c, &data, &zero_hash)?;
+            verify_against(
+                layout,
+                sc,
+                block,
+                location,
+                record_crc32c,
+                &data,
+                &zero_hash,
+            )?;
         }
-        each(ScannedBlock { block, location, record_crc32c, data })?;
+        each(ScannedBlock {
+            block,
+            location,
+            record_crc32c,
+            data,
+        })?;
     }
     Ok(())
 }
@@ -118,7 +147,12 @@ fn verify_against(
         BlockLocation::Record(r) => (r.offset, r.size),
         BlockLocation::Zero => (0, 0),
     };
-    let fail = |detail: String| ImageError::Verify { location: layout.location.clone(), block, offset, detail };
+    let fail = |detail: String| ImageError::Verify {
+        location: layout.location.clone(),
+        block,
+        offset,
+        detail,
+    };
     if entry.record_offset != offset || entry.record_size != size {
         return Err(fail(format!(
             "sidecar places the record at {}+{}, the image's index at {offset}+{size}",
@@ -134,10 +168,14 @@ fn verify_against(
         }
         let hash = blake3::hash(data);
         if hash.as_bytes() != &entry.block_hash {
-            return Err(fail("decoded block's BLAKE3 differs from the sidecar's".into()));
+            return Err(fail(
+                "decoded block's BLAKE3 differs from the sidecar's".into(),
+            ));
         }
     } else if &entry.block_hash != zero_hash {
-        return Err(fail("sidecar has data for a block the image stores as zeros".into()));
+        return Err(fail(
+            "sidecar has data for a block the image stores as zeros".into(),
+        ));
     }
     Ok(())
 }

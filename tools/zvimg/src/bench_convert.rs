@@ -53,24 +53,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let input: &Path = match &args.input {
         Some(p) => p,
         None => {
-            generated = TempFile::new(args.dir.join(format!("zvimg-bench-{}.raw", std::process::id())));
+            generated = TempFile::new(
+                args.dir
+                    .join(format!("zvimg-bench-{}.raw", std::process::id())),
+            );
             generate_mixed(generated.path(), args.generate)?;
             generated.path()
         }
     };
-    let size = std::fs::metadata(input).with_context(|| format!("{}: cannot read", input.display()))?.len();
+    let size = std::fs::metadata(input)
+        .with_context(|| format!("{}: cannot read", input.display()))?
+        .len();
     // Warm the page cache so both measure compression, not the first read.
     std::io::copy(&mut File::open(input)?, &mut std::io::sink())?;
 
-    let zv_out = TempFile::new(args.dir.join(format!("zvimg-bench-{}.zvhd2", std::process::id())));
-    let zs_out = TempFile::new(args.dir.join(format!("zvimg-bench-{}.zst", std::process::id())));
+    let zv_out = TempFile::new(
+        args.dir
+            .join(format!("zvimg-bench-{}.zvhd2", std::process::id())),
+    );
+    let zs_out = TempFile::new(
+        args.dir
+            .join(format!("zvimg-bench-{}.zst", std::process::id())),
+    );
     let mut zv_best = f64::MAX;
     let mut zs_best = f64::MAX;
     for _ in 0..args.runs.max(1) {
         let t = Instant::now();
         let mut out = BufWriter::with_capacity(1 << 20, File::create(zv_out.path())?);
-        let options = WriteOptions { level: args.level, ..WriteOptions::default() };
-        write_image(BufReader::with_capacity(1 << 20, File::open(input)?), size, &mut out, &options, &mut |_| {})?;
+        let options = WriteOptions {
+            level: args.level,
+            ..WriteOptions::default()
+        };
+        write_image(
+            BufReader::with_capacity(1 << 20, File::open(input)?),
+            size,
+            &mut out,
+            &options,
+            &mut |_| {},
+        )?;
         out.flush()?;
         zv_best = zv_best.min(t.elapsed().as_secs_f64());
 
@@ -104,11 +124,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let mbps = |s: f64| size as f64 / s / 1e6;
-        println!("input {} ({} bytes), level {}, best of {}", human(size), size, args.level, args.runs);
-        println!("{:<22} {:>10} {:>10} {:>12}", "", "seconds", "MB/s", "output");
-        println!("{:<22} {:>10.2} {:>10.0} {:>12}", "zvimg convert", zv_best, mbps(zv_best), human(zv_bytes));
+        println!(
+            "input {} ({} bytes), level {}, best of {}",
+            human(size),
+            size,
+            args.level,
+            args.runs
+        );
+        println!(
+            "{:<22} {:>10} {:>10} {:>12}",
+            "", "seconds", "MB/s", "output"
+        );
+        println!(
+            "{:<22} {:>10.2} {:>10.0} {:>12}",
+            "zvimg convert",
+            zv_best,
+            mbps(zv_best),
+            human(zv_bytes)
+        );
         let label = format!("zstd -{} -T0", args.level);
-        println!("{label:<22} {:>10.2} {:>10.0} {:>12}", zs_best, mbps(zs_best), human(zs_bytes));
+        println!(
+            "{label:<22} {:>10.2} {:>10.0} {:>12}",
+            zs_best,
+            mbps(zs_best),
+            human(zs_bytes)
+        );
         println!(
             "throughput ratio {:.2}x (target >= 0.8), size ratio {:.3}x (target <= 1.05)",
             report.throughput_ratio, report.size_ratio
@@ -122,7 +162,11 @@ pub fn generate_mixed(path: &Path, size: u64) -> anyhow::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let words: Vec<String> = (0..512)
-        .map(|_| (0..rng.gen_range(2..10)).map(|_| rng.gen_range(b'a'..=b'z') as char).collect())
+        .map(|_| {
+            (0..rng.gen_range(2..10))
+                .map(|_| rng.gen_range(b'a'..=b'z') as char)
+                .collect()
+        })
         .collect();
     let block = 2u64 << 20;
     let mut buf = vec![0u8; block as usize];

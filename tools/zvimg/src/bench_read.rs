@@ -237,8 +237,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 if fetched > 0 {
                     let per = |ns: u64| ns as f64 / 1e3 / fetched as f64;
                     result.decode_us_per_block = Some(per(a.decode_ns - b.decode_ns));
-                    result.miss_wait_us_per_block =
-                        Some(per(a.miss_wait_ns - b.miss_wait_ns));
+                    result.miss_wait_us_per_block = Some(per(a.miss_wait_ns - b.miss_wait_ns));
                 }
             }
             passes.push(result);
@@ -496,7 +495,10 @@ async fn time_records(
             bail!("block {block}: BLAKE3 differs from the sidecar");
         }
         let t4 = Instant::now();
-        for (v, d) in t.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0]) {
+        for (v, d) in t
+            .iter_mut()
+            .zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0])
+        {
             v.push(d);
         }
         if keep {
@@ -584,7 +586,11 @@ fn print_table(r: &Report) {
             "baseline {}: {} records{}, p50 GET {:.0} + CRC32C {:.0} + decode {:.0} + BLAKE3 {:.0} µs; total p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs",
             b.source,
             b.records,
-            if b.verified { "" } else { " (no sidecar: unverified)" },
+            if b.verified {
+                ""
+            } else {
+                " (no sidecar: unverified)"
+            },
             b.get_p50_us,
             b.crc_p50_us,
             b.decode_p50_us,

@@ -68,7 +68,9 @@ pub struct Args {
 fn parse_block_size(text: &str) -> Result<u32, String> {
     let n = zvmount::util::parse_size(text)?;
     if !n.is_power_of_two() || !(1 << 20..=32 << 20).contains(&n) {
-        return Err(format!("block size {text} must be a power of two from 1MiB to 32MiB"));
+        return Err(format!(
+            "block size {text} must be a power of two from 1MiB to 32MiB"
+        ));
     }
     Ok(n as u32)
 }
@@ -80,15 +82,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None if local => detect_format(Path::new(&args.input))?,
         None => InputFormat::Zvhd2,
     };
-    let output_format = args.output_format.unwrap_or(if input_format == InputFormat::Zvhd2 {
-        OutputFormat::Raw
-    } else {
-        OutputFormat::Zvhd2
-    });
+    let output_format = args
+        .output_format
+        .unwrap_or(if input_format == InputFormat::Zvhd2 {
+            OutputFormat::Raw
+        } else {
+            OutputFormat::Zvhd2
+        });
     match (input_format, output_format) {
         (InputFormat::Zvhd2, OutputFormat::Raw) => zvhd2_to_raw(&args),
-        (InputFormat::Zvhd2, OutputFormat::Zvhd2) => bail!("{} is already ZVHD2 (use `zvimg pull` to copy it)", args.input),
-        (_, OutputFormat::Raw) => bail!("raw output is for ZVHD2 input; for {input_format:?} use `qemu-img convert -O raw`"),
+        (InputFormat::Zvhd2, OutputFormat::Zvhd2) => bail!(
+            "{} is already ZVHD2 (use `zvimg pull` to copy it)",
+            args.input
+        ),
+        (_, OutputFormat::Raw) => bail!(
+            "raw output is for ZVHD2 input; for {input_format:?} use `qemu-img convert -O raw`"
+        ),
         (InputFormat::Raw, OutputFormat::Zvhd2) => {
             if !local {
                 bail!("{}: raw input must be a local file", args.input);
@@ -123,7 +132,10 @@ pub fn detect_format(path: &Path) -> anyhow::Result<InputFormat> {
         return Ok(InputFormat::Zvhd2);
     }
     if head.starts_with(b"stream\0") {
-        bail!("{}: an old ZVHD image (one zlib stream), not ZVHD2; it cannot be read block by block", path.display());
+        bail!(
+            "{}: an old ZVHD image (one zlib stream), not ZVHD2; it cannot be read block by block",
+            path.display()
+        );
     }
     if head.starts_with(b"QFI\xfb") {
         return Ok(InputFormat::Qcow2);
@@ -177,7 +189,10 @@ impl Drop for TempFile {
 
 /// A temporary name beside `dest` (same file system, so rename is atomic).
 pub fn temp_beside(dest: &Path, tag: &str) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dest.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
 }
 
@@ -198,10 +213,16 @@ fn qemu_img_to_raw(input: &Path, fmt: InputFormat, output: &Path) -> anyhow::Res
         .status();
     match status {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("{}: reading {fmt_name} needs qemu-img, which is not installed (apt-get install qemu-utils)", input.display())
+            bail!(
+                "{}: reading {fmt_name} needs qemu-img, which is not installed (apt-get install qemu-utils)",
+                input.display()
+            )
         }
         Err(e) => bail!("{}: running qemu-img: {e}", input.display()),
-        Ok(s) if !s.success() => bail!("{}: qemu-img convert -f {fmt_name} failed ({s})", input.display()),
+        Ok(s) if !s.success() => bail!(
+            "{}: qemu-img convert -f {fmt_name} failed ({s})",
+            input.display()
+        ),
         Ok(_) => Ok(tmp),
     }
 }
@@ -220,18 +241,28 @@ fn raw_to_zvhd2(args: &Args, input: &Path) -> anyhow::Result<ExitCode> {
     let file = File::open(input).with_context(|| format!("{}: cannot open", input.display()))?;
     let size = file.metadata()?.len();
     let tmp = TempFile(temp_beside(&args.output, "partial"));
-    let out = File::create(tmp.path()).with_context(|| format!("{}: cannot create", tmp.path().display()))?;
+    let out = File::create(tmp.path())
+        .with_context(|| format!("{}: cannot create", tmp.path().display()))?;
     let bar = progress::bytes_bar(size, "convert");
-    let options = WriteOptions { block_size: args.block_size, level: args.level, threads: args.threads };
+    let options = WriteOptions {
+        block_size: args.block_size,
+        level: args.level,
+        threads: args.threads,
+    };
     let mut writer = BufWriter::with_capacity(1 << 20, out);
-    let summary = format::write_image(std::io::BufReader::with_capacity(1 << 20, file), size, &mut writer, &options, &mut |done| {
-        bar.set_position(done)
-    })
+    let summary = format::write_image(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        size,
+        &mut writer,
+        &options,
+        &mut |done| bar.set_position(done),
+    )
     .with_context(|| format!("converting {}", input.display()))?;
     let out = writer.into_inner().map_err(|e| e.into_error())?;
     out.sync_all()?;
     bar.finish_and_clear();
-    std::fs::rename(tmp.path(), &args.output).with_context(|| format!("{}: cannot rename into place", args.output.display()))?;
+    std::fs::rename(tmp.path(), &args.output)
+        .with_context(|| format!("{}: cannot rename into place", args.output.display()))?;
     std::mem::forget(tmp);
 
     let mut sidecar = summary.sidecar;
@@ -266,11 +297,15 @@ fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
         };
         let verify = layout.sidecar.clone().map(Arc::new);
         let tmp = TempFile(temp_beside(&args.output, "partial"));
-        let mut out = File::create(tmp.path()).with_context(|| format!("{}: cannot create", tmp.path().display()))?;
+        let mut out = File::create(tmp.path())
+            .with_context(|| format!("{}: cannot create", tmp.path().display()))?;
         out.set_len(size)?;
         let bar = progress::bytes_bar(size, "decode");
         let block_size = u64::from(layout.header.block_size());
-        let options = ScanOptions { parallel: 8, verify_with: verify };
+        let options = ScanOptions {
+            parallel: 8,
+            verify_with: verify,
+        };
         let mut write_err = None;
         scan_blocks(store.clone(), &layout, &options, |b| {
             let start = b.block * block_size;
@@ -280,20 +315,30 @@ fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
                 return Ok(()); // zero block: the file is sparse there
             }
             let len = (size - start).min(block_size) as usize;
-            if let Err(e) = out.seek(SeekFrom::Start(start)).and_then(|_| out.write_all(&b.data[..len])) {
+            if let Err(e) = out
+                .seek(SeekFrom::Start(start))
+                .and_then(|_| out.write_all(&b.data[..len]))
+            {
                 write_err = Some(e);
             }
             Ok(())
         })
         .await?;
         if let Some(e) = write_err {
-            return Err(anyhow::Error::new(e).context(format!("{}: write failed", args.output.display())));
+            return Err(
+                anyhow::Error::new(e).context(format!("{}: write failed", args.output.display()))
+            );
         }
         out.sync_all()?;
         bar.finish_and_clear();
         std::fs::rename(tmp.path(), &args.output)?;
         std::mem::forget(tmp);
-        println!("{}: {} raw disk from {}", args.output.display(), human(size), layout.location);
+        println!(
+            "{}: {} raw disk from {}",
+            args.output.display(),
+            human(size),
+            layout.location
+        );
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -307,5 +352,9 @@ pub fn human(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }

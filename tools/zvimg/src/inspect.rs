@@ -200,9 +200,15 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         };
         let sidecar = match sidecar_source {
             SidecarSource::Ignore => None,
-            s => ImageLayout::load(store.as_ref(), &key, &s).await?.sidecar.map(Arc::new),
+            s => ImageLayout::load(store.as_ref(), &key, &s)
+                .await?
+                .sidecar
+                .map(Arc::new),
         };
-        let options = ScanOptions { parallel: args.parallel, verify_with: sidecar.clone() };
+        let options = ScanOptions {
+            parallel: args.parallel,
+            verify_with: sidecar.clone(),
+        };
         let mut records = 0u64;
         let result = scan_blocks(store.clone(), &layout, &options, |b| {
             if matches!(b.location, BlockLocation::Record(_)) {
@@ -218,8 +224,12 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     layout.location,
                     layout.index.block_count(),
                     match &sidecar {
-                        Some(sc) => format!(", verified against the sidecar, digest blake3:{}", hex(&sc.image_digest)),
-                        None => " (no sidecar: contents not verified against checksums)".to_string(),
+                        Some(sc) => format!(
+                            ", verified against the sidecar, digest blake3:{}",
+                            hex(&sc.image_digest)
+                        ),
+                        None =>
+                            " (no sidecar: contents not verified against checksums)".to_string(),
                     }
                 );
                 Ok(ExitCode::SUCCESS)
@@ -233,7 +243,10 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A sidecar given on the command line: a local path or a URL.
-async fn open_sidecar_source(source: &str, args: &SourceArgs) -> anyhow::Result<(Arc<dyn ObjectStore>, String)> {
+async fn open_sidecar_source(
+    source: &str,
+    args: &SourceArgs,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, String)> {
     Ok(open_source(source, &args.store).await?)
 }
 
@@ -248,26 +261,37 @@ pub fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
         let bar = crate::progress::bytes_bar(layout.meta.size, "index");
         let mut entries = Vec::with_capacity(layout.index.block_count() as usize);
         let mut done = 0u64;
-        scan_blocks(store.clone(), &layout, &ScanOptions { parallel: args.parallel, verify_with: None }, |b| {
-            let (record_offset, record_size) = match b.location {
-                BlockLocation::Record(r) => (r.offset, r.size),
-                BlockLocation::Zero => (0, 0),
-            };
-            done += u64::from(record_size);
-            bar.set_position(done);
-            entries.push(SidecarEntry {
-                record_offset,
-                record_size,
-                record_crc32c: b.record_crc32c.unwrap_or(0),
-                block_hash: *blake3::hash(&b.data).as_bytes(),
-            });
-            Ok(())
-        })
+        scan_blocks(
+            store.clone(),
+            &layout,
+            &ScanOptions {
+                parallel: args.parallel,
+                verify_with: None,
+            },
+            |b| {
+                let (record_offset, record_size) = match b.location {
+                    BlockLocation::Record(r) => (r.offset, r.size),
+                    BlockLocation::Zero => (0, 0),
+                };
+                done += u64::from(record_size);
+                bar.set_position(done);
+                entries.push(SidecarEntry {
+                    record_offset,
+                    record_size,
+                    record_crc32c: b.record_crc32c.unwrap_or(0),
+                    block_hash: *blake3::hash(&b.data).as_bytes(),
+                });
+                Ok(())
+            },
+        )
         .await?;
         bar.finish_and_clear();
         for &block in &profile {
             if block >= layout.index.block_count() {
-                anyhow::bail!("boot profile names block {block}, the image has {} blocks", layout.index.block_count());
+                anyhow::bail!(
+                    "boot profile names block {block}, the image has {} blocks",
+                    layout.index.block_count()
+                );
             }
         }
         let sidecar = Sidecar::from_parts(layout.identity, &layout.header, entries, profile);
@@ -302,7 +326,8 @@ pub fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
 
 /// Reads a boot profile file (see [`zvmount::prefetch::parse_profile`]).
 pub fn read_profile(path: &Path) -> anyhow::Result<Vec<u64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read boot profile", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read boot profile", path.display()))?;
     zvmount::prefetch::parse_profile(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -310,12 +335,17 @@ pub fn read_profile(path: &Path) -> anyhow::Result<Vec<u64>> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = crate::convert::temp_beside(path, "partial");
     std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
 }
 
 fn tempfile_with(bytes: &[u8]) -> anyhow::Result<crate::convert::TempFile> {
-    let path = std::env::temp_dir().join(format!("zvimg-{}-{}.zvidx", std::process::id(), rand::random::<u32>()));
+    let path = std::env::temp_dir().join(format!(
+        "zvimg-{}-{}.zvidx",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::write(&path, bytes)?;
     Ok(crate::convert::TempFile::new(path))
 }

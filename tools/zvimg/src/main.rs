@@ -19,7 +19,11 @@ mod proxy;
 mod transfer;
 
 #[derive(Parser, Debug)]
-#[command(name = "zvimg", version, about = "Convert, index, inspect, verify, upload and benchmark ZVHD2 disk images")]
+#[command(
+    name = "zvimg",
+    version,
+    about = "Convert, index, inspect, verify, upload and benchmark ZVHD2 disk images"
+)]
 struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -85,7 +89,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ZVIMG_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+            tracing_subscriber::EnvFilter::try_from_env("ZVIMG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -99,7 +104,9 @@ fn main() -> ExitCode {
         Command::Push(a) => transfer::push(a),
         Command::Pull(a) => transfer::pull(a),
         Command::Bench(BenchCommand::Convert(a)) => bench_convert::run(a),
-        Command::Bench(BenchCommand::Store(a)) => runtime().and_then(|rt| ok(rt.block_on(bench_store::run(a)))),
+        Command::Bench(BenchCommand::Store(a)) => {
+            runtime().and_then(|rt| ok(rt.block_on(bench_store::run(a))))
+        }
         Command::Bench(BenchCommand::Read(a)) => ok(bench_read::run(a)),
         Command::Bench(BenchCommand::Boot(a)) => ok(bench_boot::run(a)),
     };
@@ -114,7 +121,9 @@ fn main() -> ExitCode {
 
 /// The tokio runtime every async subcommand runs on.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Default sidecar path for a local image.

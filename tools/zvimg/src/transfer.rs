@@ -44,7 +44,9 @@ pub struct PullArgs {
 }
 
 pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
-    let size = std::fs::metadata(&args.image).with_context(|| format!("{}: cannot read", args.image.display()))?.len();
+    let size = std::fs::metadata(&args.image)
+        .with_context(|| format!("{}: cannot read", args.image.display()))?
+        .len();
     let sidecar = default_sidecar_path(&args.image);
     let with_sidecar = !args.no_sidecar && sidecar.exists();
     runtime()?.block_on(async {
@@ -85,7 +87,14 @@ pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let (store, key) = open_source(&args.source_url, &args.source.store).await?;
         let started = std::time::Instant::now();
-        let size = download(store.as_ref(), &key, &args.output, args.chunk, args.parallel).await?;
+        let size = download(
+            store.as_ref(),
+            &key,
+            &args.output,
+            args.chunk,
+            args.parallel,
+        )
+        .await?;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "{}: {} from {} in {secs:.1}s ({:.0} MB/s)",
@@ -98,7 +107,11 @@ pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
         let sc_path = default_sidecar_path(&args.output);
         match download(store.as_ref(), &sc_key, &sc_path, args.chunk, args.parallel).await {
             Ok(_) => println!("{}: sidecar", sc_path.display()),
-            Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::NotFound { .. })) => {}
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<StoreError>(),
+                    Some(StoreError::NotFound { .. })
+                ) => {}
             Err(e) => return Err(e),
         }
         Ok(ExitCode::SUCCESS)
@@ -107,27 +120,42 @@ pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
 
 /// Copies a whole object to `dest` with parallel ranged GETs pinned to the
 /// object's identity; `dest` appears only when complete.
-pub async fn download(store: &dyn ObjectStore, key: &str, dest: &Path, chunk: u64, parallel: usize) -> anyhow::Result<u64> {
+pub async fn download(
+    store: &dyn ObjectStore,
+    key: &str,
+    dest: &Path,
+    chunk: u64,
+    parallel: usize,
+) -> anyhow::Result<u64> {
     let meta = store.head(key).await?;
     let tmp = TempFile::new(temp_beside(dest, "partial"));
-    let file = File::create(tmp.path()).with_context(|| format!("{}: cannot create", tmp.path().display()))?;
+    let file = File::create(tmp.path())
+        .with_context(|| format!("{}: cannot create", tmp.path().display()))?;
     file.set_len(meta.size)?;
     let bar = progress::bytes_bar(meta.size, "download");
-    let ranges = (0..meta.size.div_ceil(chunk)).map(|i| i * chunk..((i + 1) * chunk).min(meta.size));
+    let ranges =
+        (0..meta.size.div_ceil(chunk)).map(|i| i * chunk..((i + 1) * chunk).min(meta.size));
     let mut gets = futures::stream::iter(ranges)
         .map(|r| {
             let meta = &meta;
-            async move { store.get_range(key, r.clone(), Some(meta)).await.map(|b| (r.start, b)) }
+            async move {
+                store
+                    .get_range(key, r.clone(), Some(meta))
+                    .await
+                    .map(|b| (r.start, b))
+            }
         })
         .buffer_unordered(parallel.max(1));
     while let Some(item) = gets.next().await {
         let (offset, bytes) = item?;
-        file.write_all_at(&bytes, offset).with_context(|| format!("{}: write failed", tmp.path().display()))?;
+        file.write_all_at(&bytes, offset)
+            .with_context(|| format!("{}: write failed", tmp.path().display()))?;
         bar.inc(bytes.len() as u64);
     }
     file.sync_all()?;
     bar.finish_and_clear();
-    std::fs::rename(tmp.path(), dest).with_context(|| format!("{}: cannot rename into place", dest.display()))?;
+    std::fs::rename(tmp.path(), dest)
+        .with_context(|| format!("{}: cannot rename into place", dest.display()))?;
     std::mem::forget(tmp);
     Ok(meta.size)
 }

@@ -8,7 +8,10 @@ use rand::{RngCore, SeedableRng};
 const MIB: usize = 1 << 20;
 
 fn zvimg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zvimg")).args(args).output().expect("run zvimg")
+    Command::new(env!("CARGO_BIN_EXE_zvimg"))
+        .args(args)
+        .output()
+        .expect("run zvimg")
 }
 
 fn ok(args: &[&str]) -> String {
@@ -24,7 +27,11 @@ fn ok(args: &[&str]) -> String {
 
 fn fails(args: &[&str]) -> String {
     let out = zvimg(args);
-    assert!(!out.status.success(), "zvimg {args:?} should fail: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "zvimg {args:?} should fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -58,16 +65,24 @@ fn convert_round_trip_info_and_check() {
     ok(&["convert", "--sidecar", s(&raw_path), s(&image)]);
     assert!(dir.path().join("disk.zvhd2.zvidx").exists());
 
-    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", s(&image)])).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["info", "--json", s(&image)])).unwrap();
     assert_eq!(info["disk_size"], (raw.len() as u64).div_ceil(512) * 512);
     assert_eq!(info["curr_size"], 1u64 << 30);
     assert_eq!(info["blocks"], 5);
     assert_eq!(info["non_zero_blocks"], 4);
     assert_eq!(info["block_size"], 2 * MIB);
-    assert!(info["sidecar"].as_str().unwrap().contains("matches"), "{}", info["sidecar"]);
+    assert!(
+        info["sidecar"].as_str().unwrap().contains("matches"),
+        "{}",
+        info["sidecar"]
+    );
 
     let out = ok(&["check", s(&image)]);
-    assert!(out.contains("OK") && out.contains("verified against the sidecar"), "{out}");
+    assert!(
+        out.contains("OK") && out.contains("verified against the sidecar"),
+        "{out}"
+    );
 
     let back = dir.path().join("back.raw");
     ok(&["convert", s(&image), s(&back)]);
@@ -92,7 +107,10 @@ fn check_names_the_corrupt_block() {
     bytes[4096 + 100_000] ^= 0x40;
     std::fs::write(&image, &bytes).unwrap();
     let err = fails(&["check", s(&image)]);
-    assert!(err.contains("block 0") && err.contains("offset 4096"), "{err}");
+    assert!(
+        err.contains("block 0") && err.contains("offset 4096"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -104,16 +122,28 @@ fn index_rebuilds_the_same_sidecar_and_embeds_a_profile() {
     let written = std::fs::read(dir.path().join("disk.zvhd2.zvidx")).unwrap();
     let rebuilt = dir.path().join("rebuilt.zvidx");
     ok(&["index", s(&image), "-o", s(&rebuilt)]);
-    assert_eq!(std::fs::read(&rebuilt).unwrap(), written, "index of the image equals the sidecar convert wrote");
+    assert_eq!(
+        std::fs::read(&rebuilt).unwrap(),
+        written,
+        "index of the image equals the sidecar convert wrote"
+    );
 
     let profile = dir.path().join("boot.profile");
     std::fs::write(&profile, "# boot\n3\n0\n2\n").unwrap();
     ok(&["index", s(&image), "--boot-profile", s(&profile)]);
-    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", s(&image)])).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["info", "--json", s(&image)])).unwrap();
     assert_eq!(info["boot_profile_blocks"], 3);
 
     std::fs::write(&profile, "99\n").unwrap();
-    let err = fails(&["index", s(&image), "--boot-profile", s(&profile), "-o", s(&rebuilt)]);
+    let err = fails(&[
+        "index",
+        s(&image),
+        "--boot-profile",
+        s(&profile),
+        "-o",
+        s(&rebuilt),
+    ]);
     assert!(err.contains("block 99"), "{err}");
 }
 
@@ -126,8 +156,16 @@ fn a_sidecar_of_another_image_is_refused() {
     ok(&["convert", "--sidecar", s(&raw_path), s(&a)]);
     ok(&["convert", "--sidecar", s(&raw_path), s(&b)]);
     // Same content, but a different image (its own uuid): the sidecar must not match.
-    let err = fails(&["check", "--sidecar", s(&dir.path().join("b.zvhd2.zvidx")), s(&a)]);
-    assert!(err.contains("another image") || err.contains("sidecar"), "{err}");
+    let err = fails(&[
+        "check",
+        "--sidecar",
+        s(&dir.path().join("b.zvhd2.zvidx")),
+        s(&a),
+    ]);
+    assert!(
+        err.contains("another image") || err.contains("sidecar"),
+        "{err}"
+    );
     let info = ok(&["info", s(&a)]);
     assert!(info.contains("matches"), "{info}");
 }
@@ -140,13 +178,24 @@ fn bad_input_gets_clear_errors() {
     assert!(err.contains("not a ZVHD2"), "{err}");
     let err = fails(&["info", s(&dir.path().join("missing.zvhd2"))]);
     assert!(err.contains("not found"), "{err}");
-    let err = fails(&["convert", "--block-size", "3MiB", s(&raw_path), s(&dir.path().join("x.zvhd2"))]);
+    let err = fails(&[
+        "convert",
+        "--block-size",
+        "3MiB",
+        s(&raw_path),
+        s(&dir.path().join("x.zvhd2")),
+    ]);
     assert!(err.contains("power of two"), "{err}");
     // A truncated image: the final footer is gone.
     let image = dir.path().join("disk.zvhd2");
     ok(&["convert", s(&raw_path), s(&image)]);
     let len = std::fs::metadata(&image).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(len - 1000).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(len - 1000)
+        .unwrap();
     let err = fails(&["check", s(&image)]);
     assert!(err.contains("disk.zvhd2"), "{err}");
 }
@@ -159,7 +208,10 @@ fn qcow2_input_goes_through_qemu_img() {
     let dir = tempfile::tempdir().unwrap();
     let (raw_path, raw) = mixed_disk(dir.path());
     let qcow = dir.path().join("disk.qcow2");
-    let st = Command::new("qemu-img").args(["convert", "-O", "qcow2", s(&raw_path), s(&qcow)]).status().unwrap();
+    let st = Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2", s(&raw_path), s(&qcow)])
+        .status()
+        .unwrap();
     assert!(st.success());
     let image = dir.path().join("disk.zvhd2");
     ok(&["convert", s(&qcow), s(&image)]);
@@ -177,7 +229,10 @@ fn pull_copies_image_and_sidecar() {
     ok(&["convert", "--sidecar", s(&raw_path), s(&image)]);
     let copy = dir.path().join("copy.zvhd2");
     ok(&["pull", "--chunk", "1MiB", s(&image), s(&copy)]);
-    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&image).unwrap());
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&image).unwrap()
+    );
     assert_eq!(
         std::fs::read(dir.path().join("copy.zvhd2.zvidx")).unwrap(),
         std::fs::read(dir.path().join("disk.zvhd2.zvidx")).unwrap()

@@ -2,6 +2,7 @@
 //! S3-compatible server (s3s-fs on 127.0.0.1).
 
 #[path = "../../../tests/common/s3.rs"]
+#[allow(dead_code)]
 mod s3;
 
 use std::path::Path;
@@ -12,7 +13,14 @@ use s3::S3Server;
 fn zvimg(server: &S3Server, args: &[&str]) -> Output {
     let endpoint = server.endpoint();
     let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--endpoint-url", &endpoint, "--region", "us-east-1", "--retries", "1"]);
+    all.extend([
+        "--endpoint-url",
+        &endpoint,
+        "--region",
+        "us-east-1",
+        "--retries",
+        "1",
+    ]);
     Command::new(env!("CARGO_BIN_EXE_zvimg"))
         .args(&all)
         .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
@@ -45,7 +53,11 @@ fn convert_sample(dir: &Path) -> Vec<u8> {
         .arg(dir.join("disk.zvhd2"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     raw
 }
 
@@ -53,7 +65,9 @@ fn convert_sample(dir: &Path) -> Vec<u8> {
 fn push_then_read_everything_back_over_s3() {
     let server = S3Server::start();
     let bucket = s3::unique_bucket("zvimg");
-    tokio::runtime::Runtime::new().unwrap().block_on(server.create_bucket(&bucket));
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(server.create_bucket(&bucket));
     let dir = tempfile::tempdir().unwrap();
     let raw = convert_sample(dir.path());
     let image = dir.path().join("disk.zvhd2");
@@ -62,9 +76,14 @@ fn push_then_read_everything_back_over_s3() {
     let out = ok(server, &["push", image.to_str().unwrap(), &url]);
     assert!(out.contains("sidecar uploaded"), "{out}");
 
-    let info: serde_json::Value = serde_json::from_str(&ok(server, &["info", "--json", &url])).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(server, &["info", "--json", &url])).unwrap();
     assert_eq!(info["image_size"], std::fs::metadata(&image).unwrap().len());
-    assert!(info["sidecar"].as_str().unwrap().contains("matches"), "{}", info["sidecar"]);
+    assert!(
+        info["sidecar"].as_str().unwrap().contains("matches"),
+        "{}",
+        info["sidecar"]
+    );
 
     assert!(ok(server, &["check", &url]).contains("verified against the sidecar"));
 
@@ -73,7 +92,10 @@ fn push_then_read_everything_back_over_s3() {
     ok(server, &["index", &url]);
     let pulled = dir.path().join("pulled.zvhd2");
     ok(server, &["pull", &url, pulled.to_str().unwrap()]);
-    assert_eq!(std::fs::read(&pulled).unwrap(), std::fs::read(&image).unwrap());
+    assert_eq!(
+        std::fs::read(&pulled).unwrap(),
+        std::fs::read(&image).unwrap()
+    );
     assert_eq!(
         std::fs::read(dir.path().join("pulled.zvhd2.zvidx")).unwrap(),
         std::fs::read(dir.path().join("disk.zvhd2.zvidx")).unwrap(),
@@ -94,9 +116,14 @@ fn missing_objects_and_buckets_are_named() {
     assert!(err.contains("no-such-bucket-zv"), "{err}");
 
     let bucket = s3::unique_bucket("zvimg-missing");
-    tokio::runtime::Runtime::new().unwrap().block_on(server.create_bucket(&bucket));
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(server.create_bucket(&bucket));
     let out = zvimg(server, &["check", &format!("s3://{bucket}/nothing.zvhd2")]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nothing.zvhd2") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("nothing.zvhd2") && err.contains("not found"),
+        "{err}"
+    );
 }
