@@ -581,6 +581,11 @@ fn validate_final(f: &Footer, file_size: u64, offset: u64) -> FormatResult<()> {
     Ok(())
 }
 
+/// Bytes as text where they are printable ASCII, `\xNN` elsewhere, quoted.
+fn printable(bytes: &[u8]) -> String {
+    format!("\"{}\"", bytes.escape_ascii())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,9 +684,4 @@ mod tests {
             .to_string();
         assert!(err.contains("truncated"), "{err}");
     }
-}
-
-/// Bytes as text where they are printable ASCII, `\xNN` elsewhere, quoted.
-fn printable(bytes: &[u8]) -> String {
-    format!("\"{}\"", bytes.escape_ascii())
 }
