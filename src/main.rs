@@ -81,7 +81,7 @@ struct Cli {
     allow_other: bool,
 
     /// Record the blocks read, in order, and write them to FILE on unmount
-    /// (a boot profile for `zvimg index --profile`).
+    /// (a boot profile for `zvimg index --boot-profile`).
     #[arg(long, value_name = "FILE")]
     record_profile: Option<PathBuf>,
 

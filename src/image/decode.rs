@@ -59,33 +59,51 @@ fn pool() -> &'static DecodePool {
 }
 
 fn serve(rx: &Mutex<Receiver<Job>>) {
+    let mut next: Option<Job> = None;
     loop {
-        let job = {
-            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+        let job = match next.take() {
+            Some(job) => job,
+            None => {
+                let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
             }
         };
         // A panicking job drops its result sender (the waiter sees an
         // abandoned decode); the thread itself carries on.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job.work));
         if job.warm > 0 {
-            prefault(job.warm);
+            next = prefault(job.warm, rx);
         }
     }
 }
 
+/// Pages touched between looks at the queue while pre-faulting.
+const SLICE: usize = 16 * PAGE;
+
 /// Makes the next `len`-byte allocation of this thread land on resident
-/// pages: allocates, writes once per page, frees.
-fn prefault(len: usize) {
+/// pages: allocates, writes once per page, frees. Work comes first: between
+/// slices it looks for a queued job (without waiting for the queue's lock,
+/// which an idle thread holds while it waits) and, if there is one, stops
+/// and returns it; the pages touched so far stay resident for that job.
+fn prefault(len: usize, rx: &Mutex<Receiver<Job>>) -> Option<Job> {
     let mut buf: Vec<u8> = Vec::with_capacity(len);
-    for page in buf.spare_capacity_mut().chunks_mut(PAGE) {
-        page[0].write(0);
+    for slice in buf.spare_capacity_mut().chunks_mut(SLICE) {
+        for page in slice.chunks_mut(PAGE) {
+            page[0].write(0);
+        }
+        // Keep the writes: stores into memory freed unread could otherwise
+        // be optimised away.
+        std::hint::black_box(&mut *slice);
+        if let Ok(rx) = rx.try_lock()
+            && let Ok(job) = rx.try_recv()
+        {
+            return Some(job);
+        }
     }
-    // Keep the writes: without this the allocation and stores may be
-    // optimised away together.
-    std::hint::black_box(&mut buf);
+    None
 }
 
 /// Runs `f` on a decode thread and returns its result; `None` if the job
