@@ -89,13 +89,17 @@ impl LocationChecker {
                 self.max_size
             ));
         }
-        let end = offset + size64; // both bounded above: cannot overflow
-        if end > self.data_end {
-            return bad(format!(
-                "record ends at {end}, past the end of the data area at {} (mid footer before index)",
-                self.data_end
-            ));
-        }
+        // The offset comes straight from the file: an end past u64::MAX is
+        // past the data area too, not a wrap-around to a small number.
+        let end = match offset.checked_add(size64) {
+            Some(end) if end <= self.data_end => end,
+            _ => {
+                return bad(format!(
+                    "record runs past the end of the data area at {} (mid footer before index)",
+                    self.data_end
+                ));
+            }
+        };
         if offset < self.prev_end {
             return bad(format!(
                 "record overlaps or precedes the previous record, which ends at {}",
@@ -444,6 +448,11 @@ mod tests {
         assert!(
             mutate(&|m| m[12..16].copy_from_slice(&(64u32 << 20).to_le_bytes()))
                 .contains("largest")
+        );
+        // An offset near u64::MAX must not wrap around past the checks.
+        assert!(
+            mutate(&|m| m[16..24].copy_from_slice(&(u64::MAX - 4095).to_le_bytes()))
+                .contains("past the end")
         );
         assert!(BlockIndex::from_metadata(&h, &meta[1..]).is_err());
     }

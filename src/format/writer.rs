@@ -227,6 +227,8 @@ pub fn write_image<R: Read, W: Write>(
 
         let mut free: Vec<Vec<u8>> = Vec::new();
         let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+        // `in_flight`: non-zero blocks read but not yet written out, whether
+        // queued, compressing, or compressed and waiting for their turn.
         let (mut next_read, mut next_write, mut in_flight, mut consumed) =
             (0u64, 0u64, 0usize, 0u64);
         while next_write < blocks {
@@ -280,16 +282,20 @@ pub fn write_image<R: Read, W: Write>(
                             block_hash: done.hash,
                         });
                         free.push(done.data);
+                        in_flight -= 1;
                     }
                 }
                 next_write += 1;
             }
-            if next_write < blocks && !pending.contains_key(&next_write) {
+            // Wait for a worker only when the next block to write was read
+            // (and so is with them); otherwise go back and read it.
+            if next_write < next_read && !pending.contains_key(&next_write) {
                 let done = done_rx
                     .recv()
                     .map_err(|_| io::Error::other("compression workers stopped"))?
                     .map_err(|e| io::Error::new(e.kind(), format!("zstd compression: {e}")))?;
-                in_flight -= 1;
+                // Still counted in flight until written: a finished block
+                // waiting behind a slow one holds its buffers too.
                 pending.insert(done.block, Pending::Record(done));
             }
         }
@@ -382,6 +388,104 @@ mod tests {
             ..Default::default()
         };
         assert!(write_image(&[][..], 0, &mut sink, &opts, &mut |_| {}).is_err());
+    }
+
+    /// Generates `blocks` non-zero 1 MiB blocks on the fly: block 0 is
+    /// random (slow to compress), the rest a constant byte (fast), so the
+    /// fast blocks finish while block 0 is still compressing.
+    struct SlowFirstBlock {
+        pos: u64,
+        len: u64,
+        first: Vec<u8>,
+        read_blocks: std::rc::Rc<std::cell::Cell<u64>>,
+        written: std::rc::Rc<std::cell::Cell<u64>>,
+        max_outstanding: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl Read for SlowFirstBlock {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            const MB: u64 = 1 << 20;
+            let n = (buf.len() as u64)
+                .min(self.len - self.pos)
+                .min(MB - self.pos % MB) as usize;
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                let at = self.pos + i as u64;
+                *b = if at < MB { self.first[at as usize] } else { 1 };
+            }
+            if self.pos.is_multiple_of(MB) && n > 0 {
+                let read = self.read_blocks.get() + 1;
+                self.read_blocks.set(read);
+                let outstanding = read - self.written.get();
+                self.max_outstanding
+                    .set(self.max_outstanding.get().max(outstanding));
+            }
+            self.pos += n as u64;
+            Ok(n)
+        }
+    }
+
+    /// Counts records as they are written (each starts with its magic).
+    struct RecordCounter(std::rc::Rc<std::cell::Cell<u64>>);
+
+    impl Write for RecordCounter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if buf.starts_with(&super::super::record::RECORD_MAGIC) {
+                self.0.set(self.0.get() + 1);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn blocks_waiting_behind_a_slow_one_count_against_the_bound() {
+        use std::cell::Cell;
+        use std::rc::Rc;
+        let blocks = 150u64;
+        let written = Rc::new(Cell::new(0));
+        let max_outstanding = Rc::new(Cell::new(0));
+        let input = SlowFirstBlock {
+            pos: 0,
+            len: blocks << 20,
+            first: {
+                // xorshift64: incompressible, so slow at level 19.
+                let mut x = 0x9e37_79b9_7f4a_7c15u64;
+                (0..1u32 << 20)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            },
+            read_blocks: Rc::new(Cell::new(0)),
+            written: written.clone(),
+            max_outstanding: max_outstanding.clone(),
+        };
+        let opts = WriteOptions {
+            block_size: 1 << 20,
+            level: 19,
+            threads: 2,
+        };
+        let s = write_image(
+            input,
+            blocks << 20,
+            RecordCounter(written.clone()),
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(s.non_zero_blocks, blocks);
+        assert_eq!(written.get(), blocks);
+        // 2 x threads + 1 blocks read but not yet written, at most.
+        assert!(
+            max_outstanding.get() <= 5,
+            "{} blocks were held in memory at once",
+            max_outstanding.get()
+        );
     }
 
     #[test]

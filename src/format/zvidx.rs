@@ -313,7 +313,8 @@ impl Sidecar {
                 || !e.record_offset.is_multiple_of(SECTOR_ALIGN)
                 || !size.is_multiple_of(SECTOR_ALIGN)
                 || size > max_size
-                || e.record_offset + size > data_end
+                // checked: an offset near u64::MAX must not wrap past the bound
+                || e.record_offset.checked_add(size).is_none_or(|end| end > data_end)
             {
                 return bad(format!(
                     "block {block}: record at {} of {size} bytes is misaligned, overlaps the previous record (ending at {prev_end}), \
@@ -564,6 +565,9 @@ mod tests {
         assert!(err(&|b| b[8] = 2).contains("version 2"));
         let n = bytes.len();
         assert!(err(&|b| b[n - 40] = 9).contains("boot profile"));
+        // A record offset near u64::MAX must not wrap around past the bound.
+        let far = (u64::MAX - 4095).to_le_bytes();
+        assert!(err(&|b| b[128 + 96..128 + 104].copy_from_slice(&far)).contains("block 2"));
     }
 
     #[test]

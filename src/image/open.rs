@@ -92,20 +92,13 @@ impl ImageLayout {
                     detail,
                 };
                 let decoded = Sidecar::decode(&bytes).map_err(|e| bad(e.to_string()))?;
+                // Identity first (the usual mismatch: a sidecar of another
+                // image or version), then every geometry field against the
+                // image's own footer, compression and curr_size included.
                 decoded
                     .check_identity(&identity)
+                    .and_then(|()| decoded.check_header(&header))
                     .map_err(|e| bad(e.to_string()))?;
-                if decoded.block_size != header.block_size()
-                    || decoded.disk_size != header.disk_size()
-                {
-                    return Err(bad(format!(
-                        "describes a {}-byte disk in {}-byte blocks, the image is {} bytes in {}-byte blocks",
-                        decoded.disk_size,
-                        decoded.block_size,
-                        header.disk_size(),
-                        header.block_size()
-                    )));
-                }
                 Some(decoded)
             }
         };
@@ -200,4 +193,49 @@ async fn read_whole(store: &dyn ObjectStore, key: &str) -> Result<Bytes, StoreEr
         });
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Compression, WriteOptions, write_image};
+    use crate::store::file::FileStore;
+
+    /// A sidecar whose identity matches but whose geometry disagrees with
+    /// the image's footer is refused, not trusted.
+    #[tokio::test]
+    async fn sidecar_with_other_geometry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+        let mut image = Vec::new();
+        let summary = write_image(
+            &raw[..],
+            raw.len() as u64,
+            &mut image,
+            &WriteOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("img.zvhd2"), &image).unwrap();
+        let store = FileStore::new(dir.path());
+
+        std::fs::write(dir.path().join("img.zvhd2.zvidx"), summary.sidecar.encode()).unwrap();
+        let layout = ImageLayout::load(&store, "img.zvhd2", &SidecarSource::Auto)
+            .await
+            .unwrap();
+        assert!(layout.sidecar.is_some());
+
+        for change in [
+            |s: &mut Sidecar| s.compression = Compression::Zlib,
+            |s: &mut Sidecar| s.curr_size += 1 << 30,
+        ] {
+            let mut other = summary.sidecar.clone();
+            change(&mut other);
+            std::fs::write(dir.path().join("img.zvhd2.zvidx"), other.encode()).unwrap();
+            let err = ImageLayout::load(&store, "img.zvhd2", &SidecarSource::Auto)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ImageError::Sidecar { .. }), "{err}");
+        }
+    }
 }

@@ -75,8 +75,16 @@ impl HttpStore {
         Ok((HttpStore { client, base }, key))
     }
 
+    /// `key` resolved against the base. The `./` keeps a name with a colon
+    /// (`disk:1.zvhd2`) a relative path instead of a URL of scheme `disk`.
+    fn join(&self, key: &str) -> Result<Url, String> {
+        self.base
+            .join(&format!("./{key}"))
+            .map_err(|e| e.to_string())
+    }
+
     fn url(&self, key: &str) -> StoreResult<Url> {
-        self.base.join(key).map_err(|e| StoreError::Other {
+        self.join(key).map_err(|e| StoreError::Other {
             location: self.location(key),
             op: "build URL".into(),
             detail: e.to_string(),
@@ -232,7 +240,7 @@ impl HttpStore {
 #[async_trait]
 impl ObjectStore for HttpStore {
     fn location(&self, key: &str) -> String {
-        match self.base.join(key) {
+        match self.join(key) {
             Ok(u) => redact_url(u.as_str()),
             Err(_) => redact_url(&format!("{}{key}", self.base)),
         }
@@ -267,19 +275,7 @@ impl ObjectStore for HttpStore {
     ) -> StoreResult<Bytes> {
         let op = format!("GET {}..{}", range.start, range.end);
         if range.start >= range.end {
-            let size = match pin {
-                Some(p) => p.size,
-                None => self.head(key).await?.size,
-            };
-            if range.start > range.end || range.end > size {
-                return Err(StoreError::OutOfRange {
-                    location: self.location(key),
-                    start: range.start,
-                    end: range.end,
-                    size,
-                });
-            }
-            return Ok(Bytes::new());
+            return super::empty_range(self, key, range, pin).await;
         }
         let mut h = HeaderMap::new();
         h.insert(
@@ -423,17 +419,7 @@ fn meta_from(h: &HeaderMap, size: u64) -> ObjectMeta {
 
 /// `Content-Range: bytes START-END/SIZE` as `(start, end_exclusive, size)`.
 fn content_range(h: &HeaderMap) -> Option<(u64, u64, u64)> {
-    let v = header_str(h, CONTENT_RANGE.as_str())?
-        .trim()
-        .strip_prefix("bytes ")?;
-    let (span, size) = v.split_once('/')?;
-    let (a, b) = span.split_once('-')?;
-    let (a, b, size): (u64, u64, u64) = (
-        a.trim().parse().ok()?,
-        b.trim().parse().ok()?,
-        size.trim().parse().ok()?,
-    );
-    (a <= b && b < size).then_some((a, b + 1, size))
+    super::parse_content_range(header_str(h, CONTENT_RANGE.as_str())?)
 }
 
 /// The `SIZE` of `Content-Range: bytes */SIZE` (sent with 416).
@@ -478,6 +464,17 @@ mod tests {
             "img.zvhd2.zvidx?X-Amz-Signature=s3cr3t"
         );
         assert!(HttpStore::for_url("https://h.example/dir/", &StoreArgs::default()).is_err());
+        // A colon in the name must not turn the key into a URL of its own.
+        let (s, key) =
+            HttpStore::for_url("https://h.example/d/disk:1.zvhd2", &StoreArgs::default()).unwrap();
+        assert_eq!(
+            s.url(&key).unwrap().as_str(),
+            "https://h.example/d/disk:1.zvhd2"
+        );
+        assert_eq!(
+            s.url(&s.sibling_key(&key, ".zvidx")).unwrap().as_str(),
+            "https://h.example/d/disk:1.zvhd2.zvidx"
+        );
         let (s, key) =
             HttpStore::for_url("https://me:pa55word@h.example/x.img", &StoreArgs::default())
                 .unwrap();

@@ -175,6 +175,44 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     }
 }
 
+/// The answer to an empty or inverted `range` without a GET: no bytes when
+/// it lies within the object (size from `pin`, or a HEAD), else
+/// [`StoreError::OutOfRange`]. Backends whose protocol cannot express an
+/// empty range (HTTP `Range`) call this first.
+pub(crate) async fn empty_range<S: ObjectStore + ?Sized>(
+    store: &S,
+    key: &str,
+    range: Range<u64>,
+    pin: Option<&ObjectMeta>,
+) -> StoreResult<Bytes> {
+    let size = match pin {
+        Some(p) => p.size,
+        None => store.head(key).await?.size,
+    };
+    if range.start > range.end || range.end > size {
+        return Err(StoreError::OutOfRange {
+            location: store.location(key),
+            start: range.start,
+            end: range.end,
+            size,
+        });
+    }
+    Ok(Bytes::new())
+}
+
+/// `bytes START-END/SIZE` (a `Content-Range` value) as
+/// `(start, end_exclusive, size)`; `None` unless well-formed and inside SIZE.
+pub(crate) fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let (span, size) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    let (a, b, size): (u64, u64, u64) = (
+        a.trim().parse().ok()?,
+        b.trim().parse().ok()?,
+        size.trim().parse().ok()?,
+    );
+    (a <= b && b < size).then_some((a, b + 1, size))
+}
+
 /// A shared store is a store: lets wrappers like
 /// [`resilient::ResilientStore`] hold an `Arc<dyn ObjectStore>`.
 #[async_trait]

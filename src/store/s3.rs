@@ -30,7 +30,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::source::StoreArgs;
-use super::{ObjectMeta, ObjectStore, Progress, StoreError, StoreResult};
+use super::{ObjectMeta, ObjectStore, Progress, StoreError, StoreResult, parse_content_range};
 
 /// Smallest part of a multipart upload; files up to this size go in one PUT.
 pub const PART_SIZE: u64 = 16 << 20;
@@ -387,18 +387,6 @@ fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTim
     t.and_then(|t| SystemTime::try_from(*t).ok())
 }
 
-/// `Content-Range: bytes START-END/SIZE` as `(start, end_exclusive, size)`.
-fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
-    let (span, size) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
-    let (a, b) = span.split_once('-')?;
-    let (a, b, size): (u64, u64, u64) = (
-        a.trim().parse().ok()?,
-        b.trim().parse().ok()?,
-        size.trim().parse().ok()?,
-    );
-    (a <= b && b < size).then_some((a, b + 1, size))
-}
-
 #[async_trait]
 impl ObjectStore for S3Store {
     fn location(&self, key: &str) -> String {
@@ -443,19 +431,7 @@ impl ObjectStore for S3Store {
     ) -> StoreResult<Bytes> {
         let op = format!("GET {}..{}", range.start, range.end);
         if range.start >= range.end {
-            let size = match pin {
-                Some(p) => p.size,
-                None => self.head(key).await?.size,
-            };
-            if range.start > range.end || range.end > size {
-                return Err(StoreError::OutOfRange {
-                    location: self.location(key),
-                    start: range.start,
-                    end: range.end,
-                    size,
-                });
-            }
-            return Ok(Bytes::new());
+            return super::empty_range(self, key, range, pin).await;
         }
         if let Some(p) = pin
             && range.end > p.size

@@ -61,6 +61,10 @@ pub struct Args {
     /// Threads issuing reads at once (queue depth).
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
+    /// Pause between one reader's reads, in µs (a guest computing between
+    /// reads; gives the daemon idle time, as a boot does).
+    #[arg(long, default_value_t = 0)]
+    pub think_us: u64,
     /// Seed of the random offsets (same seed, same offsets).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -225,7 +229,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 // No kernel readahead: one read, one block, one request.
                 advise(&file, size, libc::POSIX_FADV_RANDOM);
             }
-            let (latencies, seconds, bytes) = run_ops(&file, ops, jobs, *pattern == "seq")?;
+            let think = Duration::from_micros(args.think_us);
+            let (latencies, seconds, bytes) = run_ops(&file, ops, jobs, *pattern == "seq", think)?;
             advise(&file, size, libc::POSIX_FADV_NORMAL);
             let after = stats_path.as_deref().and_then(read_stats);
             let delta = before.zip(after);
@@ -323,6 +328,7 @@ fn run_ops(
     ops: &[(u64, usize)],
     jobs: usize,
     contiguous: bool,
+    think: Duration,
 ) -> anyhow::Result<(Vec<Duration>, f64, u64)> {
     let chunks: Vec<Vec<(u64, usize)>> = if contiguous {
         ops.chunks(ops.len().div_ceil(jobs).max(1))
@@ -348,6 +354,9 @@ fn run_ops(
                             .with_context(|| format!("read of {len} bytes at {offset}"))?;
                         lat.push(t.elapsed());
                         bytes += len as u64;
+                        if !think.is_zero() {
+                            std::thread::sleep(think);
+                        }
                     }
                     Ok((lat, bytes))
                 })

@@ -333,10 +333,13 @@ pub fn read_profile(path: &Path) -> anyhow::Result<Vec<u64>> {
 
 /// Writes `bytes` to `path` via a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = crate::convert::temp_beside(path, "partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
+    // Removed on any failure, so no half-written temporary is left behind.
+    let tmp = crate::convert::TempFile::new(crate::convert::temp_beside(path, "partial"));
+    std::fs::write(tmp.path(), bytes)
+        .with_context(|| format!("{}: cannot write", tmp.path().display()))?;
+    std::fs::rename(tmp.path(), path)
         .with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    std::mem::forget(tmp);
     Ok(())
 }
 
