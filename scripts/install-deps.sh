@@ -43,7 +43,7 @@ if [ ${#need_apt[@]} -gt 0 ] || [ $qemu_missing -eq 1 ]; then
       $SUDO apt-get install -y -qq --no-install-recommends --no-remove -t bookworm-backports \
         qemu-system-x86 qemu-utils >/dev/null
     else
-      $SUDO apt-get install -y -qq --no-install-recommends qemu-system-x86 qemu-utils >/dev/null
+      $SUDO apt-get install -y -qq --no-install-recommends --no-remove qemu-system-x86 qemu-utils >/dev/null
     fi
   fi
 fi

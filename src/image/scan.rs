@@ -43,14 +43,15 @@ impl Default for ScanOptions {
 
 /// Calls `each` for every block of the image, in block order. Stops at the
 /// first error (from the store, the format, verification, or `each`).
-pub async fn scan_blocks<F>(
+pub async fn scan_blocks<F, E>(
     store: Arc<dyn ObjectStore>,
     layout: &ImageLayout,
     options: &ScanOptions,
     mut each: F,
-) -> Result<(), ImageError>
+) -> Result<(), E>
 where
-    F: FnMut(ScannedBlock) -> Result<(), ImageError>,
+    F: FnMut(ScannedBlock) -> Result<(), E>,
+    E: From<ImageError>,
 {
     let block_size = layout.header.block_size();
     let zero = Bytes::from(vec![0u8; block_size as usize]);
@@ -60,14 +61,14 @@ where
     if let Some(sc) = &options.verify_with
         && sc.entries.len() as u64 != blocks
     {
-        return Err(ImageError::Sidecar {
+        return Err(E::from(ImageError::Sidecar {
             location: layout.location.clone(),
             sidecar: String::from("given"),
             detail: format!(
                 "has {} block entries, the image has {blocks} blocks",
                 sc.entries.len()
             ),
-        });
+        }));
     }
 
     let fetches = futures::stream::iter(0..blocks)
@@ -98,7 +99,14 @@ where
                             ))
                         })
                         .await
-                        .expect("decode task panicked")
+                        .unwrap_or_else(|e| {
+                            Err(ImageError::Verify {
+                                location: layout.location.clone(),
+                                block,
+                                offset: rec.offset,
+                                detail: format!("decoding failed: {e}"),
+                            })
+                        })
                         .map(|(l, c, d)| (block, l, c, d))
                     }
                     Some(BlockLocation::Zero) => Ok((block, BlockLocation::Zero, None, zero)),

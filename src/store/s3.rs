@@ -203,7 +203,6 @@ impl S3Store {
                 | "Throttling"
                 | "ThrottlingException"
                 | "RequestTimeout"
-                | "RequestTimeTooSkewed"
                 | "InternalError",
             )
             | (408 | 429 | 500..=599, _) => StoreError::Transient {

@@ -266,12 +266,25 @@ fn raw_to_zvhd2(args: &Args, input: &Path) -> anyhow::Result<ExitCode> {
     std::mem::forget(tmp);
 
     let mut sidecar = summary.sidecar;
+    let sidecar_path = default_sidecar_path(&args.output);
+    if !args.sidecar && sidecar_path.exists() {
+        // A sidecar of the image this one replaced would be refused by every reader.
+        std::fs::remove_file(&sidecar_path).with_context(|| {
+            format!(
+                "{}: cannot remove the old image's sidecar",
+                sidecar_path.display()
+            )
+        })?;
+        eprintln!(
+            "zvimg: removed {}, the sidecar of the image replaced",
+            sidecar_path.display()
+        );
+    }
     if args.sidecar {
         if let Some(p) = profile {
             sidecar.boot_profile = p;
         }
-        let path = default_sidecar_path(&args.output);
-        crate::inspect::write_atomic(&path, &sidecar.encode())?;
+        crate::inspect::write_atomic(&sidecar_path, &sidecar.encode())?;
     }
     println!(
         "{}: {} disk, {} blocks ({} non-zero) -> {} ({:.2}x){}",
@@ -306,29 +319,23 @@ fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
             parallel: 8,
             verify_with: verify,
         };
-        let mut write_err = None;
-        scan_blocks(store.clone(), &layout, &options, |b| {
-            let start = b.block * block_size;
-            let bar_pos = (start + block_size).min(size);
-            bar.set_position(bar_pos);
-            if b.record_crc32c.is_none() || start >= size {
-                return Ok(()); // zero block: the file is sparse there
-            }
-            let len = (size - start).min(block_size) as usize;
-            if let Err(e) = out
-                .seek(SeekFrom::Start(start))
-                .and_then(|_| out.write_all(&b.data[..len]))
-            {
-                write_err = Some(e);
-            }
-            Ok(())
-        })
+        scan_blocks(
+            store.clone(),
+            &layout,
+            &options,
+            |b| -> anyhow::Result<()> {
+                let start = b.block * block_size;
+                bar.set_position((start + block_size).min(size));
+                if b.record_crc32c.is_none() || start >= size {
+                    return Ok(()); // zero block: the file is sparse there
+                }
+                let len = (size - start).min(block_size) as usize;
+                out.seek(SeekFrom::Start(start))
+                    .and_then(|_| out.write_all(&b.data[..len]))
+                    .with_context(|| format!("{}: write failed", args.output.display()))
+            },
+        )
         .await?;
-        if let Some(e) = write_err {
-            return Err(
-                anyhow::Error::new(e).context(format!("{}: write failed", args.output.display()))
-            );
-        }
         out.sync_all()?;
         bar.finish_and_clear();
         std::fs::rename(tmp.path(), &args.output)?;

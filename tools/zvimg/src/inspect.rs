@@ -210,12 +210,17 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             verify_with: sidecar.clone(),
         };
         let mut records = 0u64;
-        let result = scan_blocks(store.clone(), &layout, &options, |b| {
-            if matches!(b.location, BlockLocation::Record(_)) {
-                records += 1;
-            }
-            Ok(())
-        })
+        let result = scan_blocks(
+            store.clone(),
+            &layout,
+            &options,
+            |b| -> Result<(), ImageError> {
+                if matches!(b.location, BlockLocation::Record(_)) {
+                    records += 1;
+                }
+                Ok(())
+            },
+        )
         .await;
         match result {
             Ok(()) => {
@@ -268,7 +273,7 @@ pub fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
                 parallel: args.parallel,
                 verify_with: None,
             },
-            |b| {
+            |b| -> Result<(), ImageError> {
                 let (record_offset, record_size) = match b.location {
                     BlockLocation::Record(r) => (r.offset, r.size),
                     BlockLocation::Zero => (0, 0),

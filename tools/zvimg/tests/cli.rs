@@ -97,6 +97,18 @@ fn convert_round_trip_info_and_check() {
 }
 
 #[test]
+fn converting_over_an_image_drops_its_stale_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw_path, _) = mixed_disk(dir.path());
+    let image = dir.path().join("disk.zvhd2");
+    ok(&["convert", "--sidecar", s(&raw_path), s(&image)]);
+    ok(&["convert", s(&raw_path), s(&image)]);
+    assert!(!dir.path().join("disk.zvhd2.zvidx").exists());
+    // The new image opens (a stale sidecar would be refused as another image's).
+    assert!(ok(&["check", s(&image)]).contains("no sidecar"));
+}
+
+#[test]
 fn check_names_the_corrupt_block() {
     let dir = tempfile::tempdir().unwrap();
     let (raw_path, _) = mixed_disk(dir.path());
