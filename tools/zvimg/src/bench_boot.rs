@@ -6,7 +6,11 @@
 //! 2. `download`: download the whole ZVHD2 object, decompress it to raw,
 //!    then boot (what users do without zvmount);
 //! 3. `cold`: a fresh `zvmount` of the object (no caches), then boot;
-//! 4. `warm`: a second boot from the same daemon.
+//! 4. `warm`: a second boot from the same daemon;
+//! 5. `profiled`: a fresh daemon again, but the image's sidecar now holds
+//!    the boot profile the `cold` daemon recorded (`--record-profile`), so
+//!    the mount replays it (prefetches those blocks in order) while the
+//!    guest boots.
 //!
 //! The store is an `s3s-fs` server on 127.0.0.1 that this bench starts,
 //! reached through a [`ShapingProxy`] that adds first-byte latency and caps
@@ -119,6 +123,7 @@ pub enum Setup {
     Download,
     Cold,
     Warm,
+    Profiled,
 }
 
 impl Setup {
@@ -128,6 +133,7 @@ impl Setup {
             Setup::Download => "download+boot",
             Setup::Cold => "zvmount cold",
             Setup::Warm => "zvmount warm",
+            Setup::Profiled => "zvmount profiled",
         }
     }
 }
@@ -596,8 +602,8 @@ impl Bench<'_> {
         )?;
         let disk_bytes = std::fs::metadata(&guest.raw)?.len();
         let stored_bytes = std::fs::metadata(&zvhd2)?.len();
-        // The store holds the object now; the local copy is not needed.
-        let _ = std::fs::remove_file(&zvhd2);
+        // The local copy stays until the profiled setup has indexed it
+        // (removed with `dir` at the end).
         report.images.push(ImageFacts {
             data_mib,
             disk_bytes,
@@ -608,7 +614,7 @@ impl Bench<'_> {
         let push =
             |setup: Setup, r: BootResult, timings: Vec<RequestTiming>, report: &mut Report| {
                 eprintln!(
-                    "[{data_mib} MiB] {:<14} {:>7.2}s  fetched {:>9}  GETs {}",
+                    "[{data_mib} MiB] {:<16} {:>7.2}s  fetched {:>9}  GETs {}",
                     setup.name(),
                     r.seconds,
                     crate::convert::human(r.bytes_fetched),
@@ -660,36 +666,26 @@ impl Bench<'_> {
         r.set_proxy(&phase);
         push(Setup::Download, r, phase.timings, report);
 
-        // 3. and 4. zvmount cold, then warm from the same daemon.
+        // 3. and 4. zvmount cold, then warm from the same daemon; the cold
+        // daemon also records the boot profile for setup 5.
         let mnt = dir.join("mnt");
         std::fs::create_dir_all(&mnt)?;
-        let t0 = Instant::now();
-        let (mount, phase_mount) = self.measure(|| self.mount(&url, &mnt))?;
-        let mount_s = t0.elapsed();
+        let profile = dir.join("boot.profile");
+        let profile_arg = profile.to_string_lossy().into_owned();
         let disk = mnt.join("disk.raw");
-        let (boot, phase_boot) = self.measure(|| self.boot(&disk, guest, &dir.join("cold")))?;
-        let cold_stats = mount.stats()?;
-        let mut r = BootResult::new(data_mib, Setup::Cold, (mount_s + boot).as_secs_f64());
-        r.mount_s = mount_s.as_secs_f64();
-        r.boot_s = boot.as_secs_f64();
-        r.bytes_fetched = cold_stats.store_bytes;
-        r.gets = cold_stats.store_requests;
-        let phase = ProxyPhase {
-            stats: ProxyStats {
-                connections: phase_mount.stats.connections + phase_boot.stats.connections,
-                requests: phase_mount.stats.requests + phase_boot.stats.requests,
-                bytes_up: phase_mount.stats.bytes_up + phase_boot.stats.bytes_up,
-                bytes_down: phase_mount.stats.bytes_down + phase_boot.stats.bytes_down,
-            },
-            timings: phase_mount
-                .timings
-                .into_iter()
-                .chain(phase_boot.timings)
-                .collect(),
+        let (mount, r, timings) = self.fresh_boot(
+            data_mib,
+            Setup::Cold,
+            &url,
+            &mnt,
+            &["--record-profile", &profile_arg],
+            guest,
+            &dir.join("cold"),
+        )?;
+        let Some(cold_stats) = r.daemon.clone() else {
+            bail!("no daemon counters for the cold boot");
         };
-        r.set_proxy(&phase);
-        r.daemon = Some(cold_stats.clone());
-        push(Setup::Cold, r, phase.timings, report);
+        push(Setup::Cold, r, timings, report);
 
         let (boot, phase) = self.measure(|| self.boot(&disk, guest, &dir.join("warm")))?;
         let warm_stats = mount.stats()?;
@@ -704,18 +700,105 @@ impl Bench<'_> {
         r.set_proxy(&phase);
         r.daemon = Some(warm_stats);
         push(Setup::Warm, r, phase.timings, report);
+        // The profile is written on unmount, before the daemon exits.
+        mount.stop()?;
+
+        // 5. A sidecar with the recorded profile replaces the plain one in
+        // the store; a fresh daemon replays it.
+        let blocks = crate::inspect::read_profile(&profile)
+            .context("the cold daemon's --record-profile output")?;
+        if blocks.is_empty() {
+            bail!(
+                "the cold daemon recorded an empty boot profile in {}",
+                profile.display()
+            );
+        }
+        let profiled_sidecar = dir.join("profiled.zvidx");
+        let sc = profiled_sidecar.to_string_lossy().into_owned();
+        eprintln!(
+            "[{data_mib} MiB] indexing with a boot profile of {} blocks",
+            blocks.len()
+        );
+        self.zvimg(
+            self.s3.addr,
+            &["index", "--boot-profile", &profile_arg, "-o", &sc, &zv],
+            "index",
+        )?;
+        // `push` stores any file under the key it is given; this is the
+        // key `push` gave the image's own sidecar above.
+        let sc_url = format!("{url}{}", zvmount::image::open::SIDECAR_SUFFIX);
+        self.zvimg(
+            self.s3.addr,
+            &["push", "--no-sidecar", "--force-path-style", &sc, &sc_url],
+            "push (sidecar)",
+        )?;
+        let (mount, r, timings) = self.fresh_boot(
+            data_mib,
+            Setup::Profiled,
+            &url,
+            &mnt,
+            &[],
+            guest,
+            &dir.join("profiled"),
+        )?;
+        push(Setup::Profiled, r, timings, report);
         mount.stop()?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 
+    /// Mounts `url` on `mnt` with a fresh daemon (`extra` added to its
+    /// arguments) and boots from it: the time counts from the daemon's
+    /// start, the fetch figures are the daemon's counters. Returns the
+    /// still-running mount.
+    #[allow(clippy::too_many_arguments)]
+    fn fresh_boot(
+        &self,
+        data_mib: u64,
+        setup: Setup,
+        url: &str,
+        mnt: &Path,
+        extra: &[&str],
+        guest: &Guest,
+        stem: &Path,
+    ) -> anyhow::Result<(Mount, BootResult, Vec<RequestTiming>)> {
+        let t0 = Instant::now();
+        let (mount, phase_mount) = self.measure(|| self.mount(url, mnt, extra))?;
+        let mount_s = t0.elapsed();
+        let disk = mnt.join("disk.raw");
+        let (boot, phase_boot) = self.measure(|| self.boot(&disk, guest, stem))?;
+        let stats = mount.stats()?;
+        let mut r = BootResult::new(data_mib, setup, (mount_s + boot).as_secs_f64());
+        r.mount_s = mount_s.as_secs_f64();
+        r.boot_s = boot.as_secs_f64();
+        r.bytes_fetched = stats.store_bytes;
+        r.gets = stats.store_requests;
+        let phase = ProxyPhase {
+            stats: ProxyStats {
+                connections: phase_mount.stats.connections + phase_boot.stats.connections,
+                requests: phase_mount.stats.requests + phase_boot.stats.requests,
+                bytes_up: phase_mount.stats.bytes_up + phase_boot.stats.bytes_up,
+                bytes_down: phase_mount.stats.bytes_down + phase_boot.stats.bytes_down,
+            },
+            timings: phase_mount
+                .timings
+                .into_iter()
+                .chain(phase_boot.timings)
+                .collect(),
+        };
+        r.set_proxy(&phase);
+        r.daemon = Some(stats);
+        Ok((mount, r, phase.timings))
+    }
+
     /// Starts zvmount on `mnt` through the proxy and waits for the disk file.
-    fn mount(&self, url: &str, mnt: &Path) -> anyhow::Result<Mount> {
+    fn mount(&self, url: &str, mnt: &Path, extra: &[&str]) -> anyhow::Result<Mount> {
         let log = std::fs::File::create(mnt.with_extension("log"))?;
         let child = self
             .s3_command(&self.tools.zvmount, self.proxy.addr())
             .args(["--force-path-style", "--name", "disk.raw"])
             .args(&self.args.zvmount_args)
+            .args(extra)
             .arg(url)
             .arg(mnt)
             .stdout(Stdio::null())
@@ -1020,6 +1103,12 @@ fn compute_targets(report: &mut Report) {
             warm.seconds / local.seconds,
         );
     }
+    if let (Some(local), Some(profiled)) = (
+        find(report, base, Setup::Local),
+        find(report, base, Setup::Profiled),
+    ) {
+        t.insert("profiled_vs_local".into(), profiled.seconds / local.seconds);
+    }
     for img in &report.images {
         if let Some(cold) = find(report, img.data_mib, Setup::Cold) {
             t.insert(
@@ -1062,7 +1151,7 @@ fn render_table(report: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "{:>6}  {:<14} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:>10} {:>6} {:>8} {:>8}",
+        "{:>6}  {:<16} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:>10} {:>6} {:>8} {:>8}",
         "data",
         "setup",
         "marker",
@@ -1082,7 +1171,7 @@ fn render_table(report: &Report) -> String {
             .unwrap_or(f64::NAN);
         let _ = writeln!(
             s,
-            "{:>4}Mi  {:<14} {:>7.2}s {:>6.2}x {:>7.2}s {:>7.2}s {:>6.2}s {:>6.2}s {:>10} {:>6} {:>6.1}ms {:>6.1}ms",
+            "{:>4}Mi  {:<16} {:>7.2}s {:>6.2}x {:>7.2}s {:>7.2}s {:>6.2}s {:>6.2}s {:>10} {:>6} {:>6.1}ms {:>6.1}ms",
             r.data_mib,
             r.setup.name(),
             r.seconds,
@@ -1105,7 +1194,13 @@ fn render_table(report: &Report) -> String {
 
 fn draw_chart(path: &Path, report: &Report) -> anyhow::Result<()> {
     let base = report.images.first().map(|i| i.data_mib).unwrap_or(0);
-    let setups = [Setup::Local, Setup::Download, Setup::Cold, Setup::Warm];
+    let setups = [
+        Setup::Local,
+        Setup::Download,
+        Setup::Cold,
+        Setup::Warm,
+        Setup::Profiled,
+    ];
     let mut panels = vec![Panel::Bars(Bars {
         title: format!("Time to boot marker ({base} MiB unread data)"),
         y_label: "seconds".into(),
@@ -1143,7 +1238,7 @@ fn draw_chart(path: &Path, report: &Report) -> anyhow::Result<()> {
             .map(|(i, &v)| (v, (i + 1) as f64 / n * 100.0))
             .collect()
     };
-    let series: Vec<Series> = [Setup::Cold, Setup::Warm, Setup::Download]
+    let series: Vec<Series> = [Setup::Cold, Setup::Profiled, Setup::Warm, Setup::Download]
         .iter()
         .filter_map(|&s| {
             let t = report.timings.get(&(base, s))?;
