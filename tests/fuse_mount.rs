@@ -536,3 +536,64 @@ fn stat_and_statfs_look_like_a_read_only_disk() {
     assert!(vfs.f_blocks * vfs.f_frsize >= img.raw.len() as u64);
     assert_eq!(vfs.f_bavail, 0);
 }
+
+/// The boot-profile loop an operator runs: record the blocks a first boot
+/// reads, embed them in the sidecar, and a fresh mount fetches them before
+/// they are asked for.
+#[test]
+fn a_recorded_boot_profile_is_replayed_by_the_next_mount() {
+    let img = make_image(true);
+    let profile = img.dir.path().join("boot.profile");
+    let touch = |m: &Mounted, blocks: &[u64]| {
+        let file = File::open(m.path("disk.raw")).unwrap();
+        for &b in blocks {
+            let mut buf = vec![0u8; 4096];
+            file.read_exact_at(&mut buf, b * 2 * MIB as u64).unwrap();
+            let at = (b as usize) * 2 * MIB;
+            assert_eq!(buf, img.raw[at..at + 4096], "block {b}");
+        }
+    };
+
+    // 1. Record: first touches in the order 5, 1, 3.
+    let recording = profile.to_str().unwrap().to_string();
+    let m = Mounted::new(
+        &img.zvhd2,
+        &["--readahead", "0", "--record-profile", &recording],
+        "disk.raw",
+    );
+    touch(&m, &[5, 1, 3, 5, 1]);
+    assert!(m.stop().success());
+    let text = std::fs::read_to_string(&profile).expect("profile written on unmount");
+    let blocks = zvmount::prefetch::parse_profile(&text).unwrap();
+    assert_eq!(blocks, vec![5, 1, 3], "recorded profile:\n{text}");
+
+    // 2. Embed it in the sidecar, as `zvimg index --boot-profile` does.
+    let sidecar_path = img.dir.path().join("disk.zvhd2.zvidx");
+    let mut sidecar =
+        zvmount::format::Sidecar::decode(&std::fs::read(&sidecar_path).unwrap()).unwrap();
+    sidecar.boot_profile = blocks;
+    std::fs::write(&sidecar_path, sidecar.encode()).unwrap();
+
+    // 3. A fresh mount replays it: the blocks arrive without being read.
+    let m = Mounted::new(&img.zvhd2, &["--readahead", "0"], "disk.raw");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while m.stats().blocks_prefetched < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "profile not replayed: {:?}",
+            m.stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let before = m.stats();
+    assert_eq!(before.cache_misses, 0, "{before:?}");
+    touch(&m, &[5, 1, 3]);
+    let after = m.stats();
+    assert_eq!(
+        after.store_requests, before.store_requests,
+        "reads went to the store: {after:?}"
+    );
+    assert_eq!(after.cache_misses, 0, "{after:?}");
+    assert!(m.stop().success());
+}
