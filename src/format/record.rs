@@ -54,17 +54,43 @@ pub fn decode_record(
     block_size: u32,
     compression: Compression,
 ) -> FormatResult<Vec<u8>> {
+    let mut out = Vec::new();
+    decode_record_into(record, block, offset, block_size, compression, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode_record`] into a buffer the caller supplies (e.g. one whose
+/// pages are already resident). `out` is cleared first; on `Ok` it holds
+/// exactly `block_size` bytes, on error it is left empty (its capacity is
+/// kept either way). Room for `block_size` bytes is reserved if `out` has
+/// less; a larger capacity is kept, and a payload decoding to more than
+/// `block_size` bytes is still an error.
+pub fn decode_record_into(
+    record: &[u8],
+    block: u64,
+    offset: u64,
+    block_size: u32,
+    compression: Compression,
+    out: &mut Vec<u8>,
+) -> FormatResult<()> {
     let bad = |detail: String| FormatError::BadRecord {
         block,
         offset,
         detail,
     };
+    out.clear();
     let payload = record_payload(record, block).map_err(bad)?;
-    match compression {
-        Compression::Zstd => decode_zstd(payload, block_size),
-        Compression::Zlib => decode_zlib(payload, block_size),
+    out.reserve_exact(block_size as usize);
+    let decoded = match compression {
+        Compression::Zstd => decode_zstd(payload, block_size, out),
+        Compression::Zlib => decode_zlib(payload, block_size, out),
+    };
+    if let Err(detail) = decoded {
+        // Never leave partly decoded bytes behind for a caller to misuse.
+        out.clear();
+        return Err(bad(detail));
     }
-    .map_err(bad)
+    Ok(())
 }
 
 /// The payload of `record` after every framing check (see [`decode_record`]).
@@ -110,9 +136,8 @@ fn record_payload(record: &[u8], block: u64) -> Result<&[u8], String> {
     Ok(&record[RECORD_HEADER_SIZE..RECORD_HEADER_SIZE + payload_len as usize])
 }
 
-fn decode_zstd(payload: &[u8], block_size: u32) -> Result<Vec<u8>, String> {
+fn decode_zstd(payload: &[u8], block_size: u32, out: &mut Vec<u8>) -> Result<(), String> {
     let want = block_size as usize;
-    let mut out = Vec::with_capacity(want);
     ZSTD_DCTX.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -121,8 +146,9 @@ fn decode_zstd(payload: &[u8], block_size: u32) -> Result<Vec<u8>, String> {
         }
         let dctx = slot.as_mut().expect("just set");
         // The output buffer's capacity bounds the decode: a frame that
-        // would produce more than block_size bytes fails here.
-        dctx.decompress_to_buffer(payload, &mut out).map_err(|e| {
+        // would produce more than its capacity fails here, and one that
+        // produces more than block_size but fits fails the length check.
+        dctx.decompress_to_buffer(payload, out).map_err(|e| {
             format!(
                 "zstd payload ({} bytes) does not decode to a {want}-byte block: {e}",
                 payload.len()
@@ -135,20 +161,24 @@ fn decode_zstd(payload: &[u8], block_size: u32) -> Result<Vec<u8>, String> {
             out.len()
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
-fn decode_zlib(payload: &[u8], block_size: u32) -> Result<Vec<u8>, String> {
+fn decode_zlib(payload: &[u8], block_size: u32, out: &mut Vec<u8>) -> Result<(), String> {
     use flate2::{Decompress, FlushDecompress, Status};
     let want = block_size as usize;
-    let mut out = Vec::with_capacity(want);
     let mut z = Decompress::new(true);
     loop {
         let consumed = z.total_in() as usize;
         let before = (z.total_in(), z.total_out());
         let status = z
-            .decompress_vec(&payload[consumed..], &mut out, FlushDecompress::Sync)
+            .decompress_vec(&payload[consumed..], out, FlushDecompress::Sync)
             .map_err(|e| format!("zlib payload: {e}"))?;
+        // `out` may have more capacity than one block: overshooting it is
+        // an over-long stream, not a short one.
+        if out.len() > want {
+            return Err(format!("zlib payload decodes to more than {want} bytes"));
+        }
         if out.len() == want {
             break;
         }
@@ -170,7 +200,7 @@ fn decode_zlib(payload: &[u8], block_size: u32) -> Result<Vec<u8>, String> {
             return Err(format!("zlib payload decodes to more than {want} bytes"));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Builds the padded on-disk record for `block` around a compressed `payload`.
@@ -310,6 +340,39 @@ mod tests {
         assert!(decode_record(&big, 0, 0, BS, Compression::Zstd).is_err());
         let junk = encode_record(0, b"definitely not a zstd frame");
         assert!(decode_record(&junk, 0, 0, BS, Compression::Zstd).is_err());
+    }
+
+    #[test]
+    fn decode_into_reuses_the_buffer_and_empties_it_on_error() {
+        let data = block();
+        let r = zstd_record(&data, 5);
+        // A used buffer with more room than a block: exactly the block out.
+        let mut out = vec![0xaa; BS as usize + 8192];
+        decode_record_into(&r, 5, 0, BS, Compression::Zstd, &mut out).unwrap();
+        assert_eq!(out, data);
+        // Wrong block number, a short stream, a long one that fits the
+        // capacity: errors, and no bytes left behind.
+        assert!(decode_record_into(&r, 6, 0, BS, Compression::Zstd, &mut out).is_err());
+        assert!(out.is_empty());
+        let mut roomy = Vec::with_capacity(BS as usize * 3);
+        let big = zstd_record(&vec![1u8; (BS * 2) as usize], 0);
+        assert!(decode_record_into(&big, 0, 0, BS, Compression::Zstd, &mut roomy).is_err());
+        assert!(roomy.is_empty());
+        let mut twice = data.clone();
+        twice.extend_from_slice(&data);
+        let long = encode_record(2, &compress_zlib_sync(&twice, 1).unwrap());
+        let e = decode_record_into(&long, 2, 0, BS, Compression::Zlib, &mut roomy).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        assert!(roomy.is_empty());
+        let half = encode_record(
+            2,
+            &compress_zlib_sync(&data[..(BS / 2) as usize], 1).unwrap(),
+        );
+        assert!(decode_record_into(&half, 2, 0, BS, Compression::Zlib, &mut roomy).is_err());
+        assert!(roomy.is_empty());
+        let zl = encode_record(2, &compress_zlib_sync(&data, 1).unwrap());
+        decode_record_into(&zl, 2, 0, BS, Compression::Zlib, &mut roomy).unwrap();
+        assert_eq!(roomy, data);
     }
 
     #[test]

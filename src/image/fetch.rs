@@ -10,7 +10,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{FetchKind, Image};
-use crate::format::{FormatError, RecordLocation, SidecarEntry, decode_record};
+use crate::format::record::decode_record_into;
+use crate::format::{FormatError, RecordLocation, SidecarEntry};
 use crate::metrics::Metrics;
 use crate::prefetch::BudgetPermit;
 use crate::store::StoreError;
@@ -352,24 +353,36 @@ impl Image {
         hash: Option<[u8; 32]>,
     ) -> Result<Bytes, BlockFailure> {
         let compression = self.layout.header.compression();
-        let decoded = decode_record(
+        // A buffer whose pages are already resident when the pool has one
+        // (see `super::decode`): it goes to the cache on success and back
+        // to the pool on failure.
+        let mut decoded = super::decode::take_buffer(self.block_size as usize);
+        let checked = decode_record_into(
             record,
             block,
             loc.offset,
             self.block_size as u32,
             compression,
+            &mut decoded,
         )
-        .map_err(BlockFailure::Record)?;
-        if decoded.len() as u64 != self.block_size {
-            return Err(BlockFailure::Length {
-                expected: self.block_size,
-                actual: decoded.len() as u64,
-            });
-        }
-        if let Some(hash) = hash
-            && blake3::hash(&decoded).as_bytes() != &hash
-        {
-            return Err(BlockFailure::BlockHash);
+        .map_err(BlockFailure::Record)
+        .and_then(|()| {
+            if decoded.len() as u64 != self.block_size {
+                return Err(BlockFailure::Length {
+                    expected: self.block_size,
+                    actual: decoded.len() as u64,
+                });
+            }
+            match hash {
+                Some(hash) if blake3::hash(&decoded).as_bytes() != &hash => {
+                    Err(BlockFailure::BlockHash)
+                }
+                _ => Ok(()),
+            }
+        });
+        if let Err(failure) = checked {
+            super::decode::give_back(decoded);
+            return Err(failure);
         }
         Ok(Bytes::from(decoded))
     }
