@@ -1,4 +1,10 @@
-//! Small parsing helpers shared by the binaries (sizes like `512MiB`).
+//! Small helpers shared by the library and the binaries: sizes like
+//! `512MiB`, hex for hashes.
+
+/// Lower-case hex of `bytes` (hashes, uuids in messages and output).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Parses a byte size: a plain number, or a number with a suffix
 /// `K`/`KiB`/`M`/`MiB`/`G`/`GiB`/`T`/`TiB` (binary) or `KB`/`MB`/`GB`/`TB` (decimal).

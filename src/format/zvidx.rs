@@ -8,6 +8,8 @@
 //! allocated, entries checked against the block and image sizes, the image
 //! digest recomputed.
 
+use crate::util::hex;
+
 use super::footer::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 use super::record::max_record_size;
 use super::{
@@ -107,10 +109,6 @@ pub fn image_digest(entries: &[SidecarEntry]) -> [u8; 32] {
         h.update(&e.block_hash);
     }
     *h.finalize().as_bytes()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A bounds-checked little-endian reader over the sidecar bytes.

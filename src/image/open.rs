@@ -83,25 +83,9 @@ impl ImageLayout {
 
         let header = ImageHeader::parse(&head, &tail, meta.size).map_err(format_err)?;
 
-        let sidecar = match sidecar_bytes {
-            None => None,
-            Some(bytes) => {
-                let bad = |detail: String| ImageError::Sidecar {
-                    location: location.clone(),
-                    sidecar: sidecar_name.clone(),
-                    detail,
-                };
-                let decoded = Sidecar::decode(&bytes).map_err(|e| bad(e.to_string()))?;
-                // Identity first (the usual mismatch: a sidecar of another
-                // image or version), then every geometry field against the
-                // image's own footer, compression and curr_size included.
-                decoded
-                    .check_identity(&identity)
-                    .and_then(|()| decoded.check_header(&header))
-                    .map_err(|e| bad(e.to_string()))?;
-                Some(decoded)
-            }
-        };
+        let sidecar = sidecar_bytes
+            .map(|bytes| accept_sidecar(&location, &sidecar_name, &bytes, &identity, &header))
+            .transpose()?;
 
         let index = match &sidecar {
             Some(sc) => sc.block_index(),
@@ -129,14 +113,53 @@ impl ImageLayout {
         })
     }
 
+    /// The sidecar `source` names for this (already loaded) image, decoded
+    /// and checked against it; `None` when there is none to use. For a
+    /// caller that wants the image's own index and the sidecar both, as
+    /// `zvimg check` does, without opening the image twice.
+    pub async fn load_sidecar(
+        &self,
+        store: &dyn ObjectStore,
+        source: &SidecarSource,
+    ) -> Result<Option<Sidecar>, ImageError> {
+        let (bytes, name, _) = fetch_sidecar(store, &self.key, source).await?;
+        bytes
+            .map(|b| accept_sidecar(&self.location, &name, &b, &self.identity, &self.header))
+            .transpose()
+    }
+
     /// A stable name for the image's content, for cache keys.
     pub fn cache_id(&self) -> String {
-        let mut s = format!("{:016x}-", self.identity.image_size);
-        for b in &self.identity.footer_hash[..16] {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        format!(
+            "{:016x}-{}",
+            self.identity.image_size,
+            crate::util::hex(&self.identity.footer_hash[..16])
+        )
     }
+}
+
+/// Decodes a sidecar and accepts it only if it describes this image:
+/// identity first (the usual mismatch: a sidecar of another image or
+/// version), then every geometry field against the image's own footer,
+/// compression and curr_size included.
+fn accept_sidecar(
+    location: &str,
+    name: &str,
+    bytes: &[u8],
+    identity: &ImageIdentity,
+    header: &ImageHeader,
+) -> Result<Sidecar, ImageError> {
+    let bad = |e: FormatError| ImageError::Sidecar {
+        location: location.to_string(),
+        sidecar: name.to_string(),
+        detail: e.to_string(),
+    };
+    let decoded = Sidecar::decode(bytes).map_err(bad)?;
+    decoded
+        .check_identity(identity)
+        .and_then(|()| decoded.check_header(header))
+        .map_err(bad)?;
+    Ok(decoded)
 }
 
 /// What readers append to an image's name to find its sidecar.

@@ -11,6 +11,7 @@ use zvmount::image::open::sidecar_key;
 use zvmount::image::scan::{ScanOptions, scan_blocks};
 use zvmount::image::{ImageError, ImageLayout, SidecarSource};
 use zvmount::store::{ObjectStore, open_source};
+use zvmount::util::hex;
 
 use crate::convert::{human, is_remote};
 use crate::{SourceArgs, default_sidecar_path, runtime};
@@ -104,18 +105,14 @@ struct FooterInfo {
 pub fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let (store, key) = open_source(&args.image, &args.source.store).await?;
-        let (layout, sidecar_status) = match ImageLayout::load(store.as_ref(), &key, &SidecarSource::Auto).await {
-            Ok(l) => {
-                let status = match &l.sidecar {
-                    Some(_) => format!("{} (matches)", store.location(&sidecar_key(store.as_ref(), &key))),
-                    None => "none".to_string(),
-                };
-                (l, status)
+        let mut layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Ignore).await?;
+        let sidecar_status = match layout.load_sidecar(store.as_ref(), &SidecarSource::Auto).await {
+            Ok(Some(sc)) => {
+                layout.sidecar = Some(sc);
+                format!("{} (matches)", store.location(&sidecar_key(store.as_ref(), &key)))
             }
-            Err(ImageError::Sidecar { sidecar, detail, .. }) => {
-                let l = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Ignore).await?;
-                (l, format!("{sidecar}: REFUSED: {detail}"))
-            }
+            Ok(None) => "none".to_string(),
+            Err(ImageError::Sidecar { sidecar, detail, .. }) => format!("{sidecar}: REFUSED: {detail}"),
             Err(e) => return Err(e.into()),
         };
         let f = &layout.header.footer;
@@ -198,13 +195,10 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
             (None, false) => SidecarSource::Auto,
         };
-        let sidecar = match sidecar_source {
-            SidecarSource::Ignore => None,
-            s => ImageLayout::load(store.as_ref(), &key, &s)
-                .await?
-                .sidecar
-                .map(Arc::new),
-        };
+        let sidecar = layout
+            .load_sidecar(store.as_ref(), &sidecar_source)
+            .await?
+            .map(Arc::new);
         let options = ScanOptions {
             parallel: args.parallel,
             verify_with: sidecar.clone(),
@@ -356,8 +350,4 @@ fn tempfile_with(bytes: &[u8]) -> anyhow::Result<crate::convert::TempFile> {
     ));
     std::fs::write(&path, bytes)?;
     Ok(crate::convert::TempFile::new(path))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
