@@ -6,8 +6,8 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use zvmount::format::record::{compress_zlib_sync, zstd_compressor};
-use zvmount::format::{
+use zvhd2::record::{compress_zlib_sync, zstd_compressor};
+use zvhd2::{
     BlockIndex, Compression, DEFAULT_BLOCK_SIZE, ImageHeader, WriteOptions, decode_record,
     encode_record, write_image,
 };
@@ -105,15 +105,14 @@ fn encode(c: &mut Criterion) {
     let blocks = 512 * 1024usize;
     let locs: Vec<_> = (0..blocks)
         .map(|b| {
-            (b % 4 == 0).then_some(zvmount::format::RecordLocation {
+            (b % 4 == 0).then_some(zvhd2::RecordLocation {
                 offset: 4096 + 4096 * (b / 4) as u64,
                 size: 4096,
             })
         })
         .collect();
-    let (index, bitmap) = zvmount::format::index::encode_metadata(&locs);
-    let mut f =
-        zvmount::format::Footer::new_head((blocks * BS) as u64, BS as u32, Compression::Zstd);
+    let (index, bitmap) = zvhd2::index::encode_metadata(&locs);
+    let mut f = zvhd2::Footer::new_head((blocks * BS) as u64, BS as u32, Compression::Zstd);
     f.non_zero_blk_num = (blocks / 4) as u32;
     f.index_lba = 4096 + 4096 * (blocks / 4) as u64 + 4096;
     f.index_size = index.len() as u32;
@@ -121,9 +120,7 @@ fn encode(c: &mut Criterion) {
     f.bitmap_lba = f.index_lba + index.len() as u64;
     let file_size = f.bitmap_lba + bitmap.len() as u64 + 4096;
     let tail = f.encode();
-    let head =
-        zvmount::format::Footer::new_head((blocks * BS) as u64, BS as u32, Compression::Zstd)
-            .encode();
+    let head = zvhd2::Footer::new_head((blocks * BS) as u64, BS as u32, Compression::Zstd).encode();
     let header = ImageHeader::parse(&head, &tail, file_size).unwrap();
     let mut meta = index;
     meta.extend_from_slice(&bitmap);

@@ -37,7 +37,7 @@ pub struct MountConfig {
     /// `<basename>.raw`.
     pub names: Vec<String>,
     /// How to reach stores (credentials, endpoint, timeouts).
-    pub store: crate::store::StoreArgs,
+    pub store: zvstore::StoreArgs,
     /// Explicit sidecar location (only with a single image).
     pub sidecar: Option<String>,
     /// Ignore sidecars even when one lies beside the image.

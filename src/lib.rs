@@ -14,10 +14,8 @@
 
 pub mod cache;
 pub mod daemon;
-pub mod format;
 pub mod fuse;
 pub mod image;
 pub mod metrics;
 pub mod prefetch;
-pub mod store;
 pub mod util;

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use anyhow::{Context, bail};
 use clap::Parser;
 use zvmount::daemon::{MountConfig, SizeMode, run_mount};
-use zvmount::store::StoreArgs;
 use zvmount::util::parse_size;
+use zvstore::StoreArgs;
 
 /// Mount ZVHD2 disk images from object storage as read-only raw files.
 ///

@@ -1,10 +1,7 @@
 //! Small helpers shared by the library and the binaries: sizes like
 //! `512MiB`, hex for hashes.
 
-/// Lower-case hex of `bytes` (hashes, uuids in messages and output).
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use zvhd2::hex;
 
 /// Parses a byte size: a plain number, or a number with a suffix
 /// `K`/`KiB`/`M`/`MiB`/`G`/`GiB`/`T`/`TiB` (binary) or `KB`/`MB`/`GB`/`TB` (decimal).

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::mount::Mounted;
 use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, unique_bucket};
-use zvmount::store::{ObjectStore, open_source};
+use zvstore::{ObjectStore, open_source};
 
 /// The guest's marker (see `scripts/guest/rootfs-init`).
 const MARKER: &str = "ZVMOUNT-BOOT-OK";
@@ -67,9 +67,8 @@ fn convert(raw: &Path, out: &Path) -> u64 {
     let size = std::fs::metadata(raw).expect("guest.raw").len();
     let input = BufReader::with_capacity(1 << 20, File::open(raw).expect("open guest.raw"));
     let mut writer = BufWriter::new(File::create(out).expect("create image"));
-    let summary =
-        zvmount::format::write_image(input, size, &mut writer, &Default::default(), &mut |_| {})
-            .expect("convert guest.raw");
+    let summary = zvhd2::write_image(input, size, &mut writer, &Default::default(), &mut |_| {})
+        .expect("convert guest.raw");
     drop(writer);
     let mut sidecar = out.as_os_str().to_owned();
     sidecar.push(".zvidx");

@@ -7,10 +7,10 @@
 mod images;
 
 use images::{BlockKind, decode_all, raw_from_kinds};
-use zvmount::format::footer::BLOCKS_PER_SEGMENT;
-use zvmount::format::index::encode_metadata;
-use zvmount::format::record::{compress_zlib_sync, zstd_compressor};
-use zvmount::format::{Compression, Footer, RecordLocation, encode_record};
+use zvhd2::footer::BLOCKS_PER_SEGMENT;
+use zvhd2::index::encode_metadata;
+use zvhd2::record::{compress_zlib_sync, zstd_compressor};
+use zvhd2::{Compression, Footer, RecordLocation, encode_record};
 
 const MIB: u32 = 1 << 20;
 

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use images::{BlockKind, MemImage, decode_all, raw_from_kinds, zvhd2_image};
 use proptest::prelude::*;
-use zvmount::format::{
+use zvhd2::{
     Compression, Footer, FormatError, ImageHeader, ImageIdentity, Sidecar, WriteSummary,
     decode_record, encode_record,
 };

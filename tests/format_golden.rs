@@ -4,8 +4,8 @@
 #[path = "common/images.rs"]
 mod images;
 
-use zvmount::format::footer::footer_checksum;
-use zvmount::format::{Footer, ImageHeader};
+use zvhd2::footer::footer_checksum;
+use zvhd2::{Footer, ImageHeader};
 
 const MIB: usize = 1 << 20;
 

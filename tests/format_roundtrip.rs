@@ -5,7 +5,7 @@
 mod images;
 
 use images::{BlockKind, MemImage, decode_all, raw_from_kinds, raw_mixed, raw_random, zvhd2_image};
-use zvmount::format::{ImageIdentity, Sidecar, WriteOptions, write_image};
+use zvhd2::{ImageIdentity, Sidecar, WriteOptions, write_image};
 
 const MIB: u32 = 1 << 20;
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::mount::Mounted;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use zvmount::format::{WriteOptions, write_image};
+use zvhd2::{WriteOptions, write_image};
 
 const MIB: usize = 1 << 20;
 
@@ -569,8 +569,7 @@ fn a_recorded_boot_profile_is_replayed_by_the_next_mount() {
 
     // 2. Embed it in the sidecar, as `zvimg index --boot-profile` does.
     let sidecar_path = img.dir.path().join("disk.zvhd2.zvidx");
-    let mut sidecar =
-        zvmount::format::Sidecar::decode(&std::fs::read(&sidecar_path).unwrap()).unwrap();
+    let mut sidecar = zvhd2::Sidecar::decode(&std::fs::read(&sidecar_path).unwrap()).unwrap();
     sidecar.boot_profile = blocks;
     std::fs::write(&sidecar_path, sidecar.encode()).unwrap();
 

@@ -9,7 +9,7 @@ use common::mount::Mounted;
 use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, unique_bucket};
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use zvmount::format::{WriteOptions, write_image};
+use zvhd2::{WriteOptions, write_image};
 
 const MIB: usize = 1 << 20;
 

@@ -8,14 +8,14 @@ mod common;
 use std::sync::Arc;
 
 use common::images::{BlockKind, ImageFiles, raw_from_kinds, write_files};
+use zvhd2::Sidecar;
 use zvmount::cache::MemoryCache;
-use zvmount::format::Sidecar;
 use zvmount::image::{Image, ImageLayout, ImageOptions, SidecarSource};
 use zvmount::metrics::Metrics;
 use zvmount::prefetch::parse_profile;
-use zvmount::store::ObjectStore;
-use zvmount::store::fault::{FaultControl, FaultStore};
-use zvmount::store::file::FileStore;
+use zvstore::ObjectStore;
+use zvstore::fault::{FaultControl, FaultStore};
+use zvstore::file::FileStore;
 
 const BS: u32 = 1 << 20;
 const KEY: &str = "disk.zvhd2";
@@ -197,7 +197,7 @@ async fn prefetch_respects_the_budget() {
     let (image, control, metrics, _) = open(&files, options).await;
     // Fetches must not finish (and give their budget back) while the
     // prefetch is being planned: hold every GET far longer than the test.
-    control.set(zvmount::store::fault::FaultPlan {
+    control.set(zvstore::fault::FaultPlan {
         latency: std::time::Duration::from_secs(600),
         ..Default::default()
     });

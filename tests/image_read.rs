@@ -11,15 +11,15 @@ use std::time::Duration;
 use common::images::{BlockKind, ImageFiles, raw_from_kinds, raw_mixed, write_files};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use zvhd2::BlockLocation;
 use zvmount::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
-use zvmount::format::BlockLocation;
 use zvmount::image::{
     BlockFailure, Image, ImageError, ImageLayout, ImageOptions, SidecarSource, SizeMode,
 };
 use zvmount::metrics::Metrics;
-use zvmount::store::ObjectStore;
-use zvmount::store::fault::{FaultControl, FaultPlan, FaultStore};
-use zvmount::store::file::FileStore;
+use zvstore::ObjectStore;
+use zvstore::fault::{FaultControl, FaultPlan, FaultStore};
+use zvstore::file::FileStore;
 
 const BS: u32 = 1 << 20;
 const KEY: &str = "disk.zvhd2";

@@ -8,10 +8,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use zvmount::store::fault::{FaultControl, FaultPlan, FaultStore};
-use zvmount::store::file::FileStore;
-use zvmount::store::resilient::{ResilientStore, RetryPolicy};
-use zvmount::store::{ObjectStore, StoreError};
+use zvstore::fault::{FaultControl, FaultPlan, FaultStore};
+use zvstore::file::FileStore;
+use zvstore::resilient::{ResilientStore, RetryPolicy};
+use zvstore::{ObjectStore, StoreError};
 
 fn policy(retries: u32) -> RetryPolicy {
     RetryPolicy {
@@ -236,7 +236,7 @@ async fn a_replaced_object_is_image_changed_and_not_retried() {
 async fn coalesced_reads_through_the_stack() {
     let (_dir, store, control, data) = setup(0);
     let wanted = vec![0..100, 150..300, 5000..5100, 300..310, 90_000..100_000];
-    let got = zvmount::store::coalesce::get_ranges(&store, "obj", &wanted, None, 1024)
+    let got = zvstore::coalesce::get_ranges(&store, "obj", &wanted, None, 1024)
         .await
         .unwrap();
     for (r, b) in wanted.iter().zip(&got) {

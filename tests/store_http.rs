@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::http::{Behaviour, HttpServer};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use zvmount::store::{ObjectStore, StoreArgs, StoreError, open_source};
+use zvstore::{ObjectStore, StoreArgs, StoreError, open_source};
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; len];

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use common::s3::{S3Server, unique_bucket};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use zvmount::store::fault::FaultStore;
-use zvmount::store::resilient::{ResilientStore, RetryPolicy};
-use zvmount::store::s3::S3Store;
-use zvmount::store::{ObjectStore, StaticCredentials, StoreError, open_source};
+use zvstore::fault::FaultStore;
+use zvstore::resilient::{ResilientStore, RetryPolicy};
+use zvstore::s3::S3Store;
+use zvstore::{ObjectStore, StaticCredentials, StoreError, open_source};
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; len];
@@ -181,7 +181,7 @@ async fn counted(
     retries: u32,
 ) -> (
     ResilientStore<FaultStore<S3Store>>,
-    Arc<zvmount::store::fault::FaultControl>,
+    Arc<zvstore::fault::FaultControl>,
 ) {
     let args = server.store_args();
     let faulty = FaultStore::new(S3Store::connect(bucket, &args).await.unwrap());

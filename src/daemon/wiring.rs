@@ -14,7 +14,7 @@ use crate::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
 use crate::fuse::{DiskFile, DiskReadError, ServedFile, StatsSource};
 use crate::image::{Image, ImageLayout, ImageOptions, SidecarSource, SizeMode as ImageSizeMode};
 use crate::metrics::Metrics;
-use crate::store::{ObjectStore, open_source};
+use zvstore::{ObjectStore, open_source};
 
 /// Which size the served file shows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

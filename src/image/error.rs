@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::fetch::BlockFailure;
-use crate::format::FormatError;
-use crate::store::StoreError;
+use zvhd2::FormatError;
+use zvstore::StoreError;
 
 /// Why an image could not be opened or read.
 #[derive(Debug, thiserror::Error)]

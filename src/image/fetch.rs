@@ -10,11 +10,11 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{FetchKind, Image};
-use crate::format::record::decode_record_into;
-use crate::format::{FormatError, RecordLocation, SidecarEntry};
 use crate::metrics::Metrics;
 use crate::prefetch::BudgetPermit;
-use crate::store::StoreError;
+use zvhd2::record::decode_record_into;
+use zvhd2::{FormatError, RecordLocation, SidecarEntry};
+use zvstore::StoreError;
 
 /// Why one block could not be produced. Shared by every reader that waited
 /// for the block; turned into an [`super::ImageError`] naming image, block

@@ -31,10 +31,10 @@ pub use fetch::BlockFailure;
 pub use open::{ImageLayout, SidecarSource};
 
 use crate::cache::{BlockCache, BlockKey};
-use crate::format::{BlockLocation, RecordLocation};
 use crate::metrics::Metrics;
 use crate::prefetch::{AccessRecorder, BudgetPermit, PrefetchBudget, SequentialDetector};
-use crate::store::ObjectStore;
+use zvhd2::{BlockLocation, RecordLocation};
+use zvstore::ObjectStore;
 
 /// Which size the image reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::format::{BlockIndex, FOOTER_SIZE, FormatError, ImageHeader, ImageIdentity, Sidecar};
-use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use zvhd2::{BlockIndex, FOOTER_SIZE, FormatError, ImageHeader, ImageIdentity, Sidecar};
+use zvstore::{ObjectMeta, ObjectStore, StoreError};
 
 use super::error::ImageError;
 
@@ -221,8 +221,8 @@ async fn read_whole(store: &dyn ObjectStore, key: &str) -> Result<Bytes, StoreEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{Compression, WriteOptions, write_image};
-    use crate::store::file::FileStore;
+    use zvhd2::{Compression, WriteOptions, write_image};
+    use zvstore::file::FileStore;
 
     /// A sidecar whose identity matches but whose geometry disagrees with
     /// the image's footer is refused, not trusted.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::format::{BlockLocation, Sidecar, decode_record};
-use crate::store::ObjectStore;
+use zvhd2::{BlockLocation, Sidecar, decode_record};
+use zvstore::ObjectStore;
 
 use super::{ImageError, ImageLayout};
 

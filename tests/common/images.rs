@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use zvmount::format::{
+use zvhd2::{
     BlockIndex, BlockLocation, FOOTER_SIZE, FormatError, FormatResult, ImageHeader, Sidecar,
     WriteOptions, WriteSummary, decode_record, write_image,
 };

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use zvmount::store::{StaticCredentials, StoreArgs};
+use zvstore::{StaticCredentials, StoreArgs};
 
 /// Access key and secret the server accepts.
 pub const ACCESS_KEY: &str = "test";
@@ -189,7 +189,7 @@ impl S3Server {
 
     /// An S3 client for this server.
     pub async fn client(&self) -> aws_sdk_s3::Client {
-        zvmount::store::s3::s3_client(&self.store_args()).await
+        zvstore::s3::s3_client(&self.store_args()).await
     }
 
     /// Creates `name` (panics on failure: a fixture error, not a test result).

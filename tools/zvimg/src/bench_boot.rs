@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use zvmount::metrics::MetricsSnapshot;
-use zvmount::store::source::parse_duration;
+use zvstore::source::parse_duration;
 
 use crate::chart::{self, Bars, Lines, Panel, Series};
 use crate::proxy::{ProxyStats, RequestTiming, Shaping, ShapingProxy};

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
-use zvmount::format::{WriteOptions, write_image};
+use zvhd2::{WriteOptions, write_image};
 
 use crate::convert::{TempFile, human};
 

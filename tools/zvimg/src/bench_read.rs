@@ -31,7 +31,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use zvmount::metrics::MetricsSnapshot;
-use zvmount::store::StoreArgs;
+use zvstore::StoreArgs;
 
 /// Flags of `zvimg bench read`.
 #[derive(clap::Args, Debug)]
@@ -418,14 +418,14 @@ fn summarize(
 /// The image the baseline reads, opened once.
 struct BaselineImage {
     source: String,
-    store: std::sync::Arc<dyn zvmount::store::ObjectStore>,
+    store: std::sync::Arc<dyn zvstore::ObjectStore>,
     key: String,
     layout: zvmount::image::ImageLayout,
 }
 
 async fn open_baseline(source: &str, store_args: &StoreArgs) -> anyhow::Result<BaselineImage> {
     use zvmount::image::{ImageLayout, SidecarSource};
-    let (store, key) = zvmount::store::open_source(source, store_args).await?;
+    let (store, key) = zvstore::open_source(source, store_args).await?;
     let layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Auto)
         .await
         .with_context(|| format!("cannot open {source}"))?;
@@ -440,8 +440,8 @@ async fn open_baseline(source: &str, store_args: &StoreArgs) -> anyhow::Result<B
 /// Blocks of `layout` that have a record, with its location.
 fn record_blocks(
     layout: &zvmount::image::ImageLayout,
-) -> impl Iterator<Item = (u64, zvmount::format::RecordLocation)> + '_ {
-    use zvmount::format::BlockLocation;
+) -> impl Iterator<Item = (u64, zvhd2::RecordLocation)> + '_ {
+    use zvhd2::BlockLocation;
     (0..layout.index.block_count()).filter_map(|b| match layout.index.lookup(b) {
         Some(BlockLocation::Record(r)) => Some((b, r)),
         _ => None,
@@ -464,7 +464,7 @@ async fn time_records(
     blocks: &[u64],
     keep: bool,
 ) -> anyhow::Result<(BaselineResult, Vec<Vec<u8>>)> {
-    use zvmount::format::{BlockLocation, decode_record};
+    use zvhd2::{BlockLocation, decode_record};
     let layout = &image.layout;
     let (block_size, compression) = (layout.header.block_size(), layout.header.compression());
     let mut t = [(); 5].map(|()| Vec::with_capacity(blocks.len()));

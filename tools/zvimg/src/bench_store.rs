@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rand::Rng;
 use serde::Serialize;
-use zvmount::store::{ObjectStore, StoreArgs, open_source};
 use zvmount::util::parse_size;
+use zvstore::{ObjectStore, StoreArgs, open_source};
 
 /// Flags of `zvimg bench store`.
 #[derive(clap::Args, Debug, Clone)]
@@ -112,7 +112,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
 async fn timed_gets(
     store: &Arc<dyn ObjectStore>,
     key: &str,
-    meta: &Arc<zvmount::store::ObjectMeta>,
+    meta: &Arc<zvstore::ObjectMeta>,
     size: u64,
     count: usize,
     in_flight: usize,

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
-use zvmount::format::{self, DEFAULT_BLOCK_SIZE, WriteOptions};
+use zvhd2::{DEFAULT_BLOCK_SIZE, WriteOptions};
 use zvmount::image::scan::{ScanOptions, scan_blocks};
 use zvmount::image::{ImageLayout, SidecarSource};
-use zvmount::store::open_source;
+use zvstore::open_source;
 
 use crate::{SizeChoice, SourceArgs, default_sidecar_path, progress, runtime};
 
@@ -250,7 +250,7 @@ fn raw_to_zvhd2(args: &Args, input: &Path) -> anyhow::Result<ExitCode> {
         threads: args.threads,
     };
     let mut writer = BufWriter::with_capacity(1 << 20, out);
-    let summary = format::write_image(
+    let summary = zvhd2::write_image(
         std::io::BufReader::with_capacity(1 << 20, file),
         size,
         &mut writer,

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
-use zvmount::format::{BlockLocation, Compression, Sidecar, SidecarEntry};
+use zvhd2::{BlockLocation, Compression, Sidecar, SidecarEntry};
 use zvmount::image::open::sidecar_key;
 use zvmount::image::scan::{ScanOptions, scan_blocks};
 use zvmount::image::{ImageError, ImageLayout, SidecarSource};
-use zvmount::store::{ObjectStore, open_source};
 use zvmount::util::hex;
+use zvstore::{ObjectStore, open_source};
 
 use crate::convert::{human, is_remote};
 use crate::{SourceArgs, default_sidecar_path, runtime};

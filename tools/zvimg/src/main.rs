@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use zvmount::store::StoreArgs;
+use zvstore::StoreArgs;
 
 mod bench_boot;
 mod bench_convert;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use zvmount::image::open::sidecar_key;
-use zvmount::store::{ObjectStore, StoreError, open_source};
+use zvstore::{ObjectStore, StoreError, open_source};
 
 use crate::convert::{TempFile, human, temp_beside};
 use crate::{SourceArgs, default_sidecar_path, progress, runtime};

@@ -8,7 +8,7 @@
 //! allocated, entries checked against the block and image sizes, the image
 //! digest recomputed.
 
-use crate::util::hex;
+use crate::hex;
 
 use super::footer::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 use super::record::max_record_size;
@@ -476,7 +476,7 @@ impl Sidecar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::Footer;
+    use crate::Footer;
 
     const BS: u32 = 1 << 20;
 

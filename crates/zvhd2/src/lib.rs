@@ -54,3 +54,8 @@ pub enum FormatError {
 }
 
 pub type FormatResult<T> = Result<T, FormatError>;
+
+/// Lower-case hex of `bytes` (hashes and uuids in messages and output).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

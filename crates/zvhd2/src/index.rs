@@ -326,7 +326,7 @@ pub fn encode_metadata(locations: &[Option<RecordLocation>]) -> (Vec<u8>, Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{Compression, Footer};
+    use crate::{Compression, Footer};
 
     const BS: u32 = 2 << 20;
 
