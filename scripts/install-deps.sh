@@ -20,6 +20,8 @@ command -v mkfs.fat >/dev/null || need_apt+=(dosfstools)
 command -v syslinux >/dev/null || need_apt+=(syslinux syslinux-common)
 command -v cpio >/dev/null || need_apt+=(cpio)
 command -v python3 >/dev/null || need_apt+=(python3)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 
 qemu_missing=0
@@ -52,4 +54,10 @@ if [ "${ZV_SKIP_S3:-0}" != 1 ] && ! command -v s3s-fs >/dev/null; then
   # The S3-compatible server the tests run on 127.0.0.1; 0.14.1 is the last
   # release that builds with rustc 1.95.
   cargo install s3s-fs@0.14.1 --locked --features binary --quiet
+fi
+
+if ! command -v cargo-deb >/dev/null; then
+  # Builds the .deb (both binaries, the systemd unit, man pages) that
+  # scripts/test.sh unpacks and runs; 3.8.0 builds with rustc 1.95.
+  cargo install cargo-deb@3.8.0 --locked --quiet
 fi

@@ -20,26 +20,40 @@ use bytes::Bytes;
 use crate::fuse::{DiskFile, DiskReadError, ServedFile, ZvFs};
 use crate::metrics::Metrics;
 
+pub mod notify;
+mod stale;
 mod wiring;
 
+pub use stale::{Recovery, StaleMountError, recover as recover_stale_mount};
 pub use wiring::{ImageDisk, SizeMode};
 
-/// Everything a mount needs, as parsed from the command line.
+/// One image (or directory/prefix of images) to serve.
+#[derive(Clone, Debug)]
+pub struct SourceSpec {
+    /// Image location (`path`, `s3://bucket/key`, `https://…`), or a
+    /// directory/prefix (ending in `/`, or a local directory) whose
+    /// `*.zvhd2` objects are all mounted.
+    pub location: String,
+    /// File name to serve it under (default `<basename>.raw`); not for a
+    /// directory/prefix.
+    pub name: Option<String>,
+    /// Explicit sidecar location; not for a directory/prefix.
+    pub sidecar: Option<String>,
+    /// Store settings of its own (a config file's `[[image]]` table);
+    /// `None` uses [`MountConfig::store`].
+    pub store: Option<zvstore::StoreArgs>,
+}
+
+/// Everything a mount needs, from the command line and config file (see
+/// [`crate::config`]).
 #[derive(Clone, Debug)]
 pub struct MountConfig {
-    /// Image locations (`path`, `s3://bucket/key`, `https://…`), or
-    /// directories/prefixes (ending in `/`, or a local directory) whose
-    /// `*.zvhd2` objects are all mounted.
-    pub sources: Vec<String>,
+    /// What to serve, in order.
+    pub sources: Vec<SourceSpec>,
     /// Where to mount.
     pub mountpoint: PathBuf,
-    /// File names to serve the sources under, in order; the rest get
-    /// `<basename>.raw`.
-    pub names: Vec<String>,
     /// How to reach stores (credentials, endpoint, timeouts).
     pub store: zvstore::StoreArgs,
-    /// Explicit sidecar location (only with a single image).
-    pub sidecar: Option<String>,
     /// Ignore sidecars even when one lies beside the image.
     pub no_sidecar: bool,
     /// Bytes of decoded blocks kept in memory.
@@ -78,8 +92,12 @@ impl std::fmt::Debug for Mount {
 }
 
 /// Checks that `mountpoint` can be mounted on, with a message that says
-/// what to do when it cannot.
+/// what to do when it cannot. A dead FUSE mount left there by a crashed
+/// daemon is detached first (see [`recover_stale_mount`]).
 pub fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
+    // So that a restart (systemd's Restart=on-failure, or by hand) mounts
+    // again instead of failing on what the crash left.
+    stale::recover(mountpoint)?;
     match std::fs::metadata(mountpoint) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => bail!("mountpoint {} is not a directory", mountpoint.display()),
@@ -371,16 +389,29 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
         tracing::info!(name = %f.name, origin = %f.origin, size = f.disk.size(), "serving");
     }
 
+    let served = files.len();
     let stats = wiring::stats_source(Arc::clone(&metrics), &opened);
     let fs = ZvFs::new(files, runtime.handle().clone(), Arc::clone(&metrics), stats)?;
     let mount = Mount::start(fs, &config.mountpoint, config.allow_other)?;
     raise_kernel_readahead(&config.mountpoint);
+    notify::probe_mount(&config.mountpoint).with_context(|| {
+        format!("the mount on {} does not answer", config.mountpoint.display())
+    })?;
     tracing::info!(mountpoint = %config.mountpoint.display(), "mounted");
+    notify::ready(&format!(
+        "serving {served} image(s) on {}",
+        config.mountpoint.display()
+    ));
     if let Some(ready) = config.on_ready {
         ready();
     }
 
     let stopped_by_signal = runtime.block_on(wait_for_stop(&mount))?;
+    notify::stopping(if stopped_by_signal {
+        "unmounting"
+    } else {
+        "unmounted externally"
+    });
     let result = if stopped_by_signal {
         tracing::info!(mountpoint = %config.mountpoint.display(), "unmounting");
         // A busy mount is detached lazily and keeps serving open files; a

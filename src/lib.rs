@@ -10,9 +10,12 @@
 //! - [`image`]: block number → verified, decoded bytes, with single-flight;
 //! - [`prefetch`]: sequential readahead and boot-profile replay;
 //! - [`fuse`]: FUSE requests → image reads, nothing more;
-//! - [`daemon`], [`metrics`]: wiring a mount together and counting what it does.
+//! - [`daemon`], [`metrics`]: wiring a mount together and counting what it does;
+//! - [`cli`], [`config`]: the command line and the `--config` file, merged.
 
 pub mod cache;
+pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod fuse;
 pub mod image;

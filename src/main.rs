@@ -1,131 +1,48 @@
-//! `zvmount SOURCE... MOUNTPOINT`: parse flags, set up logging, hand over
-//! to [`zvmount::daemon::run_mount`]. No logic a test would need lives here.
+//! `zvmount SOURCE... MOUNTPOINT` or `zvmount --config FILE`: parse flags,
+//! merge them with the config file, set up logging, hand over to
+//! [`zvmount::daemon::run_mount`]. No logic a test would need lives here.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
-use clap::Parser;
-use zvmount::daemon::{MountConfig, SizeMode, run_mount};
-use zvmount::util::parse_size;
-use zvstore::StoreArgs;
-
-/// Mount ZVHD2 disk images from object storage as read-only raw files.
-///
-/// Each SOURCE (a local path, s3://BUCKET/KEY or https://URL) appears in
-/// MOUNTPOINT as `<name>.raw`, a file of the disk's size whose bytes are the
-/// decoded image, fetched block by block as they are read. A SOURCE that is
-/// a directory or ends in `/` mounts every `*.zvhd2` under it.
-///
-/// Boot a VM from it through a qcow2 overlay:
-///
-///   qemu-img create -f qcow2 -b MOUNTPOINT/disk.raw -F raw overlay.qcow2
-///
-/// Stop with Ctrl-C or SIGTERM (or `fusermount3 -u MOUNTPOINT`).
-/// Counters: `cat MOUNTPOINT/.zvmount-stats.json`.
-#[derive(Parser, Debug)]
-#[command(name = "zvmount", version, verbatim_doc_comment)]
-struct Cli {
-    /// Images to serve, then the directory to mount on.
-    #[arg(required = true, value_name = "SOURCE")]
-    sources: Vec<String>,
-
-    /// An existing, empty directory.
-    #[arg(value_name = "MOUNTPOINT")]
-    mountpoint: PathBuf,
-
-    /// File name for an image inside the mount (repeat in SOURCE order;
-    /// default: the source's basename with .zvhd2 replaced by .raw).
-    #[arg(long = "name", value_name = "NAME")]
-    names: Vec<String>,
-
-    /// Sidecar index to use (default: SOURCE.zvidx when it exists). Only
-    /// with a single SOURCE.
-    #[arg(long, value_name = "LOCATION", conflicts_with = "no_sidecar")]
-    sidecar: Option<String>,
-
-    /// Ignore sidecar indexes; read the image's own index and bitmap.
-    #[arg(long)]
-    no_sidecar: bool,
-
-    /// Memory for decoded blocks (LRU), e.g. 512MiB, 2GiB.
-    #[arg(long, value_name = "SIZE", default_value = "512MiB", value_parser = parse_size)]
-    mem_cache: u64,
-
-    /// Directory for a persistent cache of decoded blocks.
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-
-    /// Size limit of the --cache-dir cache.
-    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size, requires = "cache_dir")]
-    disk_cache: u64,
-
-    /// Blocks to fetch ahead of a sequential reader (0 disables).
-    #[arg(long, value_name = "BLOCKS", default_value_t = 4)]
-    readahead: u32,
-
-    /// Memory that readahead and profile prefetch may hold in flight.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
-    prefetch_budget: u64,
-
-    /// Size of the served file: `orig`, the disk that was converted, or
-    /// `curr`, rounded up to a whole GiB as Huawei's tools show it.
-    #[arg(long = "size", value_enum, default_value_t = SizeMode::Orig)]
-    size_mode: SizeMode,
-
-    /// Let other users (and root) read the mount; needs `user_allow_other`
-    /// in /etc/fuse.conf when not run as root.
-    #[arg(long)]
-    allow_other: bool,
-
-    /// Record the blocks read, in order, and write them to FILE on unmount
-    /// (a boot profile for `zvimg index --boot-profile`).
-    #[arg(long, value_name = "FILE")]
-    record_profile: Option<PathBuf>,
-
-    /// Detach once the mount is up (errors before that still reach the
-    /// terminal).
-    #[arg(long)]
-    daemon: bool,
-
-    /// Write logs to FILE (default: stderr; with --daemon, discarded).
-    #[arg(long, value_name = "FILE")]
-    log_file: Option<PathBuf>,
-
-    /// More logging: -v debug, -vv trace (RUST_LOG overrides).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-
-    /// Serve each SOURCE as a plain raw file, without decoding (to measure
-    /// the FUSE path on its own).
-    #[arg(long, hide = true)]
-    raw_passthrough: bool,
-
-    /// Set by --daemon on the detached child: say "ready" on stdout once
-    /// mounted, then drop the terminal.
-    #[arg(long, hide = true)]
-    daemon_child: bool,
-
-    #[command(flatten)]
-    store: StoreArgs,
-}
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+use zvmount::cli::Cli;
+use zvmount::config::MountSettings;
+use zvmount::daemon::run_mount;
 
 /// Log file of a detached child, for [`detach_stdio`].
 static LOG_FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
-    if let Err(e) = init_logging(&cli) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Options typed on the command line win over the config file; defaults
+    // and environment variables do not.
+    let typed = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let settings = match MountSettings::resolve(&cli, typed) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("zvmount: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.print_config {
+        print!("{}", settings.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = init_logging(cli.verbose, settings.log_file.as_deref(), cli.daemon_child) {
         eprintln!("zvmount: error: {e:#}");
         return ExitCode::FAILURE;
     }
     let result = if cli.daemon {
         spawn_detached()
     } else {
-        run(cli)
+        run(&cli, settings)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,9 +76,9 @@ fn tune_allocator() {
     }
 }
 
-fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+fn init_logging(verbose: u8, log_file: Option<&Path>, daemon_child: bool) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
-    let default = match cli.verbose {
+    let default = match verbose {
         // fuser logs a spurious "Unmount failed" after every clean unmount
         // (its is-mounted check is inverted in 0.15): keep it quiet unless
         // asked.
@@ -175,7 +92,7 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
         .with_target(false);
     // A detached child logs to stderr, which it points at the log file once
     // the mount is up (see `detach_stdio`).
-    match (&cli.log_file, cli.daemon_child) {
+    match (log_file, daemon_child) {
         (Some(path), false) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -193,43 +110,15 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.sidecar.is_some() && cli.sources.len() > 1 {
-        bail!(
-            "--sidecar names the index of one image; it cannot be used with {} sources",
-            cli.sources.len()
-        );
+fn run(cli: &Cli, settings: MountSettings) -> anyhow::Result<()> {
+    let log_file = settings.log_file.clone();
+    let mut config = settings.into_mount_config()?;
+    config.raw_passthrough = cli.raw_passthrough;
+    if cli.daemon_child {
+        let _ = LOG_FILE.set(log_file);
+        config.on_ready = Some(detach_stdio);
     }
-    if cli.names.len() > cli.sources.len() {
-        bail!(
-            "{} --name given for {} sources",
-            cli.names.len(),
-            cli.sources.len()
-        );
-    }
-    let on_ready: Option<fn()> = if cli.daemon_child {
-        let _ = LOG_FILE.set(cli.log_file.clone());
-        Some(detach_stdio)
-    } else {
-        None
-    };
-    run_mount(MountConfig {
-        sources: cli.sources,
-        mountpoint: cli.mountpoint,
-        names: cli.names,
-        store: cli.store,
-        sidecar: cli.sidecar,
-        no_sidecar: cli.no_sidecar,
-        mem_cache: cli.mem_cache,
-        disk_cache: cli.cache_dir.map(|dir| (dir, cli.disk_cache)),
-        readahead: cli.readahead,
-        prefetch_budget: cli.prefetch_budget,
-        allow_other: cli.allow_other,
-        size_mode: cli.size_mode,
-        record_profile: cli.record_profile,
-        raw_passthrough: cli.raw_passthrough,
-        on_ready,
-    })
+    run_mount(config)
 }
 
 /// `--daemon`: run the mount in a child without `--daemon`, relay its

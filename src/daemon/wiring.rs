@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow, bail};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{MountConfig, RawFileDisk, default_name};
+use super::{MountConfig, RawFileDisk, SourceSpec, default_name};
 use crate::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
 use crate::fuse::{DiskFile, DiskReadError, ServedFile, StatsSource};
 use crate::image::{Image, ImageLayout, ImageOptions, SidecarSource, SizeMode as ImageSizeMode};
@@ -96,14 +96,11 @@ pub(super) async fn open_all(
 ) -> anyhow::Result<Vec<Opened>> {
     let cache = build_cache(config)?;
     let mut opened = Vec::new();
-    let mut names = config.names.iter();
-    for source in &config.sources {
+    for spec in &config.sources {
+        let source = &spec.location;
         if config.raw_passthrough {
             let disk = RawFileDisk::open(Path::new(source))?;
-            let name = names
-                .next()
-                .cloned()
-                .unwrap_or_else(|| default_name(source));
+            let name = spec.name.clone().unwrap_or_else(|| default_name(source));
             let mtime = std::fs::metadata(source)
                 .and_then(|m| m.modified())
                 .unwrap_or_else(|_| SystemTime::now());
@@ -114,10 +111,14 @@ pub(super) async fn open_all(
             });
             continue;
         }
-        let (store, key) = open_source(source, &config.store)
+        let store_args = spec.store.as_ref().unwrap_or(&config.store);
+        let (store, key) = open_source(source, store_args)
             .await
             .with_context(|| format!("cannot open {source}"))?;
         let keys = if is_collection(source, &key) {
+            if spec.name.is_some() || spec.sidecar.is_some() {
+                bail!("{source}: a directory or prefix of images takes no name or sidecar");
+            }
             let keys = list_images(store.as_ref(), &key).await?;
             if keys.is_empty() {
                 bail!("{source}: no *.zvhd2 images under it");
@@ -127,9 +128,10 @@ pub(super) async fn open_all(
             vec![key]
         };
         for key in keys {
-            let name = names.next().cloned().unwrap_or_else(|| default_name(&key));
+            let name = spec.name.clone().unwrap_or_else(|| default_name(&key));
             let one = open_image(
                 config,
+                spec,
                 &store,
                 &key,
                 name,
@@ -139,12 +141,6 @@ pub(super) async fn open_all(
             .await?;
             opened.push(one);
         }
-    }
-    if let Some(extra) = names.next() {
-        bail!(
-            "--name {extra:?} has no image to name ({} images)",
-            opened.len()
-        );
     }
     Ok(opened)
 }
@@ -170,6 +166,7 @@ async fn list_images(store: &dyn ObjectStore, prefix: &str) -> anyhow::Result<Ve
 
 async fn open_image(
     config: &MountConfig,
+    spec: &SourceSpec,
     store: &Arc<dyn ObjectStore>,
     key: &str,
     name: String,
@@ -178,8 +175,9 @@ async fn open_image(
 ) -> anyhow::Result<Opened> {
     let sidecar = if config.no_sidecar {
         SidecarSource::Ignore
-    } else if let Some(location) = &config.sidecar {
-        let (sidecar_store, sidecar_key) = open_source(location, &config.store)
+    } else if let Some(location) = &spec.sidecar {
+        let store_args = spec.store.as_ref().unwrap_or(&config.store);
+        let (sidecar_store, sidecar_key) = open_source(location, store_args)
             .await
             .with_context(|| format!("cannot open sidecar {location}"))?;
         SidecarSource::Object(sidecar_store, sidecar_key)

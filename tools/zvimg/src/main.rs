@@ -1,83 +1,11 @@
-//! `zvimg` — convert, index, inspect, verify, upload and benchmark ZVHD2
-//! disk images. Parses flags and prints; the work is in the `zvmount` library.
+//! `zvimg`: parse flags, set up logging, dispatch to the subcommand's
+//! module in the `zvimg` library.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use zvstore::StoreArgs;
-
-mod bench_boot;
-mod bench_convert;
-mod bench_read;
-mod bench_store;
-mod chart;
-mod convert;
-mod inspect;
-mod progress;
-mod proxy;
-mod transfer;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "zvimg",
-    version,
-    about = "Convert, index, inspect, verify, upload and benchmark ZVHD2 disk images"
-)]
-struct Cli {
-    /// More log output (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// Which size a raw disk has: the converted disk's (`orig`) or rounded up to
-/// a whole GiB as Huawei's reader reports it (`curr`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum SizeChoice {
-    #[default]
-    Orig,
-    Curr,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Convert a disk image: raw/qcow2/vmdk/vhd/vhdx → ZVHD2, or ZVHD2 → raw.
-    Convert(convert::Args),
-    /// Build the `.zvidx` sidecar index of a ZVHD2 image.
-    Index(inspect::IndexArgs),
-    /// Show an image's sizes, blocks, compression and footer fields.
-    Info(inspect::InfoArgs),
-    /// Decode every block (and verify it against the sidecar); exit 1 at the first fault.
-    Check(inspect::CheckArgs),
-    /// Upload an image and its sidecar to S3 (parallel multipart).
-    Push(transfer::PushArgs),
-    /// Download an image (and its sidecar, if any) from any source to a local file.
-    Pull(transfer::PullArgs),
-    /// Benchmarks: convert, store, read, boot.
-    #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum BenchCommand {
-    /// Convert throughput and size against `zstd -3 -T0` of the same raw file.
-    Convert(bench_convert::Args),
-    /// GET time-to-first-byte and throughput of a store.
-    Store(bench_store::Args),
-    /// fio-like read latency and throughput of a (mounted) file.
-    Read(bench_read::Args),
-    /// Boot a guest from local raw, download+boot, zvmount cold and warm.
-    Boot(bench_boot::Args),
-}
-
-/// Store flags shared by every subcommand that reads a source.
-#[derive(clap::Args, Debug, Clone)]
-pub struct SourceArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
-}
+use clap::Parser;
+use zvimg::cli::{BenchCommand, Cli, Command};
+use zvimg::{bench_boot, bench_convert, bench_read, bench_store, convert, inspect, runtime, transfer};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -116,29 +44,5 @@ fn main() -> ExitCode {
             eprintln!("zvimg: error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The tokio runtime every async subcommand runs on.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
-/// Default sidecar path for a local image.
-pub fn default_sidecar_path(image: &std::path::Path) -> PathBuf {
-    let mut s = image.as_os_str().to_owned();
-    s.push(".zvidx");
-    PathBuf::from(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        super::Cli::command().debug_assert();
     }
 }

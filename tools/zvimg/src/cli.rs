@@ -1,0 +1,64 @@
+//! The `zvimg` command line, as a clap definition: parsed by the binary
+//! and read by `xtask` to generate the man page and shell completions.
+
+use clap::{Parser, Subcommand};
+
+use crate::{bench_boot, bench_convert, bench_read, bench_store, convert, inspect, transfer};
+
+/// `zvimg [-v] COMMAND ...`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "zvimg",
+    version,
+    about = "Convert, index, inspect, verify, upload and benchmark ZVHD2 disk images"
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Convert a disk image: raw/qcow2/vmdk/vhd/vhdx → ZVHD2, or ZVHD2 → raw.
+    Convert(convert::Args),
+    /// Build the `.zvidx` sidecar index of a ZVHD2 image.
+    Index(inspect::IndexArgs),
+    /// Show an image's sizes, blocks, compression and footer fields.
+    Info(inspect::InfoArgs),
+    /// Decode every block (and verify it against the sidecar); exit 1 at the first fault.
+    Check(inspect::CheckArgs),
+    /// Upload an image and its sidecar to S3 (parallel multipart).
+    Push(transfer::PushArgs),
+    /// Download an image (and its sidecar, if any) from any source to a local file.
+    Pull(transfer::PullArgs),
+    /// Benchmarks: convert, store, read, boot.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `zvimg bench` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Convert throughput and size against `zstd -3 -T0` of the same raw file.
+    Convert(bench_convert::Args),
+    /// GET time-to-first-byte and throughput of a store.
+    Store(bench_store::Args),
+    /// fio-like read latency and throughput of a (mounted) file.
+    Read(bench_read::Args),
+    /// Boot a guest from local raw, download+boot, zvmount cold and warm.
+    Boot(bench_boot::Args),
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

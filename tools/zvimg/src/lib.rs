@@ -1,0 +1,53 @@
+//! `zvimg` — convert, index, inspect, verify, upload and benchmark ZVHD2
+//! disk images. One module per subcommand; [`cli`] holds the clap
+//! definition (read by `xtask` for the man page and completions), and the
+//! binary only parses flags and dispatches. The mount-side work is in the
+//! `zvmount` library.
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+use zvstore::StoreArgs;
+
+pub mod bench_boot;
+pub mod bench_convert;
+pub mod bench_read;
+pub mod bench_store;
+pub mod chart;
+pub mod cli;
+pub mod convert;
+pub mod inspect;
+pub mod progress;
+pub mod proxy;
+pub mod transfer;
+
+/// Which size a raw disk has: the converted disk's (`orig`) or rounded up to
+/// a whole GiB as Huawei's reader reports it (`curr`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SizeChoice {
+    #[default]
+    Orig,
+    Curr,
+}
+
+/// Store flags shared by every subcommand that reads a source.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SourceArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// The tokio runtime every async subcommand runs on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Default sidecar path for a local image.
+pub fn default_sidecar_path(image: &std::path::Path) -> PathBuf {
+    let mut s = image.as_os_str().to_owned();
+    s.push(".zvidx");
+    PathBuf::from(s)
+}
+
