@@ -23,5 +23,20 @@ if [ $quick -eq 0 ]; then
   echo "   guest image: $ZV_GUEST_DIR"
 fi
 
+echo "== packaging: man pages, completions, .deb (unpacked and run)"
+# The dev build above is what goes in: a packaging check, not a release
+# (`cargo deb -p zvmount` alone builds and packs release binaries).
+cargo run --quiet -p xtask -- dist packaging/generated
+deb_dir="$(mktemp -d)"
+cargo deb -p zvmount --no-build --profile dev --fast --output "$deb_dir" >/dev/null
+deb_root="$(mktemp -d)"
+dpkg -x "$deb_dir"/zvmount_*.deb "$deb_root"
+"$deb_root/usr/bin/zvmount" --version
+"$deb_root/usr/bin/zvimg" --version
+test -f "$deb_root/lib/systemd/system/zvmount@.service"
+test -f "$deb_root/usr/share/man/man1/zvmount.1"
+test -f "$deb_root/usr/share/bash-completion/completions/zvimg"
+rm -rf "$deb_dir" "$deb_root"
+
 echo "== tests"
 cargo test --workspace --no-fail-fast

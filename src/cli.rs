@@ -40,7 +40,7 @@ pub struct Cli {
     /// optional, and a single argument is the MOUNTPOINT.
     #[arg(
         required_unless_present_any = ["config", "print_config"],
-        value_name = "SOURCE... MOUNTPOINT"
+        value_name = "PATH"
     )]
     pub paths: Vec<String>,
 
