@@ -25,7 +25,10 @@ pub mod zvidx;
 pub use footer::{Compression, Footer, ImageHeader};
 pub use index::{BlockIndex, BlockLocation, RecordLocation};
 pub use record::{decode_record, encode_record, max_record_size};
-pub use writer::{WriteOptions, WriteSummary, write_image};
+pub use writer::{
+    DiskSource, SequentialSource, WriteOptions, WriteSummary, WriteTimings, write_image,
+    write_image_from,
+};
 pub use zvidx::{ImageIdentity, Sidecar, SidecarEntry};
 
 /// Every footer occupies one 4096-byte slot.
