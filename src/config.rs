@@ -168,7 +168,11 @@ fn de_size_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SizeMode>, D::
     let text = String::deserialize(d)?;
     <SizeMode as clap::ValueEnum>::from_str(&text, false)
         .map(Some)
-        .map_err(|_| serde::de::Error::custom(format!("unknown size {text:?}: expected \"orig\" or \"curr\"")))
+        .map_err(|_| {
+            serde::de::Error::custom(format!(
+                "unknown size {text:?}: expected \"orig\" or \"curr\""
+            ))
+        })
 }
 
 /// Store settings an `[[image]]` table may set for itself, over the
@@ -380,7 +384,11 @@ impl MountSettings {
             mountpoint: mountpoint.or(file.mountpoint),
             mem_cache: pick(typed("mem_cache"), ByteSize(cli.mem_cache), file.mem_cache),
             cache_dir: pick_opt(typed("cache_dir"), cli.cache_dir.clone(), file.cache_dir),
-            disk_cache: pick(typed("disk_cache"), ByteSize(cli.disk_cache), file.disk_cache),
+            disk_cache: pick(
+                typed("disk_cache"),
+                ByteSize(cli.disk_cache),
+                file.disk_cache,
+            ),
             readahead: pick(typed("readahead"), cli.readahead, file.readahead),
             prefetch_budget: pick(
                 typed("prefetch_budget"),
@@ -595,7 +603,10 @@ force_path_style = true
             Some((PathBuf::from("/var/cache/zvmount"), 10 << 30))
         );
         assert_eq!(config.store.timeout, Duration::from_secs(45));
-        assert_eq!(config.store.endpoint_url.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(
+            config.store.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
         assert_eq!(config.sources.len(), 2);
         let (web, db) = (&config.sources[0], &config.sources[1]);
         assert_eq!(web.location, "s3://images/web-2026.zvhd2");
@@ -605,9 +616,15 @@ force_path_style = true
         assert_eq!(db_store.region.as_deref(), Some("eu-west-1"));
         assert!(db_store.force_path_style);
         // The mount-wide settings stay under the image's own.
-        assert_eq!(db_store.endpoint_url.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(
+            db_store.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
         assert_eq!(db_store.timeout, Duration::from_secs(45));
-        assert_eq!(db.sidecar.as_deref(), Some("https://cdn.example.com/db.zvhd2.zvidx"));
+        assert_eq!(
+            db.sidecar.as_deref(),
+            Some("https://cdn.example.com/db.zvhd2.zvidx")
+        );
         // Untouched options keep the flags' defaults.
         assert_eq!(config.readahead, 4);
         assert_eq!(config.prefetch_budget, 64 << 20);
@@ -616,20 +633,33 @@ force_path_style = true
     #[test]
     fn typed_options_win_over_the_file_and_the_file_over_defaults() {
         let settings = resolve(
-            &["--config", "x.toml", "--mem-cache", "256MiB", "--readahead", "0"],
+            &[
+                "--config",
+                "x.toml",
+                "--mem-cache",
+                "256MiB",
+                "--readahead",
+                "0",
+            ],
             TWO_IMAGES,
         )
         .unwrap();
         assert_eq!(settings.mem_cache, Some(ByteSize(256 << 20)));
         assert_eq!(settings.readahead, Some(0));
-        assert_eq!(settings.timeout, Some(HumanDuration(Duration::from_secs(45))));
+        assert_eq!(
+            settings.timeout,
+            Some(HumanDuration(Duration::from_secs(45)))
+        );
         assert_eq!(settings.retries, Some(4), "the flag's default");
     }
 
     #[test]
     fn positionals_replace_the_files_images_and_mountpoint() {
         let settings = resolve(&["--config", "x.toml", "/mnt/other"], TWO_IMAGES).unwrap();
-        assert_eq!(settings.mountpoint.as_deref(), Some(Path::new("/mnt/other")));
+        assert_eq!(
+            settings.mountpoint.as_deref(),
+            Some(Path::new("/mnt/other"))
+        );
         assert_eq!(settings.images.len(), 2, "one positional is the mountpoint");
 
         let settings = resolve(
@@ -658,7 +688,10 @@ force_path_style = true
         let err = resolve(&["a", "b", "--sidecar", "s", "/mnt"], "").unwrap_err();
         assert!(err.to_string().contains("--sidecar"), "{err}");
         let err = resolve(&["a", "--name", "x", "--name", "y", "/mnt"], "").unwrap_err();
-        assert!(err.to_string().contains("2 --name given for 1 sources"), "{err}");
+        assert!(
+            err.to_string().contains("2 --name given for 1 sources"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -672,7 +705,12 @@ force_path_style = true
         let text = "[[image]]\nsource = \"a.zvhd2\"\n  nmae = \"x.raw\"\n";
         let err = MountSettings::parse(text, Path::new("c.toml")).unwrap_err();
         match &err {
-            ConfigError::Parse { line, column, message, .. } => {
+            ConfigError::Parse {
+                line,
+                column,
+                message,
+                ..
+            } => {
                 assert_eq!((*line, *column), (3, 3), "{err}");
                 assert!(message.contains("nmae"), "{err}");
             }
@@ -715,7 +753,10 @@ force_path_style = true
         assert_eq!(ByteSize(1_000_000).to_string(), "1000000");
         assert_eq!(ByteSize(0).to_string(), "0");
         assert_eq!(HumanDuration(Duration::from_secs(30)).to_string(), "30s");
-        assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(
+            HumanDuration(Duration::from_millis(1500)).to_string(),
+            "1500ms"
+        );
         let s: MountSettings = toml::from_str("mem_cache = 4096\ntimeout = 2").unwrap();
         assert_eq!(s.mem_cache, Some(ByteSize(4096)));
         assert_eq!(s.timeout, Some(HumanDuration(Duration::from_secs(2))));

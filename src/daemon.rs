@@ -395,7 +395,10 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
     let mount = Mount::start(fs, &config.mountpoint, config.allow_other)?;
     raise_kernel_readahead(&config.mountpoint);
     notify::probe_mount(&config.mountpoint).with_context(|| {
-        format!("the mount on {} does not answer", config.mountpoint.display())
+        format!(
+            "the mount on {} does not answer",
+            config.mountpoint.display()
+        )
     })?;
     tracing::info!(mountpoint = %config.mountpoint.display(), "mounted");
     notify::ready(&format!(

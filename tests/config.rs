@@ -128,7 +128,11 @@ fn print_config_shows_the_merge_and_reads_back() {
         "--print-config",
     ]);
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for line in [
         "mountpoint = \"/run/zvmount/web\"",
         "mem_cache = \"1GiB\"",
@@ -136,7 +140,10 @@ fn print_config_shows_the_merge_and_reads_back() {
         "prefetch_budget = \"64MiB\"",
         "source = \"s3://images/web.zvhd2\"",
     ] {
-        assert!(printed.lines().any(|l| l == line), "no {line:?} in:\n{printed}");
+        assert!(
+            printed.lines().any(|l| l == line),
+            "no {line:?} in:\n{printed}"
+        );
     }
     // What it prints is itself a valid config file that means the same.
     let again = dir.path().join("again.toml");

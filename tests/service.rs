@@ -64,7 +64,11 @@ impl Daemon {
             if is_mounted(&self.mountpoint) && self.mountpoint.join(name).exists() {
                 return;
             }
-            assert!(Instant::now() < deadline, "no mount; stderr:\n{}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "no mount; stderr:\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -129,7 +133,10 @@ fn assert_reads_right(mnt: &Path, img: &ImageFiles, offset: usize, len: usize) {
     let file = File::open(mnt.join("disk.raw")).unwrap();
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, offset as u64).unwrap();
-    assert!(buf == img.raw_bytes[offset..offset + len], "wrong bytes at {offset}");
+    assert!(
+        buf == img.raw_bytes[offset..offset + len],
+        "wrong bytes at {offset}"
+    );
 }
 
 /// Every notification the daemon sent so far, one datagram each.
@@ -151,9 +158,12 @@ fn wait_for(socket: &UnixDatagram, state: &str, daemon: &Daemon) -> Vec<String> 
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let n = socket
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no {state} ({e}); got {got:?}; stderr:\n{}", daemon.stderr()));
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no {state} ({e}); got {got:?}; stderr:\n{}",
+                daemon.stderr()
+            )
+        });
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         let done = msg.lines().any(|l| l == state);
         got.push(msg);
@@ -180,7 +190,10 @@ fn ready_is_sent_once_the_mount_answers_and_stopping_on_sigterm() {
     let before_ready = wait_for(&socket, "READY=1", &daemon);
     // READY=1 came after the daemon read through its own mount: it is
     // mounted and serving right now, before we did anything.
-    assert!(is_mounted(&mnt), "READY=1 before the mount: {before_ready:?}");
+    assert!(
+        is_mounted(&mnt),
+        "READY=1 before the mount: {before_ready:?}"
+    );
     let listed: Vec<_> = std::fs::read_dir(&mnt)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -191,7 +204,12 @@ fn ready_is_sent_once_the_mount_answers_and_stopping_on_sigterm() {
         "{before_ready:?}"
     );
     let ready = before_ready.last().unwrap();
-    assert!(ready.lines().any(|l| l.starts_with("STATUS=serving 1 image")), "{ready:?}");
+    assert!(
+        ready
+            .lines()
+            .any(|l| l.starts_with("STATUS=serving 1 image")),
+        "{ready:?}"
+    );
     // The readiness probe touched no image block.
     let stats: serde_json::Value =
         serde_json::from_slice(&std::fs::read(mnt.join(".zvmount-stats.json")).unwrap()).unwrap();
@@ -213,7 +231,12 @@ fn without_notify_socket_nothing_is_sent_and_the_mount_works() {
     let img = image();
     let dir = tempfile::tempdir().unwrap();
     let mnt = mountpoint(dir.path());
-    let mut daemon = Daemon::spawn(&[img.image.as_os_str()], &mnt, &[], &dir.path().join("stderr"));
+    let mut daemon = Daemon::spawn(
+        &[img.image.as_os_str()],
+        &mnt,
+        &[],
+        &dir.path().join("stderr"),
+    );
     daemon.wait_serving("disk.raw");
     assert_reads_right(&mnt, &img, 0, 4096);
     daemon.signal(libc::SIGTERM);
@@ -225,7 +248,12 @@ fn a_crashed_daemons_mountpoint_is_recovered_by_the_next_start() {
     let img = image();
     let dir = tempfile::tempdir().unwrap();
     let mnt = mountpoint(dir.path());
-    let mut first = Daemon::spawn(&[img.image.as_os_str()], &mnt, &[], &dir.path().join("first"));
+    let mut first = Daemon::spawn(
+        &[img.image.as_os_str()],
+        &mnt,
+        &[],
+        &dir.path().join("first"),
+    );
     first.wait_serving("disk.raw");
     assert_reads_right(&mnt, &img, BLOCK as usize, 4096);
     first.signal(libc::SIGKILL);
@@ -240,7 +268,10 @@ fn a_crashed_daemons_mountpoint_is_recovered_by_the_next_start() {
     second.wait_serving("disk.raw");
     assert_reads_right(&mnt, &img, 4 * BLOCK as usize + 100, 8192);
     let stderr = second.stderr();
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("stale FUSE mount")).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("stale FUSE mount"))
+        .collect();
     assert_eq!(lines.len(), 1, "one line says so:\n{stderr}");
     assert!(lines[0].contains(&*mnt.to_string_lossy()), "{}", lines[0]);
 
@@ -256,7 +287,12 @@ fn a_live_mount_is_not_taken_over() {
     let img = image();
     let dir = tempfile::tempdir().unwrap();
     let mnt = mountpoint(dir.path());
-    let mut first = Daemon::spawn(&[img.image.as_os_str()], &mnt, &[], &dir.path().join("first"));
+    let mut first = Daemon::spawn(
+        &[img.image.as_os_str()],
+        &mnt,
+        &[],
+        &dir.path().join("first"),
+    );
     first.wait_serving("disk.raw");
     let out = Command::new(env!("CARGO_BIN_EXE_zvmount"))
         .arg(&img.image)
@@ -314,7 +350,11 @@ fn unit_template_passes_systemd_analyze_verify() {
             "{private} would hide the mount from the host"
         );
     }
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("systemd-analyze not installed: skipping verify");
         return;
     }
@@ -330,5 +370,8 @@ fn unit_template_passes_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     // Unknown keys and bad values are only warnings: none may appear.
-    assert!(stderr.trim().is_empty(), "systemd-analyze verify:\n{stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
 }

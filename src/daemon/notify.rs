@@ -43,10 +43,6 @@ fn send(states: &[NotifyState<'_>]) {
 pub fn probe_mount(mountpoint: &Path) -> std::io::Result<()> {
     let entries = std::fs::read_dir(mountpoint)?.count();
     let stats = std::fs::read(mountpoint.join(crate::fuse::STATS_FILE_NAME))?;
-    tracing::debug!(
-        entries,
-        stats_bytes = stats.len(),
-        "mount answers reads"
-    );
+    tracing::debug!(entries, stats_bytes = stats.len(), "mount answers reads");
     Ok(())
 }

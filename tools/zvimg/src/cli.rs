@@ -3,7 +3,10 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{bench_boot, bench_convert, bench_read, bench_store, convert, inspect, transfer};
+use crate::bench::{
+    boot as bench_boot, convert as bench_convert, read as bench_read, store as bench_store,
+};
+use crate::{convert, inspect, transfer};
 
 /// `zvimg [-v] COMMAND ...`.
 #[derive(Parser, Debug)]

@@ -9,16 +9,11 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 use zvstore::StoreArgs;
 
-pub mod bench_boot;
-pub mod bench_convert;
-pub mod bench_read;
-pub mod bench_store;
-pub mod chart;
+pub mod bench;
 pub mod cli;
 pub mod convert;
 pub mod inspect;
 pub mod progress;
-pub mod proxy;
 pub mod transfer;
 
 /// Which size a raw disk has: the converted disk's (`orig`) or rounded up to
@@ -50,4 +45,3 @@ pub fn default_sidecar_path(image: &std::path::Path) -> PathBuf {
     s.push(".zvidx");
     PathBuf::from(s)
 }
-

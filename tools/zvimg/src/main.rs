@@ -4,8 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use zvimg::bench::{
+    boot as bench_boot, convert as bench_convert, read as bench_read, store as bench_store,
+};
 use zvimg::cli::{BenchCommand, Cli, Command};
-use zvimg::{bench_boot, bench_convert, bench_read, bench_store, convert, inspect, runtime, transfer};
+use zvimg::{convert, inspect, runtime, transfer};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
