@@ -127,6 +127,7 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub daemon_child: bool,
 
+    /// Store options (region, endpoint, credentials profile, timeouts).
     #[command(flatten)]
     pub store: StoreArgs,
 }
