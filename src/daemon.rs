@@ -381,9 +381,21 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Listen before the mount appears: a SIGTERM racing start-up (systemd
+    // stopping a unit that is still starting, a test stopping a mount it
+    // just saw) must unmount, not kill the process and leave a dead mount.
+    let mut stop_signals = {
+        let _runtime = runtime.enter();
+        StopSignals::listen()?
+    };
     let metrics = Arc::new(Metrics::default());
 
-    let opened = runtime.block_on(wiring::open_all(&config, Arc::clone(&metrics)))?;
+    let opened = runtime.block_on(async {
+        tokio::select! {
+            opened = wiring::open_all(&config, Arc::clone(&metrics)) => opened,
+            () = stop_signals.recv() => Err(anyhow!("stopped by a signal before mounting")),
+        }
+    })?;
     let files: Vec<ServedFile> = opened.iter().map(|o| o.served.clone()).collect();
     for f in &files {
         tracing::info!(name = %f.name, origin = %f.origin, size = f.disk.size(), "serving");
@@ -409,7 +421,7 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
         ready();
     }
 
-    let stopped_by_signal = runtime.block_on(wait_for_stop(&mount))?;
+    let stopped_by_signal = runtime.block_on(wait_for_stop(&mount, stop_signals));
     notify::stopping(if stopped_by_signal {
         "unmounting"
     } else {
@@ -448,17 +460,38 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
     result
 }
 
+/// SIGINT and SIGTERM, caught from the moment this is made.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; needs a runtime context.
+    fn listen() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    /// Waits for either signal.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 /// Waits for SIGINT/SIGTERM (true) or the session ending on its own (false).
-async fn wait_for_stop(mount: &Mount) -> anyhow::Result<bool> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+async fn wait_for_stop(mount: &Mount, mut signals: StopSignals) -> bool {
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
-            _ = int.recv() => return Ok(true),
-            _ = term.recv() => return Ok(true),
-            _ = poll.tick() => if mount.is_finished() { return Ok(false) },
+            () = signals.recv() => return true,
+            _ = poll.tick() => if mount.is_finished() { return false },
         }
     }
 }

@@ -263,9 +263,18 @@ fn a_crashed_daemons_mountpoint_is_recovered_by_the_next_start() {
     let err = std::fs::read_dir(&mnt).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
 
+    // The dead mount still lists `disk.raw` from cached attributes, so
+    // wait for the new daemon's READY=1 rather than for the file.
+    let sock_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&sock_path).unwrap();
     let log = dir.path().join("second");
-    let mut second = Daemon::spawn(&[img.image.as_os_str()], &mnt, &[], &log);
-    second.wait_serving("disk.raw");
+    let mut second = Daemon::spawn(
+        &[img.image.as_os_str()],
+        &mnt,
+        &[("NOTIFY_SOCKET", sock_path.as_os_str())],
+        &log,
+    );
+    wait_for(&socket, "READY=1", &second);
     assert_reads_right(&mnt, &img, 4 * BLOCK as usize + 100, 8192);
     let stderr = second.stderr();
     let lines: Vec<&str> = stderr
