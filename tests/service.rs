@@ -152,24 +152,48 @@ fn drain(socket: &UnixDatagram) -> Vec<String> {
 }
 
 /// Waits for a datagram holding the line `state`; returns every datagram
-/// up to and including it.
-fn wait_for(socket: &UnixDatagram, state: &str, daemon: &Daemon) -> Vec<String> {
-    socket.set_read_timeout(Some(WAIT)).unwrap();
+/// up to and including it. Panics with the daemon's stderr if it exits
+/// first.
+fn wait_for(socket: &UnixDatagram, state: &str, daemon: &mut Daemon) -> Vec<String> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let n = socket.recv(&mut buf).unwrap_or_else(|e| {
-            panic!(
-                "no {state} ({e}); got {got:?}; stderr:\n{}",
-                daemon.stderr()
-            )
-        });
-        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let done = msg.lines().any(|l| l == state);
-        got.push(msg);
-        if done {
-            return got;
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = msg.lines().any(|l| l == state);
+                got.push(msg);
+                if done {
+                    return got;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("recv: {e}"),
         }
+        if let Some(child) = daemon.child.as_mut()
+            && let Some(status) = child.try_wait().unwrap()
+        {
+            // What it sent before exiting is still queued. (The reaped
+            // child keeps its status for `wait_exit`.)
+            got.extend(drain(socket));
+            if let Some(i) = got.iter().position(|m| m.lines().any(|l| l == state)) {
+                got.truncate(i + 1);
+                return got;
+            }
+            panic!(
+                "zvmount exited ({status}) before {state}; got {got:?}; stderr:\n{}",
+                daemon.stderr()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {state}; got {got:?}; stderr:\n{}",
+            daemon.stderr()
+        );
     }
 }
 
@@ -187,7 +211,7 @@ fn ready_is_sent_once_the_mount_answers_and_stopping_on_sigterm() {
         &dir.path().join("stderr"),
     );
 
-    let before_ready = wait_for(&socket, "READY=1", &daemon);
+    let before_ready = wait_for(&socket, "READY=1", &mut daemon);
     // READY=1 came after the daemon read through its own mount: it is
     // mounted and serving right now, before we did anything.
     assert!(
@@ -219,7 +243,7 @@ fn ready_is_sent_once_the_mount_answers_and_stopping_on_sigterm() {
     assert!(drain(&socket).iter().all(|m| !m.contains("STOPPING=1")));
 
     daemon.signal(libc::SIGTERM);
-    let after = wait_for(&socket, "STOPPING=1", &daemon);
+    let after = wait_for(&socket, "STOPPING=1", &mut daemon);
     assert!(after.iter().all(|m| !m.contains("READY=1")), "{after:?}");
     let status = daemon.wait_exit();
     assert!(status.success(), "{status}; stderr:\n{}", daemon.stderr());
@@ -274,7 +298,7 @@ fn a_crashed_daemons_mountpoint_is_recovered_by_the_next_start() {
         &[("NOTIFY_SOCKET", sock_path.as_os_str())],
         &log,
     );
-    wait_for(&socket, "READY=1", &second);
+    wait_for(&socket, "READY=1", &mut second);
     assert_reads_right(&mnt, &img, 4 * BLOCK as usize + 100, 8192);
     let stderr = second.stderr();
     let lines: Vec<&str> = stderr
