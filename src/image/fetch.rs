@@ -15,6 +15,7 @@ use crate::prefetch::BudgetPermit;
 use zvhd2::verify::{self, VerifyError};
 use zvhd2::{BlockLocation, RecordLocation, SidecarEntry};
 use zvstore::StoreError;
+use zvstore::coalesce::{RunLimits, plan_runs};
 
 /// Why one block could not be produced. Shared by every reader that waited
 /// for the block; turned into an [`super::ImageError`] naming image, block
@@ -159,28 +160,22 @@ pub(super) async fn run(
 }
 
 /// Groups pending blocks into runs of neighbouring records (sorted by
-/// offset), each fetched with one GET.
+/// offset), each fetched with one GET, by the one coalescing planner.
 fn coalesce(mut pending: Vec<Pending>, gap: u64, max_bytes: u64) -> Vec<Vec<Pending>> {
     pending.sort_by_key(|p| p.loc.offset);
-    let mut groups: Vec<Vec<Pending>> = Vec::new();
-    for p in pending {
-        if let Some(group) = groups.last_mut() {
-            let first = group[0].loc;
-            let last = group[group.len() - 1].loc;
-            let last_end = last.offset + u64::from(last.size);
-            let new_end = p.loc.offset + u64::from(p.loc.size);
-            if group.len() < super::MAX_RUN_BLOCKS
-                && p.loc.offset >= last_end
-                && p.loc.offset - last_end <= gap
-                && new_end - first.offset <= max_bytes
-            {
-                group.push(p);
-                continue;
-            }
-        }
-        groups.push(vec![p]);
-    }
-    groups
+    let ranges: Vec<_> = pending
+        .iter()
+        .map(|p| p.loc.offset..p.loc.offset + u64::from(p.loc.size))
+        .collect();
+    let limits = RunLimits {
+        max_ranges: super::MAX_RUN_BLOCKS,
+        ..RunLimits::new(gap, max_bytes)
+    };
+    let runs = plan_runs(&ranges, &limits);
+    let mut pending = pending.into_iter();
+    runs.into_iter()
+        .map(|run| pending.by_ref().take(run.len()).collect())
+        .collect()
 }
 
 async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
@@ -305,7 +300,11 @@ async fn decode(
 impl Image {
     /// The sidecar's entry for `block` when records are verified.
     fn sidecar_entry(&self, block: u64) -> Option<SidecarEntry> {
-        let sidecar = self.layout.sidecar.as_ref().filter(|_| self.options.verify)?;
+        let sidecar = self
+            .layout
+            .sidecar
+            .as_ref()
+            .filter(|_| self.options.verify)?;
         // The sidecar was checked against the image at open: one entry a block.
         sidecar.entries.get(block as usize).copied()
     }

@@ -81,7 +81,11 @@ pub enum VerifyFailure {
         actual: u64,
     },
     /// The decoded block is not the one the sidecar was made from.
-    #[error("BLAKE3 of the decoded block is {}, the sidecar says {}", hex(actual), hex(expected))]
+    #[error(
+        "BLAKE3 of the decoded block is {}, the sidecar says {}",
+        hex(actual),
+        hex(expected)
+    )]
     BlockHash {
         /// BLAKE3 per the sidecar.
         expected: [u8; 32],
@@ -369,8 +373,16 @@ mod tests {
         };
         let mut out = Vec::with_capacity(BS as usize);
         assert!(
-            decode_checked(&record, 3, loc, Some(&wrong), BS, Compression::Zstd, &mut out)
-                .is_err()
+            decode_checked(
+                &record,
+                3,
+                loc,
+                Some(&wrong),
+                BS,
+                Compression::Zstd,
+                &mut out
+            )
+            .is_err()
         );
         assert!(out.is_empty());
         assert!(out.capacity() >= BS as usize);
