@@ -51,6 +51,10 @@ pub struct Metrics {
     /// Total nanoseconds from handing fetched records to the decode threads
     /// until they were checked and decoded (queueing included).
     pub decode_ns: AtomicU64,
+    /// Store outages, the time spent in them, the store calls that waited
+    /// for the store to come back and the attempts retried (counted by
+    /// `zvstore`'s breaker; every store of the daemon shares this).
+    pub outage: std::sync::Arc<zvstore::outage::OutageStats>,
 }
 
 impl Metrics {
@@ -87,6 +91,10 @@ impl Metrics {
             fuse_read_bytes: g(&self.fuse_read_bytes),
             miss_wait_ns: g(&self.miss_wait_ns),
             decode_ns: g(&self.decode_ns),
+            outages: g(&self.outage.outages),
+            outage_seconds: self.outage.outage_seconds(),
+            reads_waited: g(&self.outage.reads_waited),
+            retries: g(&self.outage.retries),
         }
     }
 }
@@ -115,6 +123,14 @@ pub struct MetricsSnapshot {
     pub fuse_read_bytes: u64,
     pub miss_wait_ns: u64,
     pub decode_ns: u64,
+    /// Store outages declared (see [`zvstore::outage`]).
+    pub outages: u64,
+    /// Whole seconds spent in outages, one in progress included.
+    pub outage_seconds: u64,
+    /// Store calls that waited for the store to come back.
+    pub reads_waited: u64,
+    /// Store attempts sent again after a transient failure.
+    pub retries: u64,
 }
 
 #[cfg(test)]

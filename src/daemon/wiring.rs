@@ -95,6 +95,14 @@ pub(super) async fn open_all(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Vec<Opened>> {
     let cache = build_cache(config)?;
+    // Every store counts its outages into the daemon's stats file.
+    let config = &MountConfig {
+        store: zvstore::StoreArgs {
+            outage_stats: Some(Arc::clone(&metrics.outage)),
+            ..config.store.clone()
+        },
+        ..config.clone()
+    };
     let mut opened = Vec::new();
     let mut names = config.names.iter();
     for source in &config.sources {

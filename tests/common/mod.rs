@@ -2,6 +2,7 @@
 //! server, real FUSE mounts.
 #![allow(dead_code)]
 
+pub mod guest;
 pub mod http;
 pub mod images;
 pub mod mount;
