@@ -171,3 +171,56 @@ fn io_timeout_turns_a_long_outage_into_eio_naming_block_and_wait() {
     drop(file);
     assert!(m.stop().success());
 }
+
+/// Writes `raw` as `dir/disk.zvhd2`; its sidecar as `dir/<sidecar_name>`
+/// when given.
+fn write_local(dir: &std::path::Path, raw: &[u8], sidecar_name: Option<&str>) {
+    let mut image = Vec::new();
+    let summary = write_image(
+        raw,
+        raw.len() as u64,
+        &mut image,
+        &WriteOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    std::fs::write(dir.join("disk.zvhd2"), image).unwrap();
+    if let Some(name) = sidecar_name {
+        std::fs::write(dir.join(name), summary.sidecar.encode()).unwrap();
+    }
+}
+
+#[test]
+fn a_stale_sidecar_beside_a_replaced_image_is_ignored_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = random_disk(3, 21);
+    write_local(dir.path(), &old, Some("disk.zvhd2.zvidx"));
+    // The image is replaced; its old sidecar stays behind.
+    let new = random_disk(3, 22);
+    write_local(dir.path(), &new, None);
+    let image = dir.path().join("disk.zvhd2");
+
+    let m = Mounted::builder()
+        .arg(&image)
+        .expect_file("disk.raw")
+        .start();
+    assert_eq!(m.stats_json()["images"][0]["sidecar"], false);
+    let got = std::fs::read(m.path("disk.raw")).unwrap();
+    assert!(got == new, "the mount serves the new image's bytes");
+    let log = m.stderr();
+    assert!(
+        log.contains("WARN") && log.contains("found beside the image"),
+        "{log}"
+    );
+    assert!(m.stop().success());
+
+    // Named explicitly, the same sidecar is a hard error.
+    let err = Mounted::builder()
+        .arg("--sidecar")
+        .arg(dir.path().join("disk.zvhd2.zvidx"))
+        .arg(&image)
+        .expect_file("disk.raw")
+        .try_start()
+        .unwrap_err();
+    assert!(err.contains("sidecar"), "{err}");
+}

@@ -217,6 +217,7 @@ async fn a_503_storm_costs_a_few_requests_per_second() {
     let args = StoreArgs {
         endpoint_url: Some(format!("http://127.0.0.1:{port}")),
         io_timeout: Duration::ZERO,
+        retries: None,
         outage_stats: Some(Arc::clone(&stats)),
         ..server.store_args()
     };
@@ -266,6 +267,7 @@ async fn a_permanent_failure_is_not_waited_for() {
     server.create_bucket(&bucket).await;
     let args = StoreArgs {
         io_timeout: Duration::ZERO,
+        retries: None,
         ..server.store_args()
     };
     let (store, key) = open_source(&format!("s3://{bucket}/missing"), &args)
@@ -493,6 +495,7 @@ fn fake_args(endpoint: String) -> StoreArgs {
         endpoint_url: Some(endpoint),
         // Permanent answers must not wait; a bug that waited would hang here.
         io_timeout: Duration::from_secs(30),
+        retries: None,
         ..S3Server::start().store_args()
     }
 }

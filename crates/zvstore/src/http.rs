@@ -722,6 +722,24 @@ mod tests {
     }
 
     #[test]
+    fn presigned_expiry_from_the_query() {
+        let u = Url::parse(
+            "https://h/x?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261130T080000Z&X-Amz-Expires=3600&X-Amz-Signature=s",
+        )
+        .unwrap();
+        let at = presigned_expiry(&u).unwrap();
+        assert_eq!(http_time(at), "2026-11-30T09:00:00Z");
+        let v2 = Url::parse("https://h/x?AWSAccessKeyId=a&Expires=1700000000&Signature=s").unwrap();
+        assert_eq!(
+            presigned_expiry(&v2),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(presigned_expiry(&Url::parse("https://h/x").unwrap()), None);
+        let bad = Url::parse("https://h/x?X-Amz-Date=2026&X-Amz-Expires=60").unwrap();
+        assert_eq!(presigned_expiry(&bad), None);
+    }
+
+    #[test]
     fn content_ranges() {
         let mut h = HeaderMap::new();
         h.insert(CONTENT_RANGE, "bytes 10-19/100".parse().unwrap());

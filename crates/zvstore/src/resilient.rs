@@ -190,6 +190,12 @@ impl<S: ObjectStore> ResilientStore<S> {
             if !admission.is_probe() && !self.breaker.is_available() {
                 continue;
             }
+            // Out of time while queued for a slot: an attempt cut to zero
+            // would fail and count against the store, which did nothing.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(self.gave_up(key, op, started, n, last));
+            }
             if n > 0 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 self.breaker.stats().retries.fetch_add(1, Ordering::Relaxed);

@@ -43,6 +43,8 @@ use super::{ObjectMeta, ObjectStore, Progress, StoreError, StoreResult, parse_co
 pub const PART_SIZE: u64 = 16 << 20;
 /// Parts uploaded at once.
 pub const UPLOAD_PARALLELISM: usize = 4;
+/// Retries of one upload part unless `--retries` says otherwise.
+const DEFAULT_PART_RETRIES: u32 = 4;
 /// S3's limit on parts per upload; the part size grows to stay under it.
 const MAX_PARTS: u64 = 10_000;
 
@@ -132,7 +134,7 @@ impl S3Store {
         Ok(S3Store::with_client(
             s3_client(args).await,
             bucket,
-            args.retries + 1,
+            args.retries.unwrap_or(DEFAULT_PART_RETRIES) + 1,
         ))
     }
 

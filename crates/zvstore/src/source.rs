@@ -46,9 +46,11 @@ pub struct StoreArgs {
     /// changed) fail at once.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub io_timeout: Duration,
-    /// Attempts of one upload part (S3 multipart), after the first.
-    #[arg(long, default_value_t = 4)]
-    pub retries: u32,
+    /// Give up on a request after this many retries even before
+    /// --io-timeout (default: reads retry until --io-timeout; upload parts
+    /// 4 times).
+    #[arg(long)]
+    pub retries: Option<u32>,
     /// Requests in flight at once per source.
     #[arg(long, default_value_t = 64)]
     pub max_requests: usize,
@@ -72,7 +74,7 @@ impl Default for StoreArgs {
             no_sign_request: false,
             timeout: Duration::from_secs(30),
             io_timeout: DEFAULT_IO_TIMEOUT,
-            retries: 4,
+            retries: None,
             max_requests: 64,
             credentials: None,
             outage_stats: None,
@@ -85,9 +87,8 @@ impl StoreArgs {
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             timeout: self.timeout,
-            // Reads retry until the deadline; `retries` bounds upload parts.
             io_timeout: (!self.io_timeout.is_zero()).then_some(self.io_timeout),
-            max_retries: u32::MAX,
+            max_retries: self.retries.unwrap_or(u32::MAX),
             max_concurrent: self.max_requests.max(1),
             ..RetryPolicy::default()
         }
