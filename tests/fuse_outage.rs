@@ -111,10 +111,14 @@ fn reads_wait_through_an_outage_and_return_the_right_bytes() {
     server.restart();
     for r in readers {
         let (b, got) = r.join().unwrap();
-        assert_eq!(got.unwrap(), true, "block {b}: wrong bytes");
+        assert!(got.unwrap(), "block {b}: wrong bytes");
     }
 
     let after = m.stats();
+    eprintln!(
+        "outage: outages {} outage_seconds {} reads_waited {} retries {} (retries during the outage {})",
+        after.outages, after.outage_seconds, after.reads_waited, after.retries, during.retries
+    );
     assert_eq!(after.outages, 1, "{after:?}");
     assert!(after.reads_waited >= 1, "{after:?}");
     assert!(
@@ -133,6 +137,12 @@ fn reads_wait_through_an_outage_and_return_the_right_bytes() {
     let log = m.stderr();
     assert!(log.contains("store unreachable"), "{log}");
     assert!(log.contains("store reachable again after"), "{log}");
+    for l in log
+        .lines()
+        .filter(|l| l.contains("store unreachable") || l.contains("reachable again"))
+    {
+        eprintln!("log: {l}");
+    }
     drop(file);
     assert!(m.stop().success());
 }
@@ -155,6 +165,7 @@ fn io_timeout_turns_a_long_outage_into_eio_naming_block_and_wait() {
     // bound: the machine may be busy).
     assert!(waited >= Duration::from_secs(3), "EIO after {waited:?}");
     assert!(waited < Duration::from_secs(30), "EIO after {waited:?}");
+    eprintln!("EIO after {waited:?} with --io-timeout 3s");
     let log = m.stderr();
     let line = log
         .lines()
@@ -164,6 +175,7 @@ fn io_timeout_turns_a_long_outage_into_eio_naming_block_and_wait() {
     assert!(line.contains("block 2"), "{line}");
     assert!(line.contains("record at offset"), "{line}");
     assert!(line.contains("--io-timeout"), "{line}");
+    eprintln!("give-up line: {line}");
 
     // The store back: the same read succeeds.
     server.restart();

@@ -236,6 +236,7 @@ async fn a_503_storm_costs_a_few_requests_per_second() {
     let settled = requests.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let in_window = requests.load(Ordering::SeqCst) - settled;
+    eprintln!("storm: {settled} requests in the first 2 s, {in_window} in the next 5 s");
     // The first wave is capped by --max-requests (64); after it, one probe
     // at a time, one to two a second (max_delay 1 s).
     assert!(
