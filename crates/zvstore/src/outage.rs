@@ -190,6 +190,10 @@ struct Outage {
     waited: u64,
     /// Demand calls waiting right now (they go before prefetches).
     demand_waiting: usize,
+    /// A caller's deadline passed during this outage: like iSCSI after its
+    /// `replacement_timeout`, calls now fail after the next probe fails,
+    /// until the store answers again.
+    expired: bool,
 }
 
 /// A store-wide circuit breaker (see the module documentation).
@@ -253,6 +257,9 @@ impl Breaker {
     ) -> Result<Admission<'_>, DeadlinePassed> {
         let mut rx = self.changed.subscribe();
         let mut counted_demand = false;
+        // Failed probes of this outage when the caller arrived (an outage
+        // past --io-timeout: the caller waits for one more probe only).
+        let mut arrived_at_failure: Option<u32> = None;
         let result = loop {
             rx.borrow_and_update();
             let wake_at = {
@@ -265,6 +272,11 @@ impl Breaker {
                 if !outage.probing && now >= outage.next_probe && may_probe {
                     outage.probing = true;
                     break Ok(true);
+                }
+                if outage.expired
+                    && outage.failures > *arrived_at_failure.get_or_insert(outage.failures)
+                {
+                    break Err(DeadlinePassed);
                 }
                 if deadline.is_some_and(|d| now >= d) {
                     break Err(DeadlinePassed);
@@ -333,6 +345,7 @@ impl Breaker {
                 next_probe: now,
                 waited: 0,
                 demand_waiting: 0,
+                expired: false,
             });
             outage.failures += 1;
             if was_probe {
@@ -356,6 +369,34 @@ impl Breaker {
             );
         }
         self.bump();
+    }
+
+    /// A caller gave up at its deadline: from now until the store answers,
+    /// a call waits for the outcome of one more probe only, instead of a
+    /// full deadline of its own (the kernel retries a failed readahead page
+    /// by page, and every retry would otherwise wait again), like iSCSI
+    /// failing I/O fast once its `replacement_timeout` has passed.
+    pub fn expire(&self, waited: Duration) {
+        let first = match self.lock().as_mut() {
+            Some(outage) if !outage.expired => {
+                outage.expired = true;
+                true
+            }
+            _ => false,
+        };
+        if first {
+            tracing::warn!(
+                store = %self.name,
+                "store unreachable for longer than --io-timeout ({:.1}s): reads fail after the next probe until it answers again",
+                waited.as_secs_f64()
+            );
+        }
+        self.bump();
+    }
+
+    /// Whether calls fail after one probe (see [`Breaker::expire`]).
+    pub fn has_expired(&self) -> bool {
+        self.lock().as_ref().is_some_and(|o| o.expired)
     }
 
     fn release_probe(&self) {
@@ -440,7 +481,7 @@ mod tests {
             .await
             .unwrap()
             .unreachable(&"refused");
-        // Hold the probe forever: nobody else may go.
+        // Hold the probe: nobody else may go.
         let probe = loop {
             let a = b.admit(Priority::Demand, None, &mut false).await.unwrap();
             if a.probe {
@@ -454,11 +495,38 @@ mod tests {
                 .unwrap_err(),
             DeadlinePassed
         );
-        // Dropping an unreported probe frees the slot.
+        // Past a deadline, a later call (with no deadline of its own) waits
+        // for one more probe only: that probe failing fails it.
+        b.expire(Duration::from_millis(30));
+        assert!(b.has_expired());
+        let late = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move {
+                b.admit(Priority::Demand, None, &mut false)
+                    .await
+                    .map(|a| a.is_probe())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        probe.unreachable(&"still refused");
+        assert_eq!(late.await.unwrap(), Err(DeadlinePassed));
+        // A probe dropped without an outcome frees the slot for the next.
+        let probe = loop {
+            if let Ok(a) = b.admit(Priority::Demand, None, &mut false).await
+                && a.probe
+            {
+                break a;
+            }
+        };
         drop(probe);
-        let a = b.admit(Priority::Demand, None, &mut false).await.unwrap();
+        let a = loop {
+            if let Ok(a) = b.admit(Priority::Demand, None, &mut false).await {
+                break a;
+            }
+        };
         assert!(a.probe);
         a.reachable();
+        assert!(!b.has_expired());
         assert!(b.admit(Priority::Prefetch, None, &mut false).await.is_ok());
     }
 

@@ -168,10 +168,7 @@ impl<S: ObjectStore> ResilientStore<S> {
         loop {
             let admission = match self.breaker.admit(priority, deadline, &mut waited).await {
                 Ok(a) => a,
-                Err(DeadlinePassed) => {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    return Err(self.gave_up(key, op, started, n, last));
-                }
+                Err(DeadlinePassed) => return Err(self.give_up(key, op, started, n, last)),
             };
             // The permit covers the request only, not the wait for the
             // store, so a failing request does not hold a slot.
@@ -193,8 +190,7 @@ impl<S: ObjectStore> ResilientStore<S> {
             // Out of time while queued for a slot: an attempt cut to zero
             // would fail and count against the store, which did nothing.
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                return Err(self.gave_up(key, op, started, n, last));
+                return Err(self.give_up(key, op, started, n, last));
             }
             if n > 0 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -229,6 +225,9 @@ impl<S: ObjectStore> ResilientStore<S> {
                         self.stats.failures.fetch_add(1, Ordering::Relaxed);
                         return Err(e);
                     }
+                    if self.breaker.has_expired() {
+                        return Err(self.give_up(key, op, started, n, Some(e)));
+                    }
                     tracing::debug!(error = %e, "transient store failure; will retry");
                     last = Some(e);
                 }
@@ -240,6 +239,22 @@ impl<S: ObjectStore> ResilientStore<S> {
                 }
             }
         }
+    }
+
+    /// Ends a call whose deadline passed (or that met an outage already
+    /// past --io-timeout): counted, and the outage marked so later calls
+    /// wait for one probe only.
+    fn give_up(
+        &self,
+        key: &str,
+        op: &str,
+        started: Instant,
+        attempts: u32,
+        last: Option<StoreError>,
+    ) -> StoreError {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.breaker.expire(started.elapsed());
+        self.gave_up(key, op, started, attempts, last)
     }
 
     /// The error of a call whose deadline passed while the store failed.
@@ -257,7 +272,7 @@ impl<S: ObjectStore> ResilientStore<S> {
             waited_secs: started.elapsed().as_secs_f64(),
             attempts,
             cause: last.map_or_else(
-                || "no attempt: waited for another request's probe of the store".into(),
+                || "the store has been unreachable for longer than --io-timeout; reads fail after the next probe until it answers again".into(),
                 |e| e.to_string(),
             ),
         }
