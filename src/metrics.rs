@@ -20,6 +20,11 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct Metrics {
             $( $(#[doc = $doc])* pub $name: AtomicU64, )*
+            /// Store outages, the time spent in them, the store calls that
+            /// waited for the store to come back and the attempts retried
+            /// (counted by `zvstore`'s breaker; every store of the daemon
+            /// shares this).
+            pub outage: std::sync::Arc<zvstore::outage::OutageStats>,
         }
 
         /// A point-in-time copy of [`Metrics`], as JSON in
@@ -29,6 +34,14 @@ macro_rules! counters {
         #[serde(default)]
         pub struct MetricsSnapshot {
             $( $(#[doc = $doc])* pub $name: u64, )*
+            /// Store outages declared (see `zvstore::outage`).
+            pub outages: u64,
+            /// Whole seconds spent in outages, one in progress included.
+            pub outage_seconds: u64,
+            /// Store calls that waited for the store to come back.
+            pub reads_waited: u64,
+            /// Store attempts sent again after a transient failure.
+            pub retries: u64,
         }
 
         impl Metrics {
@@ -36,6 +49,10 @@ macro_rules! counters {
             pub fn snapshot(&self) -> MetricsSnapshot {
                 MetricsSnapshot {
                     $( $name: self.$name.load(Ordering::Relaxed), )*
+                    outages: self.outage.outages.load(Ordering::Relaxed),
+                    outage_seconds: self.outage.outage_seconds(),
+                    reads_waited: self.outage.reads_waited.load(Ordering::Relaxed),
+                    retries: self.outage.retries.load(Ordering::Relaxed),
                 }
             }
         }

@@ -53,6 +53,14 @@ pub(super) async fn open_all(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Vec<Opened>> {
     let cache = build_cache(config)?;
+    // Every store counts its outages into the daemon's stats file.
+    let config = &MountConfig {
+        store: zvstore::StoreArgs {
+            outage_stats: Some(Arc::clone(&metrics.outage)),
+            ..config.store.clone()
+        },
+        ..config.clone()
+    };
     let options = image_options(config);
     // One budget, one set of decode slots and one cache for every image:
     // K images must not hold K budgets in flight.
