@@ -8,6 +8,7 @@
 //! ```toml
 //! mountpoint = "/run/zvmount/web"
 //! cache_dir = "/var/cache/zvmount"
+//! io_timeout = "120s"
 //! mem_cache = "1GiB"
 //!
 //! [[image]]
@@ -166,13 +167,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
 /// `orig` or `curr`, as `--size` takes it.
 fn de_size_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SizeMode>, D::Error> {
     let text = String::deserialize(d)?;
-    <SizeMode as clap::ValueEnum>::from_str(&text, false)
-        .map(Some)
-        .map_err(|_| {
-            serde::de::Error::custom(format!(
-                "unknown size {text:?}: expected \"orig\" or \"curr\""
-            ))
-        })
+    text.parse::<SizeMode>().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "unknown size {text:?}: expected \"orig\" or \"curr\""
+        ))
+    })
 }
 
 /// Store settings an `[[image]]` table may set for itself, over the
@@ -286,7 +285,12 @@ pub struct MountSettings {
     /// Limit on one store request attempt (`--timeout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
-    /// Retries of a failed store request (`--retries`).
+    /// How long a read rides out a store outage before failing; `0`
+    /// waits forever (`--io-timeout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_timeout: Option<HumanDuration>,
+    /// Retries of a failed store request before `io_timeout` (`--retries`;
+    /// default: until `io_timeout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
     /// Store requests in flight per source (`--max-requests`).
@@ -405,7 +409,12 @@ impl MountSettings {
             ),
             log_file: pick_opt(typed("log_file"), cli.log_file.clone(), file.log_file),
             timeout: pick(typed("timeout"), HumanDuration(s.timeout), file.timeout),
-            retries: pick(typed("retries"), s.retries, file.retries),
+            io_timeout: pick(
+                typed("io_timeout"),
+                HumanDuration(s.io_timeout),
+                file.io_timeout,
+            ),
+            retries: pick_opt(typed("retries"), s.retries, file.retries),
             max_requests: pick(typed("max_requests"), s.max_requests, file.max_requests),
             region: pick_opt(typed("region"), s.region.clone(), file.region),
             endpoint_url: pick_opt(
@@ -459,7 +468,8 @@ impl MountSettings {
         };
         let store = mount_store.apply(&StoreArgs {
             timeout: required(self.timeout, "timeout")?.0,
-            retries: required(self.retries, "retries")?,
+            io_timeout: required(self.io_timeout, "io_timeout")?.0,
+            retries: self.retries,
             max_requests: required(self.max_requests, "max_requests")?,
             ..StoreArgs::default()
         });
@@ -577,6 +587,7 @@ mod tests {
     const TWO_IMAGES: &str = r#"
 mountpoint = "/run/zvmount/web"
 cache_dir = "/var/cache/zvmount"
+io_timeout = "10m"
 mem_cache = "1GiB"
 timeout = "45s"
 endpoint_url = "http://127.0.0.1:9000"
@@ -603,6 +614,7 @@ force_path_style = true
             Some((PathBuf::from("/var/cache/zvmount"), 10 << 30))
         );
         assert_eq!(config.store.timeout, Duration::from_secs(45));
+        assert_eq!(config.store.io_timeout, Duration::from_secs(600));
         assert_eq!(
             config.store.endpoint_url.as_deref(),
             Some("http://127.0.0.1:9000")
@@ -650,7 +662,12 @@ force_path_style = true
             settings.timeout,
             Some(HumanDuration(Duration::from_secs(45)))
         );
-        assert_eq!(settings.retries, Some(4), "the flag's default");
+        assert_eq!(
+            settings.io_timeout,
+            Some(HumanDuration(Duration::from_secs(600)))
+        );
+        assert_eq!(settings.max_requests, Some(64), "the flag's default");
+        assert_eq!(settings.retries, None, "no default: retry until io_timeout");
     }
 
     #[test]

@@ -6,57 +6,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, anyhow, bail};
-use async_trait::async_trait;
-use bytes::Bytes;
 
-use super::{MountConfig, RawFileDisk, SourceSpec, default_name};
+use super::{MountConfig, SourceSpec, default_name};
 use crate::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
-use crate::fuse::{DiskFile, DiskReadError, ServedFile, StatsSource};
-use crate::image::{Image, ImageLayout, ImageOptions, SidecarSource, SizeMode as ImageSizeMode};
+use crate::fuse::{DiskFile, RawFileDisk, ServedFile, StatsSource};
+use crate::image::{
+    Image, ImageDisk, ImageLayout, ImageOptions, MountContext, MountLimits, SidecarSource,
+};
 use crate::metrics::Metrics;
 use zvstore::{ObjectStore, open_source};
-
-/// Which size the served file shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SizeMode {
-    /// The size of the disk that was converted (`orig_size`).
-    #[default]
-    Orig,
-    /// `orig_size` rounded up to a whole GiB (`curr_size`), as Huawei's
-    /// tools present the disk; the extra bytes read as zeros.
-    Curr,
-}
-
-/// An open image served as a file.
-#[derive(Debug)]
-pub struct ImageDisk {
-    image: Arc<Image>,
-}
-
-impl ImageDisk {
-    /// Serves `image`.
-    pub fn new(image: Arc<Image>) -> ImageDisk {
-        ImageDisk { image }
-    }
-}
-
-#[async_trait]
-impl DiskFile for ImageDisk {
-    fn size(&self) -> u64 {
-        self.image.size()
-    }
-
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskReadError> {
-        // The FUSE layer never asks for more than `MAX_READ` (1 MiB).
-        let len = u32::try_from(len).map_err(|_| format!("read of {len} bytes is too large"))?;
-        Ok(self.image.read_at(offset, len).await?)
-    }
-
-    fn try_read_now(&self, offset: u64, len: usize) -> Option<Bytes> {
-        self.image.try_read_cached(offset, u32::try_from(len).ok()?)
-    }
-}
 
 /// One source, opened.
 pub(super) struct Opened {
@@ -95,11 +53,24 @@ pub(super) async fn open_all(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Vec<Opened>> {
     let cache = build_cache(config)?;
+    // Every store counts its outages into the daemon's stats file.
+    let config = &MountConfig {
+        store: zvstore::StoreArgs {
+            outage_stats: Some(Arc::clone(&metrics.outage)),
+            ..config.store.clone()
+        },
+        ..config.clone()
+    };
+    let options = image_options(config);
+    // One budget, one set of decode slots and one cache for every image:
+    // K images must not hold K budgets in flight.
+    let mount = MountContext::new(cache, metrics, MountLimits::from(&options));
     let mut opened = Vec::new();
     for spec in &config.sources {
         let source = &spec.location;
         if config.raw_passthrough {
-            let disk = RawFileDisk::open(Path::new(source))?;
+            let disk = RawFileDisk::open(Path::new(source))
+                .with_context(|| format!("cannot open {source}"))?;
             let name = spec.name.clone().unwrap_or_else(|| default_name(source));
             let mtime = std::fs::metadata(source)
                 .and_then(|m| m.modified())
@@ -111,8 +82,8 @@ pub(super) async fn open_all(
             });
             continue;
         }
-        let store_args = spec.store.as_ref().unwrap_or(&config.store);
-        let (store, key) = open_source(source, store_args)
+        let store_args = store_args(config, spec);
+        let (store, key) = open_source(source, &store_args)
             .await
             .with_context(|| format!("cannot open {source}"))?;
         let keys = if is_collection(source, &key) {
@@ -129,20 +100,34 @@ pub(super) async fn open_all(
         };
         for key in keys {
             let name = spec.name.clone().unwrap_or_else(|| default_name(&key));
-            let one = open_image(
-                config,
-                spec,
-                &store,
-                &key,
-                name,
-                Arc::clone(&cache),
-                Arc::clone(&metrics),
-            )
-            .await?;
+            let one = open_image(config, spec, &store, &key, name, &mount, options.clone()).await?;
             opened.push(one);
         }
     }
+    // Replays start once every image is open, so each one's share of the
+    // cache is its share of the whole mount. A profile being recorded must
+    // see the guest's own order instead.
+    if config.record_profile.is_none() {
+        for image in opened.iter().filter_map(|o| o.image.as_ref()) {
+            if let Some(task) = image.start_profile_prefetch() {
+                tracing::info!(image = %image.name(), "replaying the sidecar's boot profile");
+                drop(task);
+            }
+        }
+    }
     Ok(opened)
+}
+
+/// The store settings of `spec`: its own (a config file's `[[image]]`),
+/// counting outages into the mount's stats like the rest, or the mount's.
+fn store_args(config: &MountConfig, spec: &SourceSpec) -> zvstore::StoreArgs {
+    match &spec.store {
+        Some(own) => zvstore::StoreArgs {
+            outage_stats: config.store.outage_stats.clone(),
+            ..own.clone()
+        },
+        None => config.store.clone(),
+    }
 }
 
 /// Whether `source` names a directory or prefix rather than one image.
@@ -170,16 +155,16 @@ async fn open_image(
     store: &Arc<dyn ObjectStore>,
     key: &str,
     name: String,
-    cache: Arc<dyn BlockCache>,
-    metrics: Arc<Metrics>,
+    mount: &Arc<MountContext>,
+    options: ImageOptions,
 ) -> anyhow::Result<Opened> {
     let sidecar = if config.no_sidecar {
         SidecarSource::Ignore
     } else if let Some(location) = &spec.sidecar {
-        let store_args = spec.store.as_ref().unwrap_or(&config.store);
-        let (sidecar_store, sidecar_key) = open_source(location, store_args)
-            .await
-            .with_context(|| format!("cannot open sidecar {location}"))?;
+        let (sidecar_store, sidecar_key) =
+            open_source(location, &store_args(config, spec))
+                .await
+                .with_context(|| format!("cannot open sidecar {location}"))?;
         SidecarSource::Object(sidecar_store, sidecar_key)
     } else {
         SidecarSource::Auto
@@ -202,25 +187,7 @@ async fn open_image(
         "sidecar": layout.sidecar.is_some(),
         "open_requests": layout.requests,
     });
-    let options = ImageOptions {
-        size_mode: match config.size_mode {
-            SizeMode::Orig => ImageSizeMode::Orig,
-            SizeMode::Curr => ImageSizeMode::Curr,
-        },
-        readahead_blocks: config.readahead as usize,
-        prefetch_budget_bytes: config.prefetch_budget,
-        record_access: config.record_profile.is_some(),
-        ..ImageOptions::default()
-    };
-    let image = Image::new(Arc::clone(store), layout, cache, metrics, options);
-    // Fetch what the recorded boot needs before the guest asks for it; a
-    // profile being recorded must see the guest's own order instead.
-    if config.record_profile.is_none()
-        && let Some(task) = image.start_profile_prefetch()
-    {
-        tracing::info!(image = %location, "replaying the sidecar's boot profile");
-        drop(task);
-    }
+    let image = Image::in_mount(Arc::clone(store), layout, mount, options);
     Ok(Opened {
         served: ServedFile {
             name,
@@ -231,6 +198,17 @@ async fn open_image(
         image: Some(image),
         summary,
     })
+}
+
+/// How every image of the mount reads, per the mount's flags.
+fn image_options(config: &MountConfig) -> ImageOptions {
+    ImageOptions {
+        size_mode: config.size_mode,
+        readahead_blocks: config.readahead as usize,
+        prefetch_budget_bytes: config.prefetch_budget,
+        record_access: config.record_profile.is_some(),
+        ..ImageOptions::default()
+    }
 }
 
 fn build_cache(config: &MountConfig) -> anyhow::Result<Arc<dyn BlockCache>> {
