@@ -3,16 +3,22 @@
 //!
 //! The crate is split by responsibility, one module per seam:
 //!
-//! - [`format`]: pure ZVHD2 and `.zvidx` parsing and writing (no I/O, no tokio);
-//! - [`store`]: the [`store::ObjectStore`] trait and its file, S3 and HTTP
-//!   backends, plus retries, pinning and a fault-injecting wrapper;
+//! - the format crate [`zvhd2`]: pure ZVHD2 and `.zvidx` parsing, checking
+//!   and writing (no I/O, no tokio);
+//! - the store crate [`zvstore`]: the `ObjectStore` trait and its file, S3
+//!   and HTTP backends, retries, pinning, the one coalescing planner;
 //! - [`cache`]: decoded-block caches (memory LRU and persistent disk);
 //! - [`image`]: block number → verified, decoded bytes, with single-flight;
 //! - [`prefetch`]: sequential readahead and boot-profile replay;
 //! - [`fuse`]: FUSE requests → image reads, nothing more;
-//! - [`daemon`], [`metrics`]: wiring a mount together and counting what it does.
+//! - [`daemon`], [`metrics`]: wiring a mount together and counting what it does;
+//! - [`cli`]: the flags both binaries share (clap lives there, not below).
+//!
+//! A read walks down, never back up: [`fuse`] → [`image`] (via
+//! [`image::ImageDisk`]) → [`cache`] → the store → the format.
 
 pub mod cache;
+pub mod cli;
 pub mod daemon;
 pub mod fuse;
 pub mod image;

@@ -118,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Whether `source` names an object store rather than a local path.
 pub fn is_remote(source: &str) -> bool {
-    source.starts_with("s3://") || source.starts_with("http://") || source.starts_with("https://")
+    zvstore::is_remote(source)
 }
 
 /// Detects the format of a local image from its magic bytes.

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use zvstore::StoreArgs;
+use clap::{Parser, Subcommand};
+use zvmount::cli::StoreArgs;
 
 mod bench_boot;
 mod bench_convert;
@@ -32,14 +32,9 @@ struct Cli {
     command: Command,
 }
 
-/// Which size a raw disk has: the converted disk's (`orig`) or rounded up to
-/// a whole GiB as Huawei's reader reports it (`curr`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum SizeChoice {
-    #[default]
-    Orig,
-    Curr,
-}
+/// Which size a raw disk has (the one definition is
+/// [`zvmount::image::SizeMode`]; this name is what `convert` calls it).
+pub use zvmount::image::SizeMode as SizeChoice;
 
 #[derive(Subcommand, Debug)]
 enum Command {
