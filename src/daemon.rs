@@ -351,7 +351,10 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let metrics = Arc::new(Metrics::default());
 
-    let opened = runtime.block_on(wiring::open_all(&config, Arc::clone(&metrics)))?;
+    // Opening a disk cache walks its directory: done here, on the calling
+    // thread, rather than inside the runtime.
+    let cache = wiring::build_cache(&config)?;
+    let opened = runtime.block_on(wiring::open_all(&config, cache, Arc::clone(&metrics)))?;
     let files: Vec<ServedFile> = opened.iter().map(|o| o.served.clone()).collect();
     for f in &files {
         tracing::info!(name = %f.name, origin = %f.origin, size = f.disk.size(), "serving");

@@ -171,30 +171,7 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Removes its file when dropped.
-pub struct TempFile(PathBuf);
-impl TempFile {
-    pub fn new(path: PathBuf) -> Self {
-        TempFile(path)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A temporary name beside `dest` (same file system, so rename is atomic).
-pub fn temp_beside(dest: &Path, tag: &str) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
-}
+pub use crate::files::{TempFile, temp_beside};
 
 /// Expands a qcow2/vmdk/vhd/vhdx image to a temporary raw file with qemu-img.
 fn qemu_img_to_raw(input: &Path, fmt: InputFormat, output: &Path) -> anyhow::Result<TempFile> {
@@ -205,7 +182,7 @@ fn qemu_img_to_raw(input: &Path, fmt: InputFormat, output: &Path) -> anyhow::Res
         InputFormat::Vhdx => "vhdx",
         InputFormat::Raw | InputFormat::Zvhd2 => unreachable!("not a qemu-img format"),
     };
-    let tmp = TempFile(temp_beside(output, "raw"));
+    let tmp = TempFile::new(temp_beside(output, "raw"));
     let status = std::process::Command::new("qemu-img")
         .args(["convert", "-f", fmt_name, "-O", "raw"])
         .arg(input)
@@ -235,12 +212,12 @@ fn raw_to_zvhd2(args: &Args, input: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     let profile = match &args.boot_profile {
-        Some(p) => Some(crate::inspect::read_profile(p)?),
+        Some(p) => Some(crate::files::read_profile(p)?),
         None => None,
     };
     let file = File::open(input).with_context(|| format!("{}: cannot open", input.display()))?;
     let size = file.metadata()?.len();
-    let tmp = TempFile(temp_beside(&args.output, "partial"));
+    let tmp = TempFile::new(temp_beside(&args.output, "partial"));
     let out = File::create(tmp.path())
         .with_context(|| format!("{}: cannot create", tmp.path().display()))?;
     let bar = progress::bytes_bar(size, "convert");
@@ -261,9 +238,7 @@ fn raw_to_zvhd2(args: &Args, input: &Path) -> anyhow::Result<ExitCode> {
     let out = writer.into_inner().map_err(|e| e.into_error())?;
     out.sync_all()?;
     bar.finish_and_clear();
-    std::fs::rename(tmp.path(), &args.output)
-        .with_context(|| format!("{}: cannot rename into place", args.output.display()))?;
-    std::mem::forget(tmp);
+    tmp.persist(&args.output)?;
 
     let mut sidecar = summary.sidecar;
     let sidecar_path = default_sidecar_path(&args.output);
@@ -284,7 +259,7 @@ fn raw_to_zvhd2(args: &Args, input: &Path) -> anyhow::Result<ExitCode> {
         if let Some(p) = profile {
             sidecar.boot_profile = p;
         }
-        crate::inspect::write_atomic(&sidecar_path, &sidecar.encode())?;
+        crate::files::write_atomic(&sidecar_path, &sidecar.encode())?;
     }
     println!(
         "{}: {} disk, {} blocks ({} non-zero) -> {} ({:.2}x){}",
@@ -309,7 +284,7 @@ fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
             SizeChoice::Curr => layout.header.curr_size(),
         };
         let verify = layout.sidecar.clone().map(Arc::new);
-        let tmp = TempFile(temp_beside(&args.output, "partial"));
+        let tmp = TempFile::new(temp_beside(&args.output, "partial"));
         let mut out = File::create(tmp.path())
             .with_context(|| format!("{}: cannot create", tmp.path().display()))?;
         out.set_len(size)?;
@@ -339,8 +314,7 @@ fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
         .await?;
         out.sync_all()?;
         bar.finish_and_clear();
-        std::fs::rename(tmp.path(), &args.output)?;
-        std::mem::forget(tmp);
+        tmp.persist(&args.output)?;
         println!(
             "{}: {} raw disk from {}",
             args.output.display(),

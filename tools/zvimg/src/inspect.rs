@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use serde::Serialize;
 use zvhd2::{BlockLocation, Compression, Sidecar, SidecarEntry};
 use zvmount::image::open::sidecar_key;
@@ -13,8 +12,12 @@ use zvmount::image::{ImageError, ImageLayout, SidecarSource};
 use zvmount::util::hex;
 use zvstore::{ObjectStore, open_source};
 
-use crate::convert::{human, is_remote};
+use crate::convert::human;
+/// Kept here for callers that read profiles through `inspect`.
+pub use crate::files::read_profile;
+use crate::files::{TempFile, write_atomic};
 use crate::{SourceArgs, default_sidecar_path, runtime};
+use zvstore::is_remote;
 
 #[derive(clap::Args, Debug)]
 pub struct InfoArgs {
@@ -325,31 +328,12 @@ pub fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Reads a boot profile file (see [`zvmount::prefetch::parse_profile`]).
-pub fn read_profile(path: &Path) -> anyhow::Result<Vec<u64>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read boot profile", path.display()))?;
-    zvmount::prefetch::parse_profile(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-}
-
-/// Writes `bytes` to `path` via a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    // Removed on any failure, so no half-written temporary is left behind.
-    let tmp = crate::convert::TempFile::new(crate::convert::temp_beside(path, "partial"));
-    std::fs::write(tmp.path(), bytes)
-        .with_context(|| format!("{}: cannot write", tmp.path().display()))?;
-    std::fs::rename(tmp.path(), path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
-    std::mem::forget(tmp);
-    Ok(())
-}
-
-fn tempfile_with(bytes: &[u8]) -> anyhow::Result<crate::convert::TempFile> {
+fn tempfile_with(bytes: &[u8]) -> anyhow::Result<TempFile> {
     let path = std::env::temp_dir().join(format!(
         "zvimg-{}-{}.zvidx",
         std::process::id(),
         rand::random::<u32>()
     ));
     std::fs::write(&path, bytes)?;
-    Ok(crate::convert::TempFile::new(path))
+    Ok(TempFile::new(path))
 }

@@ -13,6 +13,7 @@ mod bench_read;
 mod bench_store;
 mod chart;
 mod convert;
+mod files;
 mod inspect;
 mod progress;
 mod proxy;
