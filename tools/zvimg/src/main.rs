@@ -12,9 +12,11 @@ mod bench_convert;
 mod bench_read;
 mod bench_store;
 mod chart;
+mod check;
 mod convert;
 mod files;
-mod inspect;
+mod index;
+mod info;
 mod progress;
 mod proxy;
 mod transfer;
@@ -42,11 +44,11 @@ enum Command {
     /// Convert a disk image: raw/qcow2/vmdk/vhd/vhdx → ZVHD2, or ZVHD2 → raw.
     Convert(convert::Args),
     /// Build the `.zvidx` sidecar index of a ZVHD2 image.
-    Index(inspect::IndexArgs),
+    Index(index::IndexArgs),
     /// Show an image's sizes, blocks, compression and footer fields.
-    Info(inspect::InfoArgs),
+    Info(info::InfoArgs),
     /// Decode every block (and verify it against the sidecar); exit 1 at the first fault.
-    Check(inspect::CheckArgs),
+    Check(check::CheckArgs),
     /// Upload an image and its sidecar to S3 (parallel multipart).
     Push(transfer::PushArgs),
     /// Download an image (and its sidecar, if any) from any source to a local file.
@@ -94,9 +96,9 @@ fn main() -> ExitCode {
     let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Convert(a) => convert::run(a),
-        Command::Index(a) => inspect::index(a),
-        Command::Info(a) => inspect::info(a),
-        Command::Check(a) => inspect::check(a),
+        Command::Index(a) => index::index(a),
+        Command::Info(a) => info::info(a),
+        Command::Check(a) => check::check(a),
         Command::Push(a) => transfer::push(a),
         Command::Pull(a) => transfer::pull(a),
         Command::Bench(BenchCommand::Convert(a)) => bench_convert::run(a),
