@@ -34,12 +34,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use zvstore::StoreArgs;
-use zvstore::source::parse_duration;
+use zvstore::StoreConfig;
+use zvstore::units::{parse_duration, parse_size};
 
-use crate::cli::Cli;
+use crate::cli::{ByteSize, Cli, HumanDuration};
 use crate::daemon::{MountConfig, SizeMode, SourceSpec};
-use crate::util::parse_size;
 
 /// Why a configuration cannot be used. Every variant names the file (when
 /// there is one) and what in it is wrong.
@@ -71,22 +70,8 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// A byte size written `"512MiB"`, `"2GiB"`, `"10GB"` or as a plain number
-/// of bytes; printed back in the largest exact binary unit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
-        for (unit, shift) in UNITS {
-            if self.0 != 0 && self.0.trailing_zeros() >= shift {
-                return write!(f, "{}{unit}", self.0 >> shift);
-            }
-        }
-        write!(f, "{}", self.0)
-    }
-}
+// Sizes and durations are written as the flags take them ("512MiB", "30s")
+// or as plain numbers (bytes, seconds), and printed back the flags' way.
 
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -115,22 +100,6 @@ impl<'de> Deserialize<'de> for ByteSize {
             }
         }
         d.deserialize_any(Visitor)
-    }
-}
-
-/// A duration written `"30s"`, `"500ms"`, `"2m"`, `"1h"` or as a plain
-/// number of seconds; printed back as seconds or milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0;
-        if d.subsec_nanos() == 0 {
-            write!(f, "{}s", d.as_secs())
-        } else {
-            write!(f, "{}ms", d.as_millis())
-        }
     }
 }
 
@@ -187,7 +156,7 @@ struct ImageStore {
 
 impl ImageStore {
     /// `base` with these settings put over it.
-    fn apply(&self, base: &StoreArgs) -> StoreArgs {
+    fn apply(&self, base: &StoreConfig) -> StoreConfig {
         let mut store = base.clone();
         if let Some(v) = &self.region {
             store.region = Some(v.clone());
@@ -386,17 +355,13 @@ impl MountSettings {
         let s = &cli.store;
         Ok(MountSettings {
             mountpoint: mountpoint.or(file.mountpoint),
-            mem_cache: pick(typed("mem_cache"), ByteSize(cli.mem_cache), file.mem_cache),
+            mem_cache: pick(typed("mem_cache"), cli.mem_cache, file.mem_cache),
             cache_dir: pick_opt(typed("cache_dir"), cli.cache_dir.clone(), file.cache_dir),
-            disk_cache: pick(
-                typed("disk_cache"),
-                ByteSize(cli.disk_cache),
-                file.disk_cache,
-            ),
+            disk_cache: pick(typed("disk_cache"), cli.disk_cache, file.disk_cache),
             readahead: pick(typed("readahead"), cli.readahead, file.readahead),
             prefetch_budget: pick(
                 typed("prefetch_budget"),
-                ByteSize(cli.prefetch_budget),
+                cli.prefetch_budget,
                 file.prefetch_budget,
             ),
             size: pick(typed("size_mode"), cli.size_mode, file.size),
@@ -408,12 +373,8 @@ impl MountSettings {
                 file.record_profile,
             ),
             log_file: pick_opt(typed("log_file"), cli.log_file.clone(), file.log_file),
-            timeout: pick(typed("timeout"), HumanDuration(s.timeout), file.timeout),
-            io_timeout: pick(
-                typed("io_timeout"),
-                HumanDuration(s.io_timeout),
-                file.io_timeout,
-            ),
+            timeout: pick(typed("timeout"), s.timeout, file.timeout),
+            io_timeout: pick(typed("io_timeout"), s.io_timeout, file.io_timeout),
             retries: pick_opt(typed("retries"), s.retries, file.retries),
             max_requests: pick(typed("max_requests"), s.max_requests, file.max_requests),
             region: pick_opt(typed("region"), s.region.clone(), file.region),
@@ -466,12 +427,12 @@ impl MountSettings {
             profile: self.profile,
             no_sign_request: self.no_sign_request,
         };
-        let store = mount_store.apply(&StoreArgs {
+        let store = mount_store.apply(&StoreConfig {
             timeout: required(self.timeout, "timeout")?.0,
             io_timeout: required(self.io_timeout, "io_timeout")?.0,
             retries: self.retries,
             max_requests: required(self.max_requests, "max_requests")?,
-            ..StoreArgs::default()
+            ..StoreConfig::default()
         });
         let sources = self
             .images

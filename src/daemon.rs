@@ -38,11 +38,12 @@ pub struct SourceSpec {
     pub sidecar: Option<String>,
     /// Store settings of its own (a config file's `[[image]]` table);
     /// `None` uses [`MountConfig::store`].
-    pub store: Option<zvstore::StoreArgs>,
+    pub store: Option<zvstore::StoreConfig>,
 }
 
 /// Everything a mount needs, from the command line and config file (see
-/// [`crate::config`]).
+/// [`crate::config`]). Its [`Default`] holds the defaults of the
+/// `zvmount` flags.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
     /// What to serve, in order.
@@ -50,12 +51,13 @@ pub struct MountConfig {
     /// Where to mount.
     pub mountpoint: PathBuf,
     /// How to reach stores (credentials, endpoint, timeouts).
-    pub store: zvstore::StoreArgs,
+    pub store: zvstore::StoreConfig,
     /// Ignore sidecars even when one lies beside the image.
     pub no_sidecar: bool,
     /// Bytes of decoded blocks kept in memory.
     pub mem_cache: u64,
-    /// Persistent cache directory and its size limit.
+    /// Persistent cache directory and its size limit in bytes
+    /// ([`MountConfig::DEFAULT_DISK_CACHE`] unless told).
     pub disk_cache: Option<(PathBuf, u64)>,
     /// Blocks of sequential readahead (0 = none).
     pub readahead: u32,
@@ -72,6 +74,32 @@ pub struct MountConfig {
     pub raw_passthrough: bool,
     /// Called once the mount is up and serving (used by `--daemon`).
     pub on_ready: Option<fn()>,
+}
+
+impl MountConfig {
+    /// Size limit of a disk cache when none is given: 10 GiB.
+    pub const DEFAULT_DISK_CACHE: u64 = 10 << 30;
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        let image = crate::image::ImageOptions::default();
+        MountConfig {
+            sources: Vec::new(),
+            mountpoint: PathBuf::new(),
+            store: zvstore::StoreConfig::default(),
+            no_sidecar: false,
+            mem_cache: 512 << 20,
+            disk_cache: None,
+            readahead: u32::try_from(image.readahead_blocks).unwrap_or(u32::MAX),
+            prefetch_budget: image.prefetch_budget_bytes,
+            allow_other: false,
+            size_mode: image.size_mode,
+            record_profile: None,
+            raw_passthrough: false,
+            on_ready: None,
+        }
+    }
 }
 
 /// A running mount: the FUSE session thread and how to stop it.
@@ -346,9 +374,12 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
     };
     let metrics = Arc::new(Metrics::default());
 
+    // Opening a disk cache walks its directory: done here, on the calling
+    // thread, rather than inside the runtime.
+    let cache = wiring::build_cache(&config)?;
     let opened = runtime.block_on(async {
         tokio::select! {
-            opened = wiring::open_all(&config, Arc::clone(&metrics)) => opened,
+            opened = wiring::open_all(&config, cache, Arc::clone(&metrics)) => opened,
             () = stop_signals.recv() => Err(anyhow!("stopped by a signal before mounting")),
         }
     })?;

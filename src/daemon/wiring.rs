@@ -47,12 +47,12 @@ impl Opened {
     }
 }
 
-/// Opens every source of `config`, in order.
+/// Opens every source of `config`, in order, reading through `cache`.
 pub(super) async fn open_all(
     config: &MountConfig,
+    cache: Arc<dyn BlockCache>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Vec<Opened>> {
-    let cache = build_cache(config)?;
     // Every store counts its outages into the daemon's stats file.
     let config = &MountConfig {
         store: zvstore::StoreArgs {
@@ -120,9 +120,9 @@ pub(super) async fn open_all(
 
 /// The store settings of `spec`: its own (a config file's `[[image]]`),
 /// counting outages into the mount's stats like the rest, or the mount's.
-fn store_args(config: &MountConfig, spec: &SourceSpec) -> zvstore::StoreArgs {
+fn store_args(config: &MountConfig, spec: &SourceSpec) -> zvstore::StoreConfig {
     match &spec.store {
-        Some(own) => zvstore::StoreArgs {
+        Some(own) => zvstore::StoreConfig {
             outage_stats: config.store.outage_stats.clone(),
             ..own.clone()
         },
@@ -211,7 +211,9 @@ fn image_options(config: &MountConfig) -> ImageOptions {
     }
 }
 
-fn build_cache(config: &MountConfig) -> anyhow::Result<Arc<dyn BlockCache>> {
+/// The mount's block cache. Opening a disk cache walks its directory:
+/// call it outside the async runtime.
+pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<Arc<dyn BlockCache>> {
     let memory: Arc<dyn BlockCache> = if config.mem_cache == 0 {
         Arc::new(NoCache)
     } else {

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use crate::bench::{
     boot as bench_boot, convert as bench_convert, read as bench_read, store as bench_store,
 };
-use crate::{convert, inspect, transfer};
+use crate::{check, convert, index, info, transfer};
 
 /// `zvimg [-v] COMMAND ...`.
 #[derive(Parser, Debug)]
@@ -29,11 +29,11 @@ pub enum Command {
     /// Convert a disk image: raw/qcow2/vmdk/vhd/vhdx → ZVHD2, or ZVHD2 → raw.
     Convert(convert::Args),
     /// Build the `.zvidx` sidecar index of a ZVHD2 image.
-    Index(inspect::IndexArgs),
+    Index(index::IndexArgs),
     /// Show an image's sizes, blocks, compression and footer fields.
-    Info(inspect::InfoArgs),
+    Info(info::InfoArgs),
     /// Decode every block (and verify it against the sidecar); exit 1 at the first fault.
-    Check(inspect::CheckArgs),
+    Check(check::CheckArgs),
     /// Upload an image and its sidecar to S3 (parallel multipart).
     Push(transfer::PushArgs),
     /// Download an image (and its sidecar, if any) from any source to a local file.

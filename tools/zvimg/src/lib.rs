@@ -6,24 +6,21 @@
 
 use std::path::PathBuf;
 
-use clap::ValueEnum;
-use zvstore::StoreArgs;
+use zvmount::cli::StoreArgs;
 
 pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod convert;
-pub mod inspect;
+pub mod files;
+pub mod index;
+pub mod info;
 pub mod progress;
 pub mod transfer;
 
-/// Which size a raw disk has: the converted disk's (`orig`) or rounded up to
-/// a whole GiB as Huawei's reader reports it (`curr`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum SizeChoice {
-    #[default]
-    Orig,
-    Curr,
-}
+/// Which size a raw disk has (the one definition is
+/// [`zvmount::image::SizeMode`]; this name is what `convert` calls it).
+pub use zvmount::image::SizeMode as SizeChoice;
 
 /// Store flags shared by every subcommand that reads a source.
 #[derive(clap::Args, Debug, Clone)]

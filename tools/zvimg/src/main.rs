@@ -8,7 +8,7 @@ use zvimg::bench::{
     boot as bench_boot, convert as bench_convert, read as bench_read, store as bench_store,
 };
 use zvimg::cli::{BenchCommand, Cli, Command};
-use zvimg::{convert, inspect, runtime, transfer};
+use zvimg::{check, convert, index, info, runtime, transfer};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,9 +29,9 @@ fn main() -> ExitCode {
     let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Convert(a) => convert::run(a),
-        Command::Index(a) => inspect::index(a),
-        Command::Info(a) => inspect::info(a),
-        Command::Check(a) => inspect::check(a),
+        Command::Index(a) => index::index(a),
+        Command::Info(a) => info::info(a),
+        Command::Check(a) => check::check(a),
         Command::Push(a) => transfer::push(a),
         Command::Pull(a) => transfer::pull(a),
         Command::Bench(BenchCommand::Convert(a)) => bench_convert::run(a),
