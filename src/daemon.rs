@@ -44,8 +44,11 @@ pub struct MountConfig {
     pub no_sidecar: bool,
     /// Bytes of decoded blocks kept in memory.
     pub mem_cache: u64,
-    /// Persistent cache directory and its size limit.
+    /// Host cache directory and its size limit.
     pub disk_cache: Option<(PathBuf, u64)>,
+    /// Hydrate every image into the host cache in the background, at most
+    /// this many store bytes per second (0: unlimited); `None`: don't.
+    pub hydrate: Option<u64>,
     /// Blocks of sequential readahead (0 = none).
     pub readahead: u32,
     /// Bytes prefetch may hold in flight.
@@ -378,6 +381,10 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
     tracing::info!(mountpoint = %config.mountpoint.display(), "mounted");
     if let Some(ready) = config.on_ready {
         ready();
+    }
+
+    if let Some(rate) = config.hydrate {
+        wiring::start_hydration(&runtime, &opened, rate);
     }
 
     let stopped_by_signal = runtime.block_on(wait_for_stop(&mount))?;

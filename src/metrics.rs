@@ -51,6 +51,11 @@ pub struct Metrics {
     /// Total nanoseconds from handing fetched records to the decode threads
     /// until they were checked and decoded (queueing included).
     pub decode_ns: AtomicU64,
+    /// Blocks with data present in the host cache, of `hydrate_total`
+    /// (levels, not counters: set by hydration, summed over images).
+    pub hydrate_done: AtomicU64,
+    /// Blocks with data in the hydrated images.
+    pub hydrate_total: AtomicU64,
 }
 
 impl Metrics {
@@ -87,6 +92,8 @@ impl Metrics {
             fuse_read_bytes: g(&self.fuse_read_bytes),
             miss_wait_ns: g(&self.miss_wait_ns),
             decode_ns: g(&self.decode_ns),
+            hydrate_done: g(&self.hydrate_done),
+            hydrate_total: g(&self.hydrate_total),
         }
     }
 }
@@ -115,6 +122,8 @@ pub struct MetricsSnapshot {
     pub fuse_read_bytes: u64,
     pub miss_wait_ns: u64,
     pub decode_ns: u64,
+    pub hydrate_done: u64,
+    pub hydrate_total: u64,
 }
 
 #[cfg(test)]

@@ -10,9 +10,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{MountConfig, RawFileDisk, default_name};
-use crate::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
+use crate::cache::host::CacheEntry;
+use crate::cache::{BlockCache, HostCache, MemoryCache, NoCache, TieredCache};
 use crate::fuse::{DiskFile, DiskReadError, ServedFile, StatsSource};
-use crate::image::{Image, ImageLayout, ImageOptions, SidecarSource, SizeMode as ImageSizeMode};
+use crate::image::{
+    Image, ImageError, ImageLayout, ImageOptions, SidecarSource, SizeMode as ImageSizeMode,
+};
 use crate::metrics::Metrics;
 use zvstore::{ObjectStore, open_source};
 
@@ -62,6 +65,8 @@ impl DiskFile for ImageDisk {
 pub(super) struct Opened {
     pub served: ServedFile,
     pub image: Option<Arc<Image>>,
+    /// The image's entry in the host cache, when there is one.
+    pub cached: Option<(Arc<HostCache>, Arc<CacheEntry>)>,
     /// What the stats file says about it.
     pub summary: serde_json::Value,
 }
@@ -94,7 +99,7 @@ pub(super) async fn open_all(
     config: &MountConfig,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Vec<Opened>> {
-    let cache = build_cache(config)?;
+    let (cache, host) = build_cache(config)?;
     let mut opened = Vec::new();
     let mut names = config.names.iter();
     for source in &config.sources {
@@ -111,6 +116,7 @@ pub(super) async fn open_all(
                 summary: serde_json::json!({ "name": name, "origin": source, "size": disk.size(), "raw": true }),
                 served: ServedFile { name, disk: Arc::new(disk), mtime, origin: source.clone() },
                 image: None,
+                cached: None,
             });
             continue;
         }
@@ -134,6 +140,7 @@ pub(super) async fn open_all(
                 &key,
                 name,
                 Arc::clone(&cache),
+                host.clone(),
                 Arc::clone(&metrics),
             )
             .await?;
@@ -174,6 +181,7 @@ async fn open_image(
     key: &str,
     name: String,
     cache: Arc<dyn BlockCache>,
+    host: Option<Arc<HostCache>>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Opened> {
     let sidecar = if config.no_sidecar {
@@ -187,9 +195,28 @@ async fn open_image(
         SidecarSource::Auto
     };
     let location = store.location(key);
-    let layout = ImageLayout::load(store.as_ref(), key, &sidecar)
-        .await
-        .with_context(|| format!("cannot open image {location}"))?;
+    let layout = match ImageLayout::load(store.as_ref(), key, &sidecar).await {
+        Ok(layout) => layout,
+        Err(e) => match host.as_deref().and_then(|h| cached_layout(h, &location, &e)) {
+            Some(layout) => layout,
+            None => return Err(e).with_context(|| format!("cannot open image {location}")),
+        },
+    };
+    let cached = match &host {
+        Some(h) => match h.attach(&crate::image::persist::cache_spec(&layout)) {
+            Ok(entry) => Some((Arc::clone(h), entry)),
+            Err(e) => {
+                tracing::warn!(image = %location, "not using the host cache for this image: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    if layout.requests == 0 && !cached.as_ref().is_some_and(|(_, e)| e.is_complete()) {
+        bail!(
+            "cannot open image {location}: the store is unreachable and the host cache does not hold all of it"
+        );
+    }
     tracing::info!(
         image = %location,
         sidecar = layout.sidecar.is_some(),
@@ -231,22 +258,83 @@ async fn open_image(
             origin: location,
         },
         image: Some(image),
+        cached,
         summary,
     })
 }
 
-fn build_cache(config: &MountConfig) -> anyhow::Result<Arc<dyn BlockCache>> {
+/// The layout the host cache kept for `location`, when the store could not
+/// be reached to load it (`error`): a fully cached image then still mounts.
+fn cached_layout(host: &HostCache, location: &str, error: &ImageError) -> Option<ImageLayout> {
+    let ImageError::Store(e) = error else {
+        return None;
+    };
+    // Only "could not reach it": a missing or forbidden object is an answer.
+    if e.is_not_found()
+        || matches!(
+            e,
+            zvstore::StoreError::Forbidden { .. } | zvstore::StoreError::Changed { .. }
+        )
+    {
+        return None;
+    }
+    let (id, bytes) = host.find_by_source(location)?;
+    let layout = crate::image::persist::decode(&bytes)?;
+    if layout.cache_id() != id {
+        return None;
+    }
+    tracing::warn!(
+        image = %location,
+        cache_id = %id,
+        "store unreachable ({e}); opening the image from the host cache without rechecking its identity"
+    );
+    Some(layout)
+}
+
+/// Starts background hydration of every image that has a host-cache entry.
+pub(super) fn start_hydration(runtime: &tokio::runtime::Runtime, opened: &[Opened], rate: u64) {
+    let mut any = false;
+    for o in opened {
+        let (Some(image), Some((host, entry))) = (&o.image, &o.cached) else {
+            continue;
+        };
+        any = true;
+        let options = crate::hydrate::HydrateOptions {
+            rate: (rate > 0).then_some(rate),
+            ..Default::default()
+        };
+        tracing::info!(image = %image.name(), missing = entry.record_blocks() - entry.present_blocks(), "hydrating in the background");
+        runtime.spawn(crate::hydrate::hydrate(
+            Arc::clone(image),
+            Arc::clone(host),
+            Arc::clone(entry),
+            options,
+            |_| {},
+        ));
+    }
+    if !any {
+        tracing::warn!("--hydrate needs a host cache (--cache-dir); nothing to hydrate into");
+    }
+}
+
+type Caches = (Arc<dyn BlockCache>, Option<Arc<HostCache>>);
+
+fn build_cache(config: &MountConfig) -> anyhow::Result<Caches> {
     let memory: Arc<dyn BlockCache> = if config.mem_cache == 0 {
         Arc::new(NoCache)
     } else {
         Arc::new(MemoryCache::new(config.mem_cache))
     };
     Ok(match &config.disk_cache {
-        None => memory,
+        None => (memory, None),
         Some((dir, size)) => {
-            let disk = DiskCache::open(dir, *size)
-                .map_err(|e| anyhow!("cannot open the disk cache in {}: {e}", dir.display()))?;
-            Arc::new(TieredCache::new(memory, Arc::new(disk)))
+            let host = Arc::new(
+                HostCache::open(dir, *size)
+                    .map_err(|e| anyhow!("cannot open the host cache in {}: {e}", dir.display()))?,
+            );
+            let tiered: Arc<dyn BlockCache> =
+                Arc::new(TieredCache::new(memory, Arc::clone(&host) as Arc<dyn BlockCache>));
+            (tiered, Some(host))
         }
     })
 }

@@ -16,6 +16,7 @@ mod decode;
 pub mod error;
 mod fetch;
 pub mod open;
+pub mod persist;
 pub mod scan;
 
 use std::collections::HashMap;
@@ -97,6 +98,8 @@ enum FetchKind {
     Demand,
     Readahead,
     Profile,
+    /// Background hydration: lower cache levels only, lowest priority.
+    Hydrate,
 }
 
 /// Most blocks fetched in one coalesced GET.
@@ -130,6 +133,9 @@ pub struct Image {
     budget: PrefetchBudget,
     detector: Mutex<SequentialDetector>,
     recorder: Option<Arc<AccessRecorder>>,
+    /// Demand reads waiting for a fetch right now (background hydration
+    /// holds back while any are).
+    demand_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl fmt::Debug for Image {
@@ -195,6 +201,7 @@ impl Image {
             ),
             detector: Mutex::new(SequentialDetector::new(options.readahead_blocks)),
             recorder,
+            demand_waiting: std::sync::atomic::AtomicUsize::new(0),
             layout,
             options,
         })
@@ -382,6 +389,32 @@ impl Image {
         tokio::spawn(async move { image.replay_profile(profile).await })
     }
 
+    /// Fetches `blocks` into the lower cache levels (not memory: a
+    /// background fill must not evict what readers use) and waits for
+    /// them; zero blocks are skipped. For [`crate::hydrate`]. The first
+    /// failure is returned once every block has finished.
+    pub async fn hydrate_blocks(self: &Arc<Self>, blocks: &[u64]) -> Result<(), ImageError> {
+        let wanted: Vec<(u64, RecordLocation)> = blocks
+            .iter()
+            .filter_map(|&b| match self.layout.index.lookup(b)? {
+                BlockLocation::Record(loc) => Some((b, loc)),
+                BlockLocation::Zero => None,
+            })
+            .collect();
+        let (waits, _) = self.claim(&wanted, FetchKind::Hydrate, BudgetPermit::none());
+        let results = futures::future::join_all(waits.into_iter().map(|(_, w)| w)).await;
+        for ((b, loc), r) in wanted.into_iter().zip(results) {
+            r.map_err(|f| self.block_error(b, loc, f))?;
+        }
+        Ok(())
+    }
+
+    /// Demand reads waiting for a fetch at this moment.
+    pub fn demand_waiting(&self) -> usize {
+        self.demand_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     // ---- internals -------------------------------------------------------
 
     fn locate(&self, block: u64) -> Result<BlockLocation, ImageError> {
@@ -471,6 +504,7 @@ impl Image {
             BlockWait::Ready(bytes) => Ok(bytes),
             BlockWait::Fetch(loc, fut) => {
                 let started = Instant::now();
+                let _waiting = DemandWaiting::new(&self.demand_waiting);
                 let result = fut.await;
                 Metrics::add(
                     &self.metrics.miss_wait_ns,
@@ -562,7 +596,12 @@ impl Image {
                     .shared();
                 map.insert(block, fut.clone());
                 waits.push((block, fut));
-                started.push(fetch::Pending::new(Arc::clone(self), block, loc, tx));
+                let pending = fetch::Pending::new(Arc::clone(self), block, loc, tx);
+                started.push(if kind == FetchKind::Hydrate {
+                    pending.cold()
+                } else {
+                    pending
+                });
             }
         }
         let n = started.len();
@@ -720,6 +759,22 @@ pub struct ProfileReplay {
     pub capped: u64,
     /// Time from start until the last block was ready.
     pub elapsed: std::time::Duration,
+}
+
+/// Counts a demand read as waiting while alive.
+struct DemandWaiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> DemandWaiting<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        DemandWaiting(counter)
+    }
+}
+
+impl Drop for DemandWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A block a demand read is waiting for.

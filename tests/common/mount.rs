@@ -74,6 +74,9 @@ impl MountBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
+        // As root the daemon caches in /var/cache/zvmount by default: tests
+        // share nothing unless they pass --cache-dir.
+        cmd.env("ZVMOUNT_CACHE_DIR", "none");
         if !self.envs.iter().any(|(k, _)| k == "RUST_LOG") {
             cmd.env("RUST_LOG", "warn,zvmount=info,fuser=off");
         }

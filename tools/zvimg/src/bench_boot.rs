@@ -797,6 +797,8 @@ impl Bench<'_> {
         let child = self
             .s3_command(&self.tools.zvmount, self.proxy.addr())
             .args(["--force-path-style", "--name", "disk.raw"])
+            // Cold means cold: no host cache unless a setup asks for one.
+            .env("ZVMOUNT_CACHE_DIR", "none")
             .args(&self.args.zvmount_args)
             .args(extra)
             .arg(url)
