@@ -542,3 +542,206 @@ impl BlockCache for HostCache {
         self.fill(key, block, None, false);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BS: u64 = 64 << 10;
+
+    fn spec(id: &str, blocks: u64, hashes: Option<Vec<[u8; 32]>>) -> EntrySpec {
+        EntrySpec {
+            id: id.into(),
+            source: format!("test://{id}"),
+            block_size: BS,
+            block_count: blocks,
+            data_len: blocks * BS - 1000,
+            records: (0..blocks).map(|b| b != 1).collect(),
+            hashes,
+            layout: b"layout bytes".to_vec(),
+        }
+    }
+
+    fn block(seed: u8) -> Bytes {
+        Bytes::from(
+            (0..BS as usize)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect::<Vec<u8>>(),
+        )
+    }
+
+    fn key(id: &str, b: u64) -> BlockKey {
+        BlockKey::new(Arc::from(id), b)
+    }
+
+    /// Claims, fills and waits until durable.
+    fn fill(cache: &HostCache, k: &BlockKey, data: Bytes) {
+        let Lookup::Miss(Some(claim)) = cache.lookup(k, false) else {
+            panic!("expected a claimable miss for {k:?}")
+        };
+        cache.fill(k, data, Some(claim), false);
+        cache.flush();
+    }
+
+    #[test]
+    fn filled_blocks_survive_reopen_and_the_last_block_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec("img", 4, None);
+        {
+            let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+            let e = c.attach(&s).unwrap();
+            fill(&c, &key("img", 0), block(1));
+            fill(&c, &key("img", 3), block(3));
+            assert_eq!(e.present_blocks(), 2);
+            assert!(!e.is_complete());
+            assert_eq!(c.stats().writes, 2);
+        }
+        let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+        let e = c.attach(&s).unwrap();
+        assert_eq!(e.present_blocks(), 2, "counted from the map at attach");
+        assert_eq!(e.missing_blocks().unwrap(), vec![2]);
+        let Lookup::Hit(got, CacheTier::Disk) = c.lookup(&key("img", 0), false) else {
+            panic!("hit expected")
+        };
+        assert_eq!(got, block(1));
+        // The last block holds data only up to data_len; the rest reads 0.
+        let Lookup::Hit(last, _) = c.lookup(&key("img", 3), false) else {
+            panic!("hit expected")
+        };
+        let cut = (BS - 1000) as usize;
+        assert_eq!(last[..cut], block(3)[..cut]);
+        assert!(last[cut..].iter().all(|b| *b == 0));
+        assert_eq!(
+            std::fs::metadata(e.data_path()).unwrap().len(),
+            4 * BS - 1000
+        );
+        // Zero blocks are never cached; unknown images are plain misses.
+        assert!(matches!(c.lookup(&key("img", 1), false), Lookup::Miss(None)));
+        assert!(matches!(c.lookup(&key("other", 0), false), Lookup::Miss(None)));
+    }
+
+    #[test]
+    fn data_without_its_map_byte_is_not_a_block() {
+        // What a crash between the data write and the map update leaves.
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec("img", 4, None);
+        let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+        let e = c.attach(&s).unwrap();
+        e.write_block(2, &block(9)).unwrap();
+        e.sync_data().unwrap();
+        drop(c);
+        let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+        c.attach(&s).unwrap();
+        assert!(matches!(
+            c.lookup(&key("img", 2), false),
+            Lookup::Miss(Some(_))
+        ));
+    }
+
+    #[test]
+    fn a_block_failing_the_sidecar_check_is_dropped_and_refetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let hashes: Vec<[u8; 32]> = (0..4u8).map(|b| *blake3::hash(&block(b)).as_bytes()).collect();
+        let s = spec("img", 4, Some(hashes));
+        {
+            let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+            c.attach(&s).unwrap();
+            fill(&c, &key("img", 2), block(2));
+        }
+        // Flip a byte of block 2 on disk.
+        let data = dir.path().join("images/img/data");
+        let f = OpenOptionsExt::rw(&data);
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0xAA], 2 * BS + 5).unwrap();
+        let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+        let e = c.attach(&s).unwrap();
+        let Lookup::Miss(Some(claim)) = c.lookup(&key("img", 2), false) else {
+            panic!("a corrupted block must be a claimable miss")
+        };
+        assert_eq!(c.stats().bad_blocks, 1);
+        assert_eq!(e.missing_blocks().unwrap(), vec![0, 2, 3]);
+        c.fill(&key("img", 2), block(2), Some(claim), false);
+        c.flush();
+        assert!(matches!(c.lookup(&key("img", 2), false), Lookup::Hit(b, _) if b == block(2)));
+    }
+
+    struct OpenOptionsExt;
+    impl OpenOptionsExt {
+        fn rw(p: &Path) -> std::fs::File {
+            std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_block_being_filled_elsewhere_is_busy_then_a_hit() {
+        // Two caches on one directory: separate open files, so their locks
+        // conflict exactly as two processes' do.
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec("img", 4, None);
+        let a = HostCache::open(dir.path(), 1 << 30).unwrap();
+        let b = Arc::new(HostCache::open(dir.path(), 1 << 30).unwrap());
+        a.attach(&s).unwrap();
+        b.attach(&s).unwrap();
+        let Lookup::Miss(Some(claim)) = a.lookup(&key("img", 0), false) else {
+            panic!("first claim")
+        };
+        assert!(matches!(b.lookup(&key("img", 0), false), Lookup::Busy));
+        let waiter = {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || b.lookup(&key("img", 0), true))
+        };
+        a.fill(&key("img", 0), block(7), Some(claim), false);
+        a.flush();
+        let got = waiter.join().unwrap();
+        assert!(matches!(got, Lookup::Hit(bytes, _) if bytes == block(7)));
+        // A claim dropped unfilled (a failed fetch) frees the block.
+        let Lookup::Miss(Some(claim)) = a.lookup(&key("img", 1 + 1), false) else {
+            panic!("claim")
+        };
+        drop(claim);
+        assert!(matches!(b.lookup(&key("img", 2), false), Lookup::Miss(Some(_))));
+    }
+
+    #[test]
+    fn eviction_takes_whole_images_lru_and_never_one_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+            for id in ["old", "mid"] {
+                c.attach(&spec(id, 4, None)).unwrap();
+                fill(&c, &key(id, 0), block(1));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+        c.attach(&spec("new", 4, None)).unwrap();
+        fill(&c, &key("new", 0), block(1));
+        let listed = gc::list(dir.path());
+        assert_eq!(listed.len(), 3);
+        assert!(listed.iter().any(|s| s.id == "new" && s.in_use && s.blocks_present == 1 && s.blocks_total == 3));
+        assert_eq!(
+            gc::remove(dir.path(), "new").unwrap_err().to_string(),
+            "image new is in use by a running zvmount or zvimg"
+        );
+        // A cap of one block: both unused images go, oldest first; "new" stays.
+        let report = gc::collect(dir.path(), BS, 0);
+        assert_eq!(report.removed, vec!["old".to_string(), "mid".to_string()]);
+        let left: Vec<_> = gc::list(dir.path()).into_iter().map(|s| s.id).collect();
+        assert_eq!(left, vec!["new".to_string()]);
+        // The source note and stored layout allow an offline open.
+        let (id, layout) = c.find_by_source("test://new").unwrap();
+        assert_eq!((id.as_str(), &layout[..]), ("new", &b"layout bytes"[..]));
+    }
+
+    #[test]
+    fn a_full_cache_stops_growing_but_lookups_still_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = HostCache::open(dir.path(), BS + BS / 2).unwrap();
+        c.attach(&spec("img", 4, None)).unwrap();
+        fill(&c, &key("img", 0), block(1));
+        fill(&c, &key("img", 2), block(2));
+        let st = c.stats();
+        assert_eq!((st.writes, st.dropped), (1, 1), "{st:?}");
+        assert!(matches!(c.lookup(&key("img", 0), false), Lookup::Hit(..)));
+        assert!(matches!(c.lookup(&key("img", 2), false), Lookup::Miss(Some(_))));
+    }
+}
