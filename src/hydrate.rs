@@ -106,7 +106,9 @@ pub async fn hydrate(
             return state;
         }
         let before = done;
-        let mut runs = missing.chunks(options.run_blocks.max(1)).map(<[u64]>::to_vec);
+        let mut runs = missing
+            .chunks(options.run_blocks.max(1))
+            .map(<[u64]>::to_vec);
         let mut inflight = FuturesUnordered::new();
         loop {
             while inflight.len() < options.concurrency.max(1) {
@@ -175,9 +177,13 @@ fn publish(metrics: &Metrics, state: &mut HydrateProgress, done: u64, total: u64
     use std::sync::atomic::Ordering;
     let done = done.min(total);
     if done >= state.done {
-        metrics.hydrate_done.fetch_add(done - state.done, Ordering::Relaxed);
+        metrics
+            .hydrate_done
+            .fetch_add(done - state.done, Ordering::Relaxed);
     } else {
-        metrics.hydrate_done.fetch_sub(state.done - done, Ordering::Relaxed);
+        metrics
+            .hydrate_done
+            .fetch_sub(state.done - done, Ordering::Relaxed);
     }
     state.done = done;
 }

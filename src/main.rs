@@ -66,7 +66,7 @@ struct Cli {
 
     /// Fetch every block into the host cache in the background, at the
     /// lowest priority, at most RATE MB/s (default: unlimited).
-    #[arg(long, value_name = "RATE", num_args = 0..=1, default_missing_value = "0")]
+    #[arg(long, value_name = "RATE", num_args = 0..=1, require_equals = true, default_missing_value = "0")]
     hydrate: Option<f64>,
 
     /// Blocks to fetch ahead of a sequential reader (0 disables).

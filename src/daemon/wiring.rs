@@ -197,7 +197,10 @@ async fn open_image(
     let location = store.location(key);
     let layout = match ImageLayout::load(store.as_ref(), key, &sidecar).await {
         Ok(layout) => layout,
-        Err(e) => match host.as_deref().and_then(|h| cached_layout(h, &location, &e)) {
+        Err(e) => match host
+            .as_deref()
+            .and_then(|h| cached_layout(h, &location, &e))
+        {
             Some(layout) => layout,
             None => return Err(e).with_context(|| format!("cannot open image {location}")),
         },
@@ -328,12 +331,14 @@ fn build_cache(config: &MountConfig) -> anyhow::Result<Caches> {
     Ok(match &config.disk_cache {
         None => (memory, None),
         Some((dir, size)) => {
-            let host = Arc::new(
-                HostCache::open(dir, *size)
-                    .map_err(|e| anyhow!("cannot open the host cache in {}: {e}", dir.display()))?,
-            );
-            let tiered: Arc<dyn BlockCache> =
-                Arc::new(TieredCache::new(memory, Arc::clone(&host) as Arc<dyn BlockCache>));
+            let host =
+                Arc::new(HostCache::open(dir, *size).map_err(|e| {
+                    anyhow!("cannot open the host cache in {}: {e}", dir.display())
+                })?);
+            let tiered: Arc<dyn BlockCache> = Arc::new(TieredCache::new(
+                memory,
+                Arc::clone(&host) as Arc<dyn BlockCache>,
+            ));
             (tiered, Some(host))
         }
     })

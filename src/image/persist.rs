@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::ImageLayout;
 use crate::cache::host::EntrySpec;
-use zvhd2::{BlockIndex, BlockLocation, Footer, ImageHeader, ImageIdentity, RecordLocation, Sidecar};
+use zvhd2::{
+    BlockIndex, BlockLocation, Footer, ImageHeader, ImageIdentity, RecordLocation, Sidecar,
+};
 use zvstore::ObjectMeta;
 
 const MAGIC: &[u8; 8] = b"ZVLAYT01";
@@ -74,7 +76,11 @@ pub fn encode(layout: &ImageLayout) -> Vec<u8> {
         out.extend_from_slice(&loc.offset.to_le_bytes());
         out.extend_from_slice(&loc.size.to_le_bytes());
     }
-    let sidecar = layout.sidecar.as_ref().map(Sidecar::encode).unwrap_or_default();
+    let sidecar = layout
+        .sidecar
+        .as_ref()
+        .map(Sidecar::encode)
+        .unwrap_or_default();
     out.extend_from_slice(&(sidecar.len() as u64).to_le_bytes());
     out.extend_from_slice(&sidecar);
     out

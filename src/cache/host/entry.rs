@@ -358,7 +358,8 @@ impl CacheEntry {
     /// Sets the map byte of `block` (1 present, 0 absent); durable after
     /// [`CacheEntry::sync_map`].
     pub(super) fn set_map(&self, block: u64, present: bool) -> io::Result<()> {
-        self.map.write_all_at(&[u8::from(present)], MAP_HEADER + block)?;
+        self.map
+            .write_all_at(&[u8::from(present)], MAP_HEADER + block)?;
         if self.has_record(block) {
             if present {
                 self.present.fetch_add(1, Ordering::Relaxed);

@@ -120,7 +120,10 @@ fn source_note(root: &Path, source: &str) -> PathBuf {
 pub(super) fn remember_source(root: &Path, source: &str, id: &str) {
     let path = source_note(root, source);
     let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    if fs::write(&tmp, id).and_then(|()| fs::rename(&tmp, &path)).is_err() {
+    if fs::write(&tmp, id)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .is_err()
+    {
         let _ = fs::remove_file(&tmp);
     }
 }

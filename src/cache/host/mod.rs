@@ -222,7 +222,8 @@ impl HostCache {
     /// store is unreachable.
     pub fn find_by_source(&self, source: &str) -> Option<(String, Vec<u8>)> {
         let id = gc::source_id(&self.inner.root, source)?;
-        let layout = entry::read_layout(&self.inner.root.join("images").join(&id).join(entry::LAYOUT))?;
+        let layout =
+            entry::read_layout(&self.inner.root.join("images").join(&id).join(entry::LAYOUT))?;
         Some((id, layout))
     }
 
@@ -282,11 +283,7 @@ impl HostCache {
 impl Drop for HostCache {
     fn drop(&mut self) {
         // Finish what is queued, so blocks fetched just before unmount stay.
-        let writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((tx, handle)) = writer {
             drop(tx);
             let _ = handle.join();
@@ -359,7 +356,11 @@ impl HostInner {
                 block,
                 "host cache block does not match the sidecar; dropping it and fetching it again"
             );
-            if entry.set_map(block, false).and_then(|()| entry.sync_map()).is_err() {
+            if entry
+                .set_map(block, false)
+                .and_then(|()| entry.sync_map())
+                .is_err()
+            {
                 return Lookup::Miss(None);
             }
         }
@@ -616,8 +617,14 @@ mod tests {
             4 * BS - 1000
         );
         // Zero blocks are never cached; unknown images are plain misses.
-        assert!(matches!(c.lookup(&key("img", 1), false), Lookup::Miss(None)));
-        assert!(matches!(c.lookup(&key("other", 0), false), Lookup::Miss(None)));
+        assert!(matches!(
+            c.lookup(&key("img", 1), false),
+            Lookup::Miss(None)
+        ));
+        assert!(matches!(
+            c.lookup(&key("other", 0), false),
+            Lookup::Miss(None)
+        ));
     }
 
     #[test]
@@ -641,7 +648,9 @@ mod tests {
     #[test]
     fn a_block_failing_the_sidecar_check_is_dropped_and_refetched() {
         let dir = tempfile::tempdir().unwrap();
-        let hashes: Vec<[u8; 32]> = (0..4u8).map(|b| *blake3::hash(&block(b)).as_bytes()).collect();
+        let hashes: Vec<[u8; 32]> = (0..4u8)
+            .map(|b| *blake3::hash(&block(b)).as_bytes())
+            .collect();
         let s = spec("img", 4, Some(hashes));
         {
             let c = HostCache::open(dir.path(), 1 << 30).unwrap();
@@ -667,7 +676,11 @@ mod tests {
     struct OpenOptionsExt;
     impl OpenOptionsExt {
         fn rw(p: &Path) -> std::fs::File {
-            std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap()
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .unwrap()
         }
     }
 
@@ -698,7 +711,10 @@ mod tests {
             panic!("claim")
         };
         drop(claim);
-        assert!(matches!(b.lookup(&key("img", 2), false), Lookup::Miss(Some(_))));
+        assert!(matches!(
+            b.lookup(&key("img", 2), false),
+            Lookup::Miss(Some(_))
+        ));
     }
 
     #[test]
@@ -717,7 +733,11 @@ mod tests {
         fill(&c, &key("new", 0), block(1));
         let listed = gc::list(dir.path());
         assert_eq!(listed.len(), 3);
-        assert!(listed.iter().any(|s| s.id == "new" && s.in_use && s.blocks_present == 1 && s.blocks_total == 3));
+        assert!(
+            listed
+                .iter()
+                .any(|s| s.id == "new" && s.in_use && s.blocks_present == 1 && s.blocks_total == 3)
+        );
         assert_eq!(
             gc::remove(dir.path(), "new").unwrap_err().to_string(),
             "image new is in use by a running zvmount or zvimg"
@@ -742,6 +762,9 @@ mod tests {
         let st = c.stats();
         assert_eq!((st.writes, st.dropped), (1, 1), "{st:?}");
         assert!(matches!(c.lookup(&key("img", 0), false), Lookup::Hit(..)));
-        assert!(matches!(c.lookup(&key("img", 2), false), Lookup::Miss(Some(_))));
+        assert!(matches!(
+            c.lookup(&key("img", 2), false),
+            Lookup::Miss(Some(_))
+        ));
     }
 }
