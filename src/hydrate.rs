@@ -83,6 +83,7 @@ pub async fn hydrate(
     let mut backoff = Duration::ZERO;
     let mut last_log = Instant::now();
     let mut paused = false;
+    let mut launched = 0u64;
     loop {
         let e = Arc::clone(&entry);
         let missing = match tokio::task::spawn_blocking(move || e.missing_blocks()).await {
@@ -120,13 +121,16 @@ pub async fn hydrate(
                 while image.demand_waiting() > 0 {
                     tokio::time::sleep(YIELD_POLL).await;
                 }
+                let bytes = store_bytes(&image, &run);
                 if let Some(rate) = options.rate.filter(|r| *r > 0) {
-                    let due = Duration::from_secs_f64(state.bytes as f64 / rate as f64);
+                    // Paced by bytes started, so the cap holds from the
+                    // first fetch on.
+                    let due = Duration::from_secs_f64(launched as f64 / rate as f64);
                     if let Some(wait) = due.checked_sub(started.elapsed()) {
                         tokio::time::sleep(wait).await;
                     }
                 }
-                let bytes = store_bytes(&image, &run);
+                launched += bytes;
                 let img = Arc::clone(&image);
                 inflight.push(async move { (img.hydrate_blocks(&run).await, run.len(), bytes) });
             }

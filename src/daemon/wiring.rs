@@ -302,9 +302,16 @@ pub(super) fn start_hydration(runtime: &tokio::runtime::Runtime, opened: &[Opene
             continue;
         };
         any = true;
-        let options = crate::hydrate::HydrateOptions {
-            rate: (rate > 0).then_some(rate),
-            ..Default::default()
+        let options = if rate > 0 {
+            // Capped: one block at a time keeps the rate smooth.
+            crate::hydrate::HydrateOptions {
+                rate: Some(rate),
+                run_blocks: 1,
+                concurrency: 1,
+                ..Default::default()
+            }
+        } else {
+            crate::hydrate::HydrateOptions::default()
         };
         tracing::info!(image = %image.name(), missing = entry.record_blocks() - entry.present_blocks(), "hydrating in the background");
         runtime.spawn(crate::hydrate::hydrate(
