@@ -168,6 +168,8 @@ pub async fn hydrate(
         let e = Arc::clone(&entry);
         let _ = tokio::task::spawn_blocking(move || e.refresh_present()).await;
         if entry.present_blocks() <= before && backoff.is_zero() {
+            let present = entry.present_blocks();
+            publish(&metrics, &mut state, present, total);
             // No progress without a store error: the cache is not keeping
             // blocks (full or stopped). Nothing more to gain.
             tracing::warn!(image = %image.name(), "hydration stopped: the host cache is not keeping blocks (full, or its disk failed)");

@@ -21,6 +21,18 @@ const MIB: usize = 1 << 20;
 const BLOCK: usize = 2 * MIB;
 
 /// A random raw disk of `mib` MiB, its image and sidecar uploaded to `server`.
+/// A directory for a host cache: in /dev/shm when there is one, so that
+/// the cache's 5% free-space floor depends on memory, not on how full the
+/// build machine's disk happens to be.
+fn cache_tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}
+
 fn upload(server: &S3Server, mib: usize, seed: u64) -> (Vec<u8>, String) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut raw = vec![0u8; mib * MIB];
@@ -93,7 +105,7 @@ fn wait_hydrated(m: &Mounted) {
 fn four_daemons_share_one_cache_and_the_store_serves_each_block_once() {
     let server = S3Server::start();
     let (raw, url) = upload(server, 64, 11);
-    let cache = tempfile::tempdir().unwrap();
+    let cache = cache_tempdir();
     let mounts: Vec<Mounted> = (0..4)
         .map(|_| builder(server, &url, cache.path()).start())
         .collect();
@@ -141,7 +153,7 @@ fn four_daemons_share_one_cache_and_the_store_serves_each_block_once() {
 fn a_crash_between_data_and_map_loses_the_block_never_the_bytes() {
     let server = S3Server::start();
     let (raw, url) = upload(server, 8, 12);
-    let cache = tempfile::tempdir().unwrap();
+    let cache = cache_tempdir();
     let mut m = builder(server, &url, cache.path())
         .env("ZVMOUNT_TEST_CRASH_BEFORE_MAP", "1")
         .start();
@@ -204,7 +216,7 @@ fn is_zombie(pid: u32) -> bool {
 fn a_fully_cached_image_serves_and_mounts_with_the_store_down() {
     let server = S3Server::start_private();
     let (raw, url) = upload(&server, 16, 13);
-    let cache = tempfile::tempdir().unwrap();
+    let cache = cache_tempdir();
     let running = builder_with(
         &server,
         &url,
@@ -237,7 +249,7 @@ fn a_fully_cached_image_serves_and_mounts_with_the_store_down() {
     assert!(running.stop().success());
 
     // An image not (fully) cached still refuses to mount without its store.
-    let other = tempfile::tempdir().unwrap();
+    let other = cache_tempdir();
     let err = builder(&server, &url, other.path())
         .try_start()
         .unwrap_err();

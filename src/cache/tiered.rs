@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn host_hit_is_promoted_to_memory() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::cache::host::tests::test_dir();
         let spec = EntrySpec {
             id: "img".into(),
             source: "test".into(),

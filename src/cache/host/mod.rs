@@ -545,10 +545,19 @@ impl BlockCache for HostCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const BS: u64 = 64 << 10;
+
+    /// A directory on a file system with room: the cache keeps 5% free,
+    /// and a build machine's disk may be fuller than that.
+    pub(crate) fn test_dir() -> tempfile::TempDir {
+        match std::path::Path::new("/dev/shm").is_dir() {
+            true => tempfile::tempdir_in("/dev/shm").unwrap(),
+            false => tempfile::tempdir().unwrap(),
+        }
+    }
 
     fn spec(id: &str, blocks: u64, hashes: Option<Vec<[u8; 32]>>) -> EntrySpec {
         EntrySpec {
@@ -586,7 +595,7 @@ mod tests {
 
     #[test]
     fn filled_blocks_survive_reopen_and_the_last_block_is_cut() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_dir();
         let s = spec("img", 4, None);
         {
             let c = HostCache::open(dir.path(), 1 << 30).unwrap();
@@ -630,7 +639,7 @@ mod tests {
     #[test]
     fn data_without_its_map_byte_is_not_a_block() {
         // What a crash between the data write and the map update leaves.
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_dir();
         let s = spec("img", 4, None);
         let c = HostCache::open(dir.path(), 1 << 30).unwrap();
         let e = c.attach(&s).unwrap();
@@ -647,7 +656,7 @@ mod tests {
 
     #[test]
     fn a_block_failing_the_sidecar_check_is_dropped_and_refetched() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_dir();
         let hashes: Vec<[u8; 32]> = (0..4u8)
             .map(|b| *blake3::hash(&block(b)).as_bytes())
             .collect();
@@ -688,7 +697,7 @@ mod tests {
     fn a_block_being_filled_elsewhere_is_busy_then_a_hit() {
         // Two caches on one directory: separate open files, so their locks
         // conflict exactly as two processes' do.
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_dir();
         let s = spec("img", 4, None);
         let a = HostCache::open(dir.path(), 1 << 30).unwrap();
         let b = Arc::new(HostCache::open(dir.path(), 1 << 30).unwrap());
@@ -719,7 +728,7 @@ mod tests {
 
     #[test]
     fn eviction_takes_whole_images_lru_and_never_one_in_use() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_dir();
         {
             let c = HostCache::open(dir.path(), 1 << 30).unwrap();
             for id in ["old", "mid"] {
@@ -754,7 +763,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_stops_growing_but_lookups_still_work() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_dir();
         let c = HostCache::open(dir.path(), BS + BS / 2).unwrap();
         c.attach(&spec("img", 4, None)).unwrap();
         fill(&c, &key("img", 0), block(1));

@@ -11,8 +11,10 @@ mod bench_boot;
 mod bench_convert;
 mod bench_read;
 mod bench_store;
+mod cache;
 mod chart;
 mod convert;
+mod hydrate;
 mod inspect;
 mod progress;
 mod proxy;
@@ -55,6 +57,10 @@ enum Command {
     Push(transfer::PushArgs),
     /// Download an image (and its sidecar, if any) from any source to a local file.
     Pull(transfer::PullArgs),
+    /// Fill the host cache with a whole image, without mounting it.
+    Hydrate(hydrate::Args),
+    /// The host cache: ls, rm, gc.
+    Cache(cache::Args),
     /// Benchmarks: convert, store, read, boot.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -103,6 +109,8 @@ fn main() -> ExitCode {
         Command::Check(a) => inspect::check(a),
         Command::Push(a) => transfer::push(a),
         Command::Pull(a) => transfer::pull(a),
+        Command::Hydrate(a) => ok(hydrate::run(a)),
+        Command::Cache(a) => ok(cache::run(a)),
         Command::Bench(BenchCommand::Convert(a)) => bench_convert::run(a),
         Command::Bench(BenchCommand::Store(a)) => {
             runtime().and_then(|rt| ok(rt.block_on(bench_store::run(a))))
