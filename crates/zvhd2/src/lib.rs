@@ -7,6 +7,14 @@
 //! 2. [`BlockIndex::from_metadata`] on the bytes in [`ImageHeader::metadata_range`]
 //!    (index segments followed by bitmap segments), or [`Sidecar::block_index`];
 //! 3. [`decode_record`] on the bytes of one record, for each block wanted.
+//!
+//! The byte layout is in `docs/format.md` (and the sidecar's in
+//! `docs/zvidx.md`); every public format field's doc gives its offset. In
+//! the workspace (`docs/ARCHITECTURE.md`) this is the bottom layer: the
+//! `zvmount` daemon, `zvimg` and the test kit build on it, and it depends on
+//! none of them — another project (an nbdkit plugin, a converter) can use it
+//! alone.
+#![deny(missing_docs)]
 
 pub mod footer;
 pub mod index;
@@ -17,7 +25,10 @@ pub mod zvidx;
 pub use footer::{Compression, Footer, ImageHeader};
 pub use index::{BlockIndex, BlockLocation, RecordLocation};
 pub use record::{decode_record, encode_record, max_record_size};
-pub use writer::{WriteOptions, WriteSummary, write_image};
+pub use writer::{
+    DiskSource, SequentialSource, WriteOptions, WriteSummary, WriteTimings, write_image,
+    write_image_from,
+};
 pub use zvidx::{ImageIdentity, Sidecar, SidecarEntry};
 
 /// Every footer occupies one 4096-byte slot.

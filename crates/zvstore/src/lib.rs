@@ -6,7 +6,11 @@
 //! concurrency caps live in [`resilient`], once, around any backend; faults
 //! for tests come from [`fault`].
 //!
-//! Nothing here knows about ZVHD2: a store moves bytes.
+//! Nothing here knows about ZVHD2: a store moves bytes. In the workspace
+//! (`docs/ARCHITECTURE.md`) it sits below the `zvmount` read path and
+//! beside the pure format crate `zvhd2`; `zvimg` uses it for push/pull and
+//! the test kit `zvtest` for its S3 fixture.
+#![warn(missing_docs)]
 
 use std::fmt;
 use std::ops::Range;

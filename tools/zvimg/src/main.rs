@@ -7,18 +7,17 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use zvstore::StoreArgs;
 
-mod bench_boot;
-mod bench_convert;
-mod bench_read;
-mod bench_store;
+mod bench;
 mod cache;
-mod chart;
 mod convert;
 mod hydrate;
 mod inspect;
 mod progress;
-mod proxy;
 mod transfer;
+
+use bench::{
+    boot as bench_boot, convert as bench_convert, read as bench_read, store as bench_store,
+};
 
 #[derive(Parser, Debug)]
 #[command(
