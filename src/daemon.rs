@@ -236,7 +236,7 @@ impl Mount {
     /// Mounts `fs` on `mountpoint` and serves it from a background thread.
     pub fn start(fs: ZvFs, mountpoint: &Path, allow_other: bool) -> anyhow::Result<Mount> {
         let options = crate::fuse::mount_options(allow_other);
-        let mut session = fuser::Session::new(fs, mountpoint, &options).map_err(|e| {
+        let session = fuser::Session::new(fs, mountpoint, &options).map_err(|e| {
             let hint = match e.raw_os_error() {
                 Some(libc::EPERM) | Some(libc::EACCES) => {
                     " (is fuse3 installed, /dev/fuse accessible, and for --allow-other `user_allow_other` in /etc/fuse.conf?)"

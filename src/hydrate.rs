@@ -97,6 +97,15 @@ pub async fn hydrate(
         publish(&metrics, &mut state, done, total);
         progress(state);
         if missing.is_empty() {
+            // Blocks cached by earlier runs are checked against the sidecar
+            // before the image counts as local; any that fail go back to
+            // the list.
+            let e = Arc::clone(&entry);
+            if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || e.verify_present()).await
+                && n > 0
+            {
+                continue;
+            }
             tracing::info!(
                 image = %image.name(),
                 blocks = total,

@@ -256,3 +256,33 @@ fn a_fully_cached_image_serves_and_mounts_with_the_store_down() {
     assert!(err.contains("cannot open image"), "{err}");
     server.restart();
 }
+
+#[test]
+fn a_new_open_of_a_local_image_is_served_by_passthrough() {
+    let server = S3Server::start();
+    let (raw, url) = upload(server, 16, 14);
+    let cache = cache_tempdir();
+    let m = builder_with(server, &url, cache.path(), &["--hydrate"]).start();
+    wait_hydrated(&m);
+    let before = m.stats();
+    // Opened after the image became local: the kernel reads the cache file
+    // itself, the daemon sees no read.
+    let all = std::fs::read(m.path("disk.raw")).unwrap();
+    assert_eq!(sha(&all), sha(&raw));
+    let f = File::open(m.path("disk.raw")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for off in [0usize, 5 * MIB + 123, 16 * MIB - 4096] {
+        f.read_exact_at(&mut buf, off as u64).unwrap();
+        assert!(buf[..] == raw[off..off + 4096]);
+    }
+    let after = m.stats();
+    assert_eq!(
+        (after.fuse_reads, after.fuse_read_bytes),
+        (before.fuse_reads, before.fuse_read_bytes),
+        "reads through a passthrough handle must not reach the daemon\n{}",
+        m.stderr()
+    );
+    assert!(m.stderr().contains("FUSE passthrough"), "{}", m.stderr());
+    drop(f);
+    assert!(m.stop().success());
+}

@@ -35,12 +35,26 @@ pub enum SizeMode {
 #[derive(Debug)]
 pub struct ImageDisk {
     image: Arc<Image>,
+    /// Its host-cache entry: once the whole disk is there (and checked),
+    /// the entry's data file is the disk, for FUSE passthrough.
+    cached: Option<Arc<CacheEntry>>,
 }
 
 impl ImageDisk {
     /// Serves `image`.
     pub fn new(image: Arc<Image>) -> ImageDisk {
-        ImageDisk { image }
+        ImageDisk {
+            image,
+            cached: None,
+        }
+    }
+
+    /// Serves `image`, whose host-cache entry is `entry`.
+    pub fn with_cache_entry(image: Arc<Image>, entry: Arc<CacheEntry>) -> ImageDisk {
+        ImageDisk {
+            image,
+            cached: Some(entry),
+        }
     }
 }
 
@@ -58,6 +72,16 @@ impl DiskFile for ImageDisk {
 
     fn try_read_now(&self, offset: u64, len: usize) -> Option<Bytes> {
         self.image.try_read_cached(offset, u32::try_from(len).ok()?)
+    }
+
+    fn backing_file(&self) -> Option<std::fs::File> {
+        let entry = self.cached.as_ref()?;
+        // Same length as the served file (not with --size curr, whose
+        // zero tail the data file does not hold), all there and checked.
+        if entry.data_len() != self.image.size() || !entry.is_local() {
+            return None;
+        }
+        std::fs::File::open(entry.data_path()).ok()
     }
 }
 
@@ -245,6 +269,19 @@ async fn open_image(
         ..ImageOptions::default()
     };
     let image = Image::new(Arc::clone(store), layout, cache, metrics, options);
+    // A complete entry cached by an earlier run: check it against the
+    // sidecar in the background, after which new opens use passthrough.
+    if let Some((_, entry)) = &cached
+        && entry.is_complete()
+        && !entry.is_local()
+    {
+        let entry = Arc::clone(entry);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = entry.verify_present() {
+                tracing::warn!(image = %entry.id(), "cannot check the host cache entry: {e}");
+            }
+        });
+    }
     // Fetch what the recorded boot needs before the guest asks for it; a
     // profile being recorded must see the guest's own order instead.
     if config.record_profile.is_none()
@@ -256,7 +293,12 @@ async fn open_image(
     Ok(Opened {
         served: ServedFile {
             name,
-            disk: Arc::new(ImageDisk::new(Arc::clone(&image))),
+            disk: Arc::new(match &cached {
+                Some((_, entry)) => {
+                    ImageDisk::with_cache_entry(Arc::clone(&image), Arc::clone(entry))
+                }
+                None => ImageDisk::new(Arc::clone(&image)),
+            }),
             mtime,
             origin: location,
         },

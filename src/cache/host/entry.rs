@@ -344,6 +344,58 @@ impl CacheEntry {
         self.verified[w].fetch_or(bit, Ordering::Relaxed);
     }
 
+    /// Whether every record block is present and, when there are sidecar
+    /// hashes, has been checked by this process: the data file may then be
+    /// handed out as the disk itself.
+    pub fn is_local(&self) -> bool {
+        if !self.is_complete() {
+            return false;
+        }
+        if self.hashes.is_none() {
+            return true;
+        }
+        self.records.iter().enumerate().all(|(b, r)| {
+            !*r || self.verified[b / 64].load(Ordering::Relaxed) & (1u64 << (b % 64)) != 0
+        })
+    }
+
+    /// Checks every present, not yet checked block against the sidecar
+    /// (reading it from the data file); a block that fails is dropped from
+    /// the map (under its fill lock) to be fetched again. Returns how many
+    /// were dropped. Without sidecar hashes there is nothing to check.
+    pub fn verify_present(&self) -> io::Result<u64> {
+        if self.hashes.is_none() {
+            return Ok(0);
+        }
+        let map = self.read_map()?;
+        let mut dropped = 0;
+        for (b, (m, r)) in map.iter().zip(&self.records).enumerate() {
+            let b = b as u64;
+            let (w, bit) = ((b / 64) as usize, 1u64 << (b % 64));
+            if *m != 1 || !*r || self.verified[w].load(Ordering::Relaxed) & bit != 0 {
+                continue;
+            }
+            let bytes = self.read_block(b)?;
+            if self.check(b, &bytes) {
+                continue;
+            }
+            self.lock_block(b, true)?;
+            let result = (|| {
+                // Refilled (and so rechecked) while we waited for the lock?
+                if self.is_present(b)? && self.check(b, &self.read_block(b)?) {
+                    return Ok(());
+                }
+                tracing::warn!(image = %self.id, block = b, "host cache block does not match the sidecar; dropping it");
+                dropped += 1;
+                self.set_map(b, false)?;
+                self.sync_map()
+            })();
+            self.unlock_block(b);
+            result?;
+        }
+        Ok(dropped)
+    }
+
     /// Writes `block` to the data file (not yet durable, not yet marked).
     pub(super) fn write_block(&self, block: u64, bytes: &[u8]) -> io::Result<()> {
         let n = (self.stored_len(block) as usize).min(bytes.len());
