@@ -87,7 +87,10 @@ fn hydrate_fills_the_cache_then_ls_rm_gc_manage_it() {
         s(&cache),
         s(&dir.path().join("a.zvhd2")),
     ]);
-    assert!(again.contains("3/3 blocks (0 B fetched"), "{again}");
+    assert!(
+        again.contains("3/3 blocks") && again.contains("(0 B fetched"),
+        "{again}"
+    );
 
     let listed = ls(&cache);
     assert_eq!(listed.len(), 1);
