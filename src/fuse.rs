@@ -313,10 +313,9 @@ impl ZvFs {
                 }
             }
         }
-        if m.backing.is_some() {
+        if let Some((id, n)) = &mut m.backing {
             // Passthrough handles are open: the kernel would refuse a
             // daemon-served one, so this open shares their backing file.
-            let (id, n) = m.backing.as_mut().expect("checked");
             *n += 1;
             reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, id);
             return;

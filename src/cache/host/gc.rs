@@ -101,9 +101,9 @@ pub(super) fn clean_tmp(root: &Path) {
 pub(super) fn free_ok(root: &Path, more: u64) -> bool {
     match nix::sys::statvfs::statvfs(root) {
         Ok(st) => {
-            let frsize = st.fragment_size() as u64;
-            let total = st.blocks() as u64 * frsize;
-            let avail = st.blocks_available() as u64 * frsize;
+            let frsize = st.fragment_size();
+            let total = st.blocks() * frsize;
+            let avail = st.blocks_available() * frsize;
             avail.saturating_sub(more) >= total / FREE_FLOOR_DIVISOR
         }
         // Cannot tell: let the write try (and fail cleanly if full).
