@@ -7,22 +7,19 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use async_trait::async_trait;
-use bytes::Bytes;
 
-use crate::fuse::{DiskFile, DiskReadError, ServedFile, ZvFs};
+use crate::fuse::{ServedFile, ZvFs};
 use crate::metrics::Metrics;
 
 mod wiring;
 
-pub use wiring::{ImageDisk, SizeMode};
+pub use crate::image::SizeMode;
 
 /// Everything a mount needs, as parsed from the command line.
 #[derive(Clone, Debug)]
@@ -294,47 +291,6 @@ impl Drop for Mount {
         if let Err(e) = self.unmount_inner() {
             tracing::error!("{e:#}");
         }
-    }
-}
-
-/// A local raw file served as is, through the same FUSE path as images.
-#[derive(Debug)]
-pub struct RawFileDisk {
-    file: Arc<std::fs::File>,
-    size: u64,
-}
-
-impl RawFileDisk {
-    /// Opens `path` read-only.
-    pub fn open(path: &Path) -> anyhow::Result<RawFileDisk> {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let size = file
-            .metadata()
-            .with_context(|| format!("cannot stat {}", path.display()))?
-            .len();
-        Ok(RawFileDisk {
-            file: Arc::new(file),
-            size,
-        })
-    }
-}
-
-#[async_trait]
-impl DiskFile for RawFileDisk {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskReadError> {
-        let file = Arc::clone(&self.file);
-        let bytes = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset)
-                .map(|()| Bytes::from(buf))
-        })
-        .await??;
-        Ok(bytes)
     }
 }
 

@@ -6,84 +6,17 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, anyhow, bail};
-use async_trait::async_trait;
-use bytes::Bytes;
 
-use super::{MountConfig, RawFileDisk, default_name};
+use super::{MountConfig, default_name};
 use crate::cache::host::CacheEntry;
 use crate::cache::{BlockCache, HostCache, MemoryCache, NoCache, TieredCache};
-use crate::fuse::{DiskFile, DiskReadError, ServedFile, StatsSource};
+use crate::fuse::{DiskFile, RawFileDisk, ServedFile, StatsSource};
 use crate::image::{
-    Image, ImageError, ImageLayout, ImageOptions, SidecarSource, SizeMode as ImageSizeMode,
+    Image, ImageDisk, ImageError, ImageLayout, ImageOptions, MountContext, MountLimits,
+    SidecarSource,
 };
 use crate::metrics::Metrics;
 use zvstore::{ObjectStore, open_source};
-
-/// Which size the served file shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SizeMode {
-    /// The size of the disk that was converted (`orig_size`).
-    #[default]
-    Orig,
-    /// `orig_size` rounded up to a whole GiB (`curr_size`), as Huawei's
-    /// tools present the disk; the extra bytes read as zeros.
-    Curr,
-}
-
-/// An open image served as a file.
-#[derive(Debug)]
-pub struct ImageDisk {
-    image: Arc<Image>,
-    /// Its host-cache entry: once the whole disk is there (and checked),
-    /// the entry's data file is the disk, for FUSE passthrough.
-    cached: Option<Arc<CacheEntry>>,
-}
-
-impl ImageDisk {
-    /// Serves `image`.
-    pub fn new(image: Arc<Image>) -> ImageDisk {
-        ImageDisk {
-            image,
-            cached: None,
-        }
-    }
-
-    /// Serves `image`, whose host-cache entry is `entry`.
-    pub fn with_cache_entry(image: Arc<Image>, entry: Arc<CacheEntry>) -> ImageDisk {
-        ImageDisk {
-            image,
-            cached: Some(entry),
-        }
-    }
-}
-
-#[async_trait]
-impl DiskFile for ImageDisk {
-    fn size(&self) -> u64 {
-        self.image.size()
-    }
-
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskReadError> {
-        // The FUSE layer never asks for more than `MAX_READ` (1 MiB).
-        let len = u32::try_from(len).map_err(|_| format!("read of {len} bytes is too large"))?;
-        Ok(self.image.read_at(offset, len).await?)
-    }
-
-    fn try_read_now(&self, offset: u64, len: usize) -> Option<Bytes> {
-        self.image.try_read_cached(offset, u32::try_from(len).ok()?)
-    }
-
-    fn backing_file(&self) -> Option<std::fs::File> {
-        let entry = self.cached.as_ref()?;
-        // Same length as the served file (not with --size curr, whose
-        // zero tail the data file does not hold), all there and checked.
-        if entry.data_len() != self.image.size() || !entry.is_local() {
-            return None;
-        }
-        std::fs::File::open(entry.data_path()).ok()
-    }
-}
 
 /// One source, opened.
 pub(super) struct Opened {
@@ -124,11 +57,24 @@ pub(super) async fn open_all(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Vec<Opened>> {
     let (cache, host) = build_cache(config)?;
+    // Every store counts its outages into the daemon's stats file.
+    let config = &MountConfig {
+        store: zvstore::StoreArgs {
+            outage_stats: Some(Arc::clone(&metrics.outage)),
+            ..config.store.clone()
+        },
+        ..config.clone()
+    };
+    let options = image_options(config);
+    // One budget, one set of decode slots and one cache for every image:
+    // K images must not hold K budgets in flight.
+    let mount = MountContext::new(cache, metrics, MountLimits::from(&options));
     let mut opened = Vec::new();
     let mut names = config.names.iter();
     for source in &config.sources {
         if config.raw_passthrough {
-            let disk = RawFileDisk::open(Path::new(source))?;
+            let disk = RawFileDisk::open(Path::new(source))
+                .with_context(|| format!("cannot open {source}"))?;
             let name = names
                 .next()
                 .cloned()
@@ -163,9 +109,9 @@ pub(super) async fn open_all(
                 &store,
                 &key,
                 name,
-                Arc::clone(&cache),
+                &mount,
+                options.clone(),
                 host.clone(),
-                Arc::clone(&metrics),
             )
             .await?;
             opened.push(one);
@@ -176,6 +122,17 @@ pub(super) async fn open_all(
             "--name {extra:?} has no image to name ({} images)",
             opened.len()
         );
+    }
+    // Replays start once every image is open, so each one's share of the
+    // cache is its share of the whole mount. A profile being recorded must
+    // see the guest's own order instead.
+    if config.record_profile.is_none() {
+        for image in opened.iter().filter_map(|o| o.image.as_ref()) {
+            if let Some(task) = image.start_profile_prefetch() {
+                tracing::info!(image = %image.name(), "replaying the sidecar's boot profile");
+                drop(task);
+            }
+        }
     }
     Ok(opened)
 }
@@ -204,9 +161,9 @@ async fn open_image(
     store: &Arc<dyn ObjectStore>,
     key: &str,
     name: String,
-    cache: Arc<dyn BlockCache>,
+    mount: &Arc<MountContext>,
+    options: ImageOptions,
     host: Option<Arc<HostCache>>,
-    metrics: Arc<Metrics>,
 ) -> anyhow::Result<Opened> {
     let sidecar = if config.no_sidecar {
         SidecarSource::Ignore
@@ -258,17 +215,7 @@ async fn open_image(
         "sidecar": layout.sidecar.is_some(),
         "open_requests": layout.requests,
     });
-    let options = ImageOptions {
-        size_mode: match config.size_mode {
-            SizeMode::Orig => ImageSizeMode::Orig,
-            SizeMode::Curr => ImageSizeMode::Curr,
-        },
-        readahead_blocks: config.readahead as usize,
-        prefetch_budget_bytes: config.prefetch_budget,
-        record_access: config.record_profile.is_some(),
-        ..ImageOptions::default()
-    };
-    let image = Image::new(Arc::clone(store), layout, cache, metrics, options);
+    let image = Image::in_mount(Arc::clone(store), layout, mount, options);
     // A complete entry cached by an earlier run: check it against the
     // sidecar in the background, after which new opens use passthrough.
     if let Some((_, entry)) = &cached
@@ -281,14 +228,6 @@ async fn open_image(
                 tracing::warn!(image = %entry.id(), "cannot check the host cache entry: {e}");
             }
         });
-    }
-    // Fetch what the recorded boot needs before the guest asks for it; a
-    // profile being recorded must see the guest's own order instead.
-    if config.record_profile.is_none()
-        && let Some(task) = image.start_profile_prefetch()
-    {
-        tracing::info!(image = %location, "replaying the sidecar's boot profile");
-        drop(task);
     }
     Ok(Opened {
         served: ServedFile {
@@ -366,6 +305,17 @@ pub(super) fn start_hydration(runtime: &tokio::runtime::Runtime, opened: &[Opene
     }
     if !any {
         tracing::warn!("--hydrate needs a host cache (--cache-dir); nothing to hydrate into");
+    }
+}
+
+/// How every image of the mount reads, per the mount's flags.
+fn image_options(config: &MountConfig) -> ImageOptions {
+    ImageOptions {
+        size_mode: config.size_mode,
+        readahead_blocks: config.readahead as usize,
+        prefetch_budget_bytes: config.prefetch_budget,
+        record_access: config.record_profile.is_some(),
+        ..ImageOptions::default()
     }
 }
 

@@ -13,18 +13,22 @@
 //! 1. [`ImageHeader::parse`] on the first and last 4096 bytes and the file size;
 //! 2. [`BlockIndex::from_metadata`] on the bytes in [`ImageHeader::metadata_range`]
 //!    (index segments followed by bitmap segments), or [`Sidecar::block_index`];
-//! 3. [`decode_record`] on the bytes of one record, for each block wanted.
+//! 3. [`verify_record`] (or [`decode_record`] without a sidecar) on the bytes
+//!    of one record, for each block wanted: every check a reader makes of a
+//!    block lives in [`verify`].
 #![deny(missing_docs)]
 
 pub mod footer;
 pub mod index;
 pub mod record;
+pub mod verify;
 pub mod writer;
 pub mod zvidx;
 
 pub use footer::{Compression, Footer, ImageHeader};
 pub use index::{BlockIndex, BlockLocation, RecordLocation};
 pub use record::{decode_record, encode_record, max_record_size};
+pub use verify::{VerifyError, VerifyFailure, verify_record};
 pub use writer::{
     DiskSource, SequentialSource, WriteOptions, WriteSummary, WriteTimings, write_image,
     write_image_from,

@@ -152,4 +152,13 @@ impl ObjectStore for FileStore {
         std::fs::rename(&tmp, &dest).map_err(|e| self.io_err(key, "rename", e))?;
         self.head(key).await
     }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        match std::fs::remove_file(self.path(key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(self.io_err(key, "remove", e))
+            }
+            _ => Ok(()),
+        }
+    }
 }

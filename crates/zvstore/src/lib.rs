@@ -25,6 +25,7 @@ pub mod coalesce;
 pub mod fault;
 pub mod file;
 pub mod http;
+pub mod outage;
 pub mod resilient;
 pub mod s3;
 pub mod source;
@@ -77,6 +78,18 @@ pub enum StoreError {
         op: String,
         attempt: u32,
         detail: String,
+    },
+    /// The store stayed unreachable (transient failures only) until the
+    /// caller's deadline (`--io-timeout`) passed.
+    #[error(
+        "{location}: {op}: store unreachable, gave up after waiting {waited_secs:.1}s (--io-timeout) and {attempts} attempts; last error: {cause}"
+    )]
+    Unavailable {
+        location: String,
+        op: String,
+        waited_secs: f64,
+        attempts: u32,
+        cause: String,
     },
     #[error("{location}: bucket does not exist")]
     BucketNotFound { location: String },
@@ -173,6 +186,16 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         Ok(meta)
     }
 
+    /// Removes an object; removing one that does not exist succeeds.
+    /// Backends that cannot write (HTTP) say so.
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        Err(StoreError::Other {
+            location: self.location(key),
+            op: "DELETE".into(),
+            detail: "not supported by this kind of store".into(),
+        })
+    }
+
     /// The key of an object stored beside `key` with `suffix` appended to its
     /// name (the sidecar `IMAGE.zvidx`). Backends whose keys carry more than a
     /// name (an HTTP query string) override this.
@@ -253,6 +276,9 @@ impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
         progress: Progress,
     ) -> StoreResult<ObjectMeta> {
         (**self).put_file_with_progress(key, path, progress).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        (**self).delete(key).await
     }
     fn sibling_key(&self, key: &str, suffix: &str) -> String {
         (**self).sibling_key(key, suffix)

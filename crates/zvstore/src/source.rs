@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use super::file::FileStore;
 use super::http::HttpStore;
-use super::resilient::{ResilientStore, RetryPolicy};
+use super::outage::OutageStats;
+use super::resilient::{DEFAULT_IO_TIMEOUT, ResilientStore, RetryPolicy};
 use super::s3::S3Store;
 use super::{ObjectStore, StoreError, StoreResult};
 
@@ -38,10 +39,18 @@ pub struct StoreArgs {
     /// Limit on one request attempt, e.g. 30s, 500ms, 2m.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Retries of a failed request (only for retryable failures: 5xx,
-    /// throttling, timeouts, resets).
-    #[arg(long, default_value_t = 4)]
-    pub retries: u32,
+    /// How long a read rides out a store outage (transient failures:
+    /// connection refused/reset, timeouts, 5xx, throttling) before it fails
+    /// with an I/O error, e.g. 120s, 10m; 0 waits forever (like an NFS hard
+    /// mount). Permanent failures (no such key, access denied, image
+    /// changed) fail at once.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub io_timeout: Duration,
+    /// Give up on a request after this many retries even before
+    /// --io-timeout (default: reads retry until --io-timeout; upload parts
+    /// 4 times).
+    #[arg(long)]
+    pub retries: Option<u32>,
     /// Requests in flight at once per source.
     #[arg(long, default_value_t = 64)]
     pub max_requests: usize,
@@ -49,6 +58,10 @@ pub struct StoreArgs {
     /// standard chain (env, profile, IMDS/IRSA) is used when absent.
     #[arg(skip)]
     pub credentials: Option<StaticCredentials>,
+    /// Where the stores opened with these flags count outages (a daemon
+    /// shares one for its stats file); each store counts alone when absent.
+    #[arg(skip)]
+    pub outage_stats: Option<Arc<OutageStats>>,
 }
 
 impl Default for StoreArgs {
@@ -60,9 +73,11 @@ impl Default for StoreArgs {
             profile: None,
             no_sign_request: false,
             timeout: Duration::from_secs(30),
-            retries: 4,
+            io_timeout: DEFAULT_IO_TIMEOUT,
+            retries: None,
             max_requests: 64,
             credentials: None,
+            outage_stats: None,
         }
     }
 }
@@ -72,7 +87,8 @@ impl StoreArgs {
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             timeout: self.timeout,
-            max_retries: self.retries,
+            io_timeout: (!self.io_timeout.is_zero()).then_some(self.io_timeout),
+            max_retries: self.retries.unwrap_or(u32::MAX),
             max_concurrent: self.max_requests.max(1),
             ..RetryPolicy::default()
         }
@@ -177,18 +193,29 @@ pub async fn open_source(
     args: &StoreArgs,
 ) -> StoreResult<(Arc<dyn ObjectStore>, String)> {
     let policy = args.retry_policy();
+    let stats = args.outage_stats.clone().unwrap_or_default();
     Ok(match parse_source(source)? {
         SourceKind::File { dir, name } => (
-            Arc::new(ResilientStore::new(FileStore::new(dir), policy)),
+            Arc::new(ResilientStore::with_outage_stats(
+                FileStore::new(dir),
+                policy,
+                stats,
+            )),
             name,
         ),
         SourceKind::S3 { bucket, key } => {
             let s3 = S3Store::connect(&bucket, args).await?;
-            (Arc::new(ResilientStore::new(s3, policy)), key)
+            (
+                Arc::new(ResilientStore::with_outage_stats(s3, policy, stats)),
+                key,
+            )
         }
         SourceKind::Http { url } => {
             let (http, key) = HttpStore::for_url(&url, args)?;
-            (Arc::new(ResilientStore::new(http, policy)), key)
+            (
+                Arc::new(ResilientStore::with_outage_stats(http, policy, stats)),
+                key,
+            )
         }
     })
 }

@@ -581,6 +581,7 @@ fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
         let options = ScanOptions {
             parallel: 8,
             verify_with: verify,
+            ..ScanOptions::default()
         };
         scan_blocks(
             store.clone(),

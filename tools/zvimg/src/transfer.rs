@@ -69,12 +69,17 @@ pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
             size as f64 / secs.max(1e-9) / 1e6,
             meta.etag.as_deref().unwrap_or("-")
         );
+        let sc_key = sidecar_key(store.as_ref(), &key);
         if with_sidecar {
-            let sc_key = sidecar_key(store.as_ref(), &key);
             store.put_file(&sc_key, &sidecar).await?;
             println!("{}: sidecar uploaded", store.location(&sc_key));
-        } else if !args.no_sidecar {
-            println!("note: no sidecar at {}; `zvimg index` builds one (mounts then need one GET to open)", sidecar.display());
+        } else {
+            // A sidecar at the destination describes the image this push
+            // replaced: left there, mounts would find a stale index.
+            store.delete(&sc_key).await?;
+            if !args.no_sidecar {
+                println!("note: no sidecar at {}; `zvimg index` builds one (mounts then need one GET to open)", sidecar.display());
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
