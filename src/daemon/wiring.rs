@@ -51,12 +51,12 @@ impl Opened {
     }
 }
 
-/// Opens every source of `config`, in order.
+/// Opens every source of `config`, in order, reading through `cache`.
 pub(super) async fn open_all(
     config: &MountConfig,
+    (cache, host): Caches,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Vec<Opened>> {
-    let (cache, host) = build_cache(config)?;
     // Every store counts its outages into the daemon's stats file.
     let config = &MountConfig {
         store: zvstore::StoreArgs {
@@ -319,9 +319,14 @@ fn image_options(config: &MountConfig) -> ImageOptions {
     }
 }
 
-type Caches = (Arc<dyn BlockCache>, Option<Arc<HostCache>>);
+/// The mount's caches: memory in front of the host cache (when there is
+/// one), and the host cache itself (images attach to it).
+pub(super) type Caches = (Arc<dyn BlockCache>, Option<Arc<HostCache>>);
 
-fn build_cache(config: &MountConfig) -> anyhow::Result<Caches> {
+/// The mount's block caches. Opening the host cache only creates its
+/// directories and reads their list (no walk over blocks), but call it
+/// outside the async runtime all the same.
+pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<Caches> {
     let memory: Arc<dyn BlockCache> = if config.mem_cache == 0 {
         Arc::new(NoCache)
     } else {

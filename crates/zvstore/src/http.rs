@@ -30,8 +30,8 @@ use reqwest::header::{
 };
 use reqwest::{Client, Method, Response, StatusCode, Url, redirect};
 
-use super::source::{StoreArgs, redact_url};
 use super::{ObjectMeta, ObjectStore, StoreError, StoreResult};
+use super::{StoreConfig, redact_url};
 
 /// Prefix marking an [`ObjectMeta::etag`] that is really a `Last-Modified`
 /// value (the server sent no strong ETag).
@@ -62,7 +62,7 @@ impl std::fmt::Debug for HttpStore {
 
 impl HttpStore {
     /// A store for the directory of `url`, and the key of `url` in it.
-    pub fn for_url(url: &str, args: &StoreArgs) -> StoreResult<(HttpStore, String)> {
+    pub fn for_url(url: &str, args: &StoreConfig) -> StoreResult<(HttpStore, String)> {
         let bad = |detail: String| StoreError::Other {
             location: redact_url(url),
             op: "parse URL".into(),
@@ -690,7 +690,7 @@ mod tests {
     fn keys_and_locations() {
         let (s, key) = HttpStore::for_url(
             "https://h.example/a/b/img.zvhd2?X-Amz-Signature=s3cr3t",
-            &StoreArgs::default(),
+            &StoreConfig::default(),
         )
         .unwrap();
         assert_eq!(key, "img.zvhd2?X-Amz-Signature=s3cr3t");
@@ -703,10 +703,11 @@ mod tests {
             s.sibling_key(&key, ".zvidx"),
             "img.zvhd2.zvidx?X-Amz-Signature=s3cr3t"
         );
-        assert!(HttpStore::for_url("https://h.example/dir/", &StoreArgs::default()).is_err());
+        assert!(HttpStore::for_url("https://h.example/dir/", &StoreConfig::default()).is_err());
         // A colon in the name must not turn the key into a URL of its own.
         let (s, key) =
-            HttpStore::for_url("https://h.example/d/disk:1.zvhd2", &StoreArgs::default()).unwrap();
+            HttpStore::for_url("https://h.example/d/disk:1.zvhd2", &StoreConfig::default())
+                .unwrap();
         assert_eq!(
             s.url(&key).unwrap().as_str(),
             "https://h.example/d/disk:1.zvhd2"
@@ -715,9 +716,11 @@ mod tests {
             s.url(&s.sibling_key(&key, ".zvidx")).unwrap().as_str(),
             "https://h.example/d/disk:1.zvhd2.zvidx"
         );
-        let (s, key) =
-            HttpStore::for_url("https://me:pa55word@h.example/x.img", &StoreArgs::default())
-                .unwrap();
+        let (s, key) = HttpStore::for_url(
+            "https://me:pa55word@h.example/x.img",
+            &StoreConfig::default(),
+        )
+        .unwrap();
         assert!(!format!("{s:?} {}", s.location(&key)).contains("pa55word"));
     }
 

@@ -22,6 +22,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod coalesce;
+pub mod config;
+#[cfg(any(test, feature = "testing"))]
 pub mod fault;
 pub mod file;
 pub mod http;
@@ -29,8 +31,14 @@ pub mod outage;
 pub mod resilient;
 pub mod s3;
 pub mod source;
+pub mod units;
 
-pub use source::{StaticCredentials, StoreArgs, open_source};
+pub use config::{StaticCredentials, StoreConfig};
+pub use source::{is_remote, open_source, parse_source};
+
+/// The former name of [`StoreConfig`], kept while callers move to the new
+/// one (the binaries' clap flags are `zvmount::cli::StoreArgs`).
+pub type StoreArgs = StoreConfig;
 
 /// What a store knows about one object; `etag`/`modified` make up its
 /// identity, which reads can be pinned to.
@@ -283,4 +291,31 @@ impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
     fn sibling_key(&self, key: &str, suffix: &str) -> String {
         (**self).sibling_key(key, suffix)
     }
+}
+
+/// `url` without its query string and user info, which may hold credentials
+/// (presigned signatures, `user:password@`).
+pub fn redact_url(url: &str) -> String {
+    let (base, had_query) = match url.split_once('?') {
+        Some((b, _)) => (b, true),
+        None => (url, false),
+    };
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((authority, path)) => format!("{scheme}://{}/{path}", strip_userinfo(authority)),
+            None => format!("{scheme}://{}", strip_userinfo(rest)),
+        },
+        None => base.to_string(),
+    };
+    if had_query {
+        format!("{base}?…")
+    } else {
+        base
+    }
+}
+
+fn strip_userinfo(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
 }

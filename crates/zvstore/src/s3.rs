@@ -2,7 +2,7 @@
 //! aws-sdk-s3.
 //!
 //! Configuration follows the standard chain (env, profile, IMDS/IRSA) with
-//! the explicit overrides of [`StoreArgs`]; path-style addressing is turned
+//! the explicit overrides of [`StoreConfig`]; path-style addressing is turned
 //! on for IP-address and localhost endpoints. The SDK's own retries are off
 //! for reads: [`super::resilient`] owns retries and timeouts. Upload parts,
 //! which that layer does not wrap, use the SDK's standard retries.
@@ -36,7 +36,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use super::source::StoreArgs;
+use super::StoreConfig;
 use super::{ObjectMeta, ObjectStore, Progress, StoreError, StoreResult, parse_content_range};
 
 /// Smallest part of a multipart upload; files up to this size go in one PUT.
@@ -67,7 +67,7 @@ impl fmt::Debug for S3Store {
 }
 
 /// Builds an S3 client from the standard chain and `args`.
-pub async fn s3_client(args: &StoreArgs) -> Client {
+pub async fn s3_client(args: &StoreConfig) -> Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(p) = &args.profile {
         loader = loader.profile_name(p);
@@ -130,7 +130,7 @@ fn endpoint_wants_path_style(endpoint: &str) -> bool {
 impl S3Store {
     /// A store for `bucket`, configured from `args` and the standard chain.
     /// Sends no request.
-    pub async fn connect(bucket: &str, args: &StoreArgs) -> StoreResult<S3Store> {
+    pub async fn connect(bucket: &str, args: &StoreConfig) -> StoreResult<S3Store> {
         Ok(S3Store::with_client(
             s3_client(args).await,
             bucket,
