@@ -212,13 +212,20 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value_t = ByteSize(MountConfig::default().mem_cache))]
     pub mem_cache: ByteSize,
 
-    /// Directory for a persistent cache of decoded blocks.
+    /// Host-wide image cache, shared by every zvmount on the host (default
+    /// for root: /var/cache/zvmount, or $ZVMOUNT_CACHE_DIR; `none`: no cache).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// Size limit of the --cache-dir cache.
-    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(MountConfig::DEFAULT_DISK_CACHE), requires = "cache_dir")]
+    /// Size cap of the host cache (whole images are evicted, least
+    /// recently used first; 5% of its file system is always kept free).
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(MountConfig::DEFAULT_DISK_CACHE))]
     pub disk_cache: ByteSize,
+
+    /// Fetch every block into the host cache in the background, at the
+    /// lowest priority, at most RATE MB/s (default: unlimited).
+    #[arg(long, value_name = "RATE", num_args = 0..=1, require_equals = true, default_missing_value = "0")]
+    pub hydrate: Option<f64>,
 
     /// Blocks to fetch ahead of a sequential reader (0 disables).
     #[arg(long, value_name = "BLOCKS", default_value_t = MountConfig::default().readahead)]

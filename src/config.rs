@@ -226,6 +226,10 @@ pub struct MountSettings {
     /// Size limit of `cache_dir` (`--disk-cache`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_cache: Option<ByteSize>,
+    /// Hydrate the host cache in the background at most this many MB/s;
+    /// `0` is unlimited (`--hydrate[=RATE]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hydrate: Option<f64>,
     /// Blocks of sequential readahead (`--readahead`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readahead: Option<u32>,
@@ -358,6 +362,7 @@ impl MountSettings {
             mem_cache: pick(typed("mem_cache"), cli.mem_cache, file.mem_cache),
             cache_dir: pick_opt(typed("cache_dir"), cli.cache_dir.clone(), file.cache_dir),
             disk_cache: pick(typed("disk_cache"), cli.disk_cache, file.disk_cache),
+            hydrate: pick_opt(typed("hydrate"), cli.hydrate, file.hydrate),
             readahead: pick(typed("readahead"), cli.readahead, file.readahead),
             prefetch_budget: pick(
                 typed("prefetch_budget"),
@@ -447,7 +452,7 @@ impl MountSettings {
                 }
             })
             .collect();
-        let disk_cache = match self.cache_dir {
+        let disk_cache = match default_cache_dir(self.cache_dir) {
             Some(dir) => Some((dir, required(self.disk_cache, "disk_cache")?.0)),
             None => None,
         };
@@ -458,6 +463,7 @@ impl MountSettings {
             no_sidecar: required(self.no_sidecar, "no_sidecar")?,
             mem_cache: required(self.mem_cache, "mem_cache")?.0,
             disk_cache,
+            hydrate: self.hydrate.map(|mb| (mb.max(0.0) * 1e6) as u64),
             readahead: required(self.readahead, "readahead")?,
             prefetch_budget: required(self.prefetch_budget, "prefetch_budget")?.0,
             allow_other: required(self.allow_other, "allow_other")?,
@@ -479,6 +485,21 @@ impl ImageEntry {
             no_sign_request: self.no_sign_request,
         }
     }
+}
+
+/// The host cache directory: `cache_dir` (flag or file), else
+/// `$ZVMOUNT_CACHE_DIR`, else /var/cache/zvmount for root (others must ask
+/// for one); `none` (or an empty variable) means no cache.
+fn default_cache_dir(chosen: Option<PathBuf>) -> Option<PathBuf> {
+    const DEFAULT_FOR_ROOT: &str = "/var/cache/zvmount";
+    let chosen = chosen
+        .or_else(|| std::env::var_os("ZVMOUNT_CACHE_DIR").map(PathBuf::from))
+        .or_else(|| {
+            nix::unistd::geteuid()
+                .is_root()
+                .then(|| PathBuf::from(DEFAULT_FOR_ROOT))
+        })?;
+    (!chosen.as_os_str().is_empty() && chosen.as_os_str() != "none").then_some(chosen)
 }
 
 /// The command line's SOURCEs as image entries: `--name`s in order, the
@@ -655,7 +676,19 @@ force_path_style = true
 
     #[test]
     fn without_a_file_the_command_line_is_the_whole_config() {
-        let settings = resolve(&["a.zvhd2", "b.zvhd2", "--name", "x.raw", "/mnt"], "").unwrap();
+        let settings = resolve(
+            &[
+                "a.zvhd2",
+                "b.zvhd2",
+                "--name",
+                "x.raw",
+                "--cache-dir",
+                "none",
+                "/mnt",
+            ],
+            "",
+        )
+        .unwrap();
         let config = settings.into_mount_config().unwrap();
         assert_eq!(config.sources.len(), 2);
         assert_eq!(config.sources[0].name.as_deref(), Some("x.raw"));

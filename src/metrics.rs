@@ -107,6 +107,11 @@ counters! {
     /// Total nanoseconds from handing fetched records to the decode threads
     /// until they were checked and decoded (queueing included).
     decode_ns,
+    /// Blocks with data present in the host cache, of `hydrate_total`
+    /// (levels, not counters: moved by hydration, summed over images).
+    hydrate_done,
+    /// Blocks with data in the images being hydrated.
+    hydrate_total,
 }
 
 impl Metrics {

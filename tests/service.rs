@@ -36,6 +36,8 @@ impl Daemon {
             .args(args)
             .arg(mountpoint)
             .env("RUST_LOG", "warn,zvmount=info,fuser=off")
+            // No host cache: each test reads from its own image.
+            .env("ZVMOUNT_CACHE_DIR", "none")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

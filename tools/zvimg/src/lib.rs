@@ -9,10 +9,12 @@ use std::path::PathBuf;
 use zvmount::cli::StoreArgs;
 
 pub mod bench;
+pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod convert;
 pub mod files;
+pub mod hydrate;
 pub mod index;
 pub mod info;
 pub mod progress;
