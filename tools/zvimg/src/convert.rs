@@ -262,6 +262,7 @@ pub struct SparseFile {
 }
 
 impl SparseFile {
+    /// Reads `file` (its offset is not used: reads are positioned).
     pub fn new(file: File) -> Self {
         SparseFile {
             file,
@@ -324,6 +325,7 @@ pub struct WritebackFile {
 }
 
 impl WritebackFile {
+    /// Wraps a file just created for writing; starts the syncing thread.
     pub fn new(file: File) -> std::io::Result<Self> {
         let clone = file.try_clone()?;
         // One kick may wait while a sync runs; more are folded into it.
@@ -392,6 +394,7 @@ impl Drop for WritebackFile {
 
 /// How to convert to ZVHD2.
 pub struct ConvertOptions {
+    /// Block size, zstd level, threads.
     pub write: WriteOptions,
     /// Also write the `.zvidx` sidecar beside the output.
     pub sidecar: bool,
@@ -404,17 +407,21 @@ pub struct ConvertOptions {
 /// What a conversion did, for `--json` and the benchmark.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConvertReport {
+    /// The image written.
     pub output: PathBuf,
     /// The disk's size (`orig_size`).
     pub disk_size: u64,
     /// The ZVHD2 file's size.
     pub image_size: u64,
+    /// Blocks of the disk (`max_blk_num`).
     pub blocks: u64,
+    /// Blocks stored as records.
     pub non_zero_blocks: u64,
     /// Raw bytes read: holes are skipped, so this is about the data's size.
     pub bytes_read: u64,
     /// Background `fdatasync`s run while converting.
     pub writeback_syncs: u32,
+    /// Where the time went.
     pub seconds: ConvertSeconds,
 }
 
