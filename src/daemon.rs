@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::fuse::{DiskFile, DiskReadError, ServedFile, ZvFs};
-use crate::metrics::Metrics;
+use crate::telemetry::{MetricsAddr, MetricsServer};
 
 mod wiring;
 
@@ -61,6 +61,8 @@ pub struct MountConfig {
     pub raw_passthrough: bool,
     /// Called once the mount is up and serving (used by `--daemon`).
     pub on_ready: Option<fn()>,
+    /// Serve Prometheus metrics here (`--metrics-addr`); off when `None`.
+    pub metrics_addr: Option<MetricsAddr>,
 }
 
 /// A running mount: the FUSE session thread and how to stop it.
@@ -363,16 +365,25 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let metrics = Arc::new(Metrics::default());
 
-    let opened = runtime.block_on(wiring::open_all(&config, Arc::clone(&metrics)))?;
+    let (opened, caches) = runtime.block_on(wiring::open_all(&config))?;
     let files: Vec<ServedFile> = opened.iter().map(|o| o.served.clone()).collect();
     for f in &files {
         tracing::info!(name = %f.name, origin = %f.origin, size = f.disk.size(), "serving");
     }
 
-    let stats = wiring::stats_source(Arc::clone(&metrics), &opened);
-    let fs = ZvFs::new(files, runtime.handle().clone(), Arc::clone(&metrics), stats)?;
+    let telemetry = Arc::new(wiring::telemetry(&config.mountpoint, &opened, caches));
+    // Bound before mounting: a taken port fails the start, not a later scrape.
+    let _exporter = match &config.metrics_addr {
+        Some(addr) => {
+            let server = MetricsServer::start(addr, Arc::clone(&telemetry), runtime.handle())?;
+            tracing::info!(addr = %server.addr(), "serving Prometheus metrics");
+            Some(server)
+        }
+        None => None,
+    };
+    let stats = wiring::stats_source(telemetry);
+    let fs = ZvFs::new(files, runtime.handle().clone(), stats)?;
     let mount = Mount::start(fs, &config.mountpoint, config.allow_other)?;
     raise_kernel_readahead(&config.mountpoint);
     tracing::info!(mountpoint = %config.mountpoint.display(), "mounted");

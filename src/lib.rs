@@ -10,7 +10,9 @@
 //! - [`image`]: block number → verified, decoded bytes, with single-flight;
 //! - [`prefetch`]: sequential readahead and boot-profile replay;
 //! - [`fuse`]: FUSE requests → image reads, nothing more;
-//! - [`daemon`], [`metrics`]: wiring a mount together and counting what it does.
+//! - [`daemon`], [`metrics`]: wiring a mount together and counting what it does;
+//! - [`telemetry`]: the stats file and the Prometheus exporter reading those
+//!   counts.
 
 pub mod cache;
 pub mod daemon;
@@ -18,4 +20,5 @@ pub mod fuse;
 pub mod image;
 pub mod metrics;
 pub mod prefetch;
+pub mod telemetry;
 pub mod util;

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use anyhow::{Context, bail};
 use clap::Parser;
 use zvmount::daemon::{MountConfig, SizeMode, run_mount};
+use zvmount::telemetry::MetricsAddr;
 use zvmount::util::parse_size;
 use zvstore::StoreArgs;
 
@@ -98,6 +99,16 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 
+    /// Log line format: `human` (default) or `json`, one object per line
+    /// for log shippers.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+
+    /// Serve Prometheus metrics on /metrics at ADDR: IP:PORT (e.g.
+    /// 127.0.0.1:9917) or a unix socket path. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<MetricsAddr>,
+
     /// Serve each SOURCE as a plain raw file, without decoding (to measure
     /// the FUSE path on its own).
     #[arg(long, hide = true)]
@@ -110,6 +121,15 @@ struct Cli {
 
     #[command(flatten)]
     store: StoreArgs,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Readable lines: time, level, message, fields.
+    Human,
+    /// One JSON object per line (timestamp, level, fields, message).
+    Json,
 }
 
 /// Log file of a detached child, for [`detach_stdio`].
@@ -161,6 +181,7 @@ fn tune_allocator() {
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let default = match cli.verbose {
         // fuser logs a spurious "Unmount failed" after every clean unmount
         // (its is-mounted check is inverted in 0.15): keep it quiet unless
@@ -170,25 +191,28 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
         _ => "debug,zvmount=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
     // A detached child logs to stderr, which it points at the log file once
     // the mount is up (see `detach_stdio`).
-    match (&cli.log_file, cli.daemon_child) {
+    let (writer, ansi): (BoxMakeWriter, bool) = match (&cli.log_file, cli.daemon_child) {
         (Some(path), false) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
-        (_, true) => builder.with_ansi(false).with_writer(std::io::stderr).init(),
-        (None, false) => builder.with_writer(std::io::stderr).init(),
+        (_, true) => (BoxMakeWriter::new(std::io::stderr), false),
+        (None, false) => (BoxMakeWriter::new(std::io::stderr), true),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(writer);
+    match cli.log_format {
+        LogFormat::Human => builder.with_ansi(ansi).init(),
+        // Fields at the top level, so shippers index them without unwrapping.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     Ok(())
 }
@@ -229,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         record_profile: cli.record_profile,
         raw_passthrough: cli.raw_passthrough,
         on_ready,
+        metrics_addr: cli.metrics_addr,
     })
 }
 

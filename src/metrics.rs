@@ -4,10 +4,16 @@
 //!
 //! The image layer (`crate::image`) counts store traffic, cache outcomes,
 //! fetches, prefetches and waits; the FUSE layer counts its own reads.
+//! Each served image has its own [`Metrics`]; the mount's totals are their
+//! sum ([`crate::telemetry`]).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Monotonic counters, shared by every part of one daemon.
+pub use crate::telemetry::error_kind::{ErrorKindCounts, StoreErrorKind};
+pub use crate::telemetry::histogram::{HistogramSnapshot, LatencyHistogram};
+
+/// Monotonic counters of one served image.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Range GETs the image layer sent to the store (after coalescing).
@@ -51,6 +57,16 @@ pub struct Metrics {
     /// Total nanoseconds from handing fetched records to the decode threads
     /// until they were checked and decoded (queueing included).
     pub decode_ns: AtomicU64,
+    /// FUSE reads answered with EIO.
+    pub fuse_read_errors: AtomicU64,
+    /// Of `fetch_errors`, by kind.
+    pub store_errors: ErrorKindCounts,
+    /// Duration of each store GET as the image layer waits for it (the
+    /// store's retries and backoff included).
+    pub store_latency: LatencyHistogram,
+    /// How long each demand read of a block not in memory waited for it
+    /// (the distribution behind `miss_wait_ns`).
+    pub miss_wait: LatencyHistogram,
 }
 
 impl Metrics {
@@ -87,6 +103,10 @@ impl Metrics {
             fuse_read_bytes: g(&self.fuse_read_bytes),
             miss_wait_ns: g(&self.miss_wait_ns),
             decode_ns: g(&self.decode_ns),
+            fuse_read_errors: g(&self.fuse_read_errors),
+            store_errors: self.store_errors.snapshot(),
+            store_latency: self.store_latency.snapshot(),
+            miss_wait: self.miss_wait.snapshot(),
         }
     }
 }
@@ -115,6 +135,11 @@ pub struct MetricsSnapshot {
     pub fuse_read_bytes: u64,
     pub miss_wait_ns: u64,
     pub decode_ns: u64,
+    pub fuse_read_errors: u64,
+    /// Store failures keyed by [`StoreErrorKind::label`].
+    pub store_errors: BTreeMap<String, u64>,
+    pub store_latency: HistogramSnapshot,
+    pub miss_wait: HistogramSnapshot,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use crate::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
 use crate::fuse::{DiskFile, DiskReadError, ServedFile, StatsSource};
 use crate::image::{Image, ImageLayout, ImageOptions, SidecarSource, SizeMode as ImageSizeMode};
 use crate::metrics::Metrics;
+use crate::telemetry::{CacheGauge, CacheUsage, ImageTelemetry, MountTelemetry};
 use zvstore::{ObjectStore, open_source};
 
 /// Which size the served file shows.
@@ -89,12 +90,12 @@ impl Opened {
     }
 }
 
-/// Opens every source of `config`, in order.
+/// Opens every source of `config`, in order; also returns the cache tiers
+/// they share, for the mount's telemetry.
 pub(super) async fn open_all(
     config: &MountConfig,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<Vec<Opened>> {
-    let cache = build_cache(config)?;
+) -> anyhow::Result<(Vec<Opened>, Vec<CacheGauge>)> {
+    let (cache, caches) = build_cache(config)?;
     let mut opened = Vec::new();
     let mut names = config.names.iter();
     for source in &config.sources {
@@ -109,7 +110,7 @@ pub(super) async fn open_all(
                 .unwrap_or_else(|_| SystemTime::now());
             opened.push(Opened {
                 summary: serde_json::json!({ "name": name, "origin": source, "size": disk.size(), "raw": true }),
-                served: ServedFile { name, disk: Arc::new(disk), mtime, origin: source.clone() },
+                served: ServedFile { name, disk: Arc::new(disk), mtime, origin: source.clone(), metrics: Arc::default() },
                 image: None,
             });
             continue;
@@ -134,7 +135,8 @@ pub(super) async fn open_all(
                 &key,
                 name,
                 Arc::clone(&cache),
-                Arc::clone(&metrics),
+                // Each image counts on its own; the mount's totals are sums.
+                Arc::new(Metrics::default()),
             )
             .await?;
             opened.push(one);
@@ -146,7 +148,7 @@ pub(super) async fn open_all(
             opened.len()
         );
     }
-    Ok(opened)
+    Ok((opened, caches))
 }
 
 /// Whether `source` names a directory or prefix rather than one image.
@@ -214,7 +216,13 @@ async fn open_image(
         record_access: config.record_profile.is_some(),
         ..ImageOptions::default()
     };
-    let image = Image::new(Arc::clone(store), layout, cache, metrics, options);
+    let image = Image::new(
+        Arc::clone(store),
+        layout,
+        cache,
+        Arc::clone(&metrics),
+        options,
+    );
     // Fetch what the recorded boot needs before the guest asks for it; a
     // profile being recorded must see the guest's own order instead.
     if config.record_profile.is_none()
@@ -229,39 +237,75 @@ async fn open_image(
             disk: Arc::new(ImageDisk::new(Arc::clone(&image))),
             mtime,
             origin: location,
+            metrics,
         },
         image: Some(image),
         summary,
     })
 }
 
-fn build_cache(config: &MountConfig) -> anyhow::Result<Arc<dyn BlockCache>> {
+fn build_cache(config: &MountConfig) -> anyhow::Result<(Arc<dyn BlockCache>, Vec<CacheGauge>)> {
+    let mut gauges = Vec::new();
     let memory: Arc<dyn BlockCache> = if config.mem_cache == 0 {
         Arc::new(NoCache)
     } else {
-        Arc::new(MemoryCache::new(config.mem_cache))
+        let memory = Arc::new(MemoryCache::new(config.mem_cache));
+        let probe = Arc::clone(&memory);
+        gauges.push(CacheGauge {
+            tier: "memory",
+            usage: Arc::new(move || {
+                let s = probe.stats();
+                CacheUsage {
+                    bytes: s.bytes,
+                    capacity: s.capacity,
+                }
+            }),
+        });
+        memory
     };
-    Ok(match &config.disk_cache {
+    let cache: Arc<dyn BlockCache> = match &config.disk_cache {
         None => memory,
         Some((dir, size)) => {
-            let disk = DiskCache::open(dir, *size)
-                .map_err(|e| anyhow!("cannot open the disk cache in {}: {e}", dir.display()))?;
-            Arc::new(TieredCache::new(memory, Arc::new(disk)))
+            let disk =
+                Arc::new(DiskCache::open(dir, *size).map_err(|e| {
+                    anyhow!("cannot open the disk cache in {}: {e}", dir.display())
+                })?);
+            let probe = Arc::clone(&disk);
+            gauges.push(CacheGauge {
+                tier: "disk",
+                usage: Arc::new(move || {
+                    let s = probe.stats();
+                    CacheUsage {
+                        bytes: s.bytes,
+                        capacity: s.capacity,
+                    }
+                }),
+            });
+            Arc::new(TieredCache::new(memory, disk))
         }
-    })
+    };
+    Ok((cache, gauges))
 }
 
-/// Renders the stats file: the counters at the top level (so they parse as
-/// a [`crate::metrics::MetricsSnapshot`]) plus a list of what is served.
-pub(super) fn stats_source(metrics: Arc<Metrics>, opened: &[Opened]) -> StatsSource {
-    let images: Vec<serde_json::Value> = opened.iter().map(|o| o.summary.clone()).collect();
-    Arc::new(move || {
-        let mut doc = serde_json::to_value(metrics.snapshot()).unwrap_or_default();
-        if let Some(map) = doc.as_object_mut() {
-            map.insert("images".into(), serde_json::Value::Array(images.clone()));
-        }
-        let mut text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-        text.push(b'\n');
-        text
-    })
+/// What the mount reports: each served file's counters and summary, and
+/// the cache tiers.
+pub(super) fn telemetry(
+    mountpoint: &Path,
+    opened: &[Opened],
+    caches: Vec<CacheGauge>,
+) -> MountTelemetry {
+    let images = opened
+        .iter()
+        .map(|o| ImageTelemetry {
+            name: o.served.name.clone(),
+            metrics: Arc::clone(&o.served.metrics),
+            summary: o.summary.as_object().cloned().unwrap_or_default(),
+        })
+        .collect();
+    MountTelemetry::new(mountpoint.display().to_string(), images, caches)
+}
+
+/// Renders the stats file from the mount's telemetry each time it is read.
+pub(super) fn stats_source(telemetry: Arc<MountTelemetry>) -> StatsSource {
+    Arc::new(move || telemetry.stats_file())
 }

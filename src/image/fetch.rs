@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{FetchKind, Image};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreErrorKind};
 use crate::prefetch::BudgetPermit;
 use zvhd2::record::decode_record_into;
 use zvhd2::{FormatError, RecordLocation, SidecarEntry};
@@ -209,14 +209,17 @@ async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
     let end = last.offset + u64::from(last.size);
     let m = &image.metrics;
     Metrics::inc(&m.store_requests);
+    let sent = Instant::now();
     let fetched = image
         .store
         .get_range(&image.layout.key, start..end, Some(&image.layout.meta))
         .await;
+    m.store_latency.observe(sent.elapsed());
     let bytes = match fetched {
         Ok(bytes) if bytes.len() as u64 == end - start => bytes,
         Ok(bytes) => {
             Metrics::inc(&m.fetch_errors);
+            m.store_errors.inc(StoreErrorKind::ShortRead);
             let failure = Arc::new(BlockFailure::ShortRead {
                 expected: end - start,
                 actual: bytes.len() as u64,
@@ -226,6 +229,7 @@ async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
         }
         Err(e) => {
             Metrics::inc(&m.fetch_errors);
+            m.store_errors.inc(StoreErrorKind::of(&e));
             fail_group(image, group, Arc::new(BlockFailure::Fetch(e)));
             return;
         }

@@ -472,10 +472,9 @@ impl Image {
             BlockWait::Fetch(loc, fut) => {
                 let started = Instant::now();
                 let result = fut.await;
-                Metrics::add(
-                    &self.metrics.miss_wait_ns,
-                    started.elapsed().as_nanos() as u64,
-                );
+                let waited = started.elapsed();
+                Metrics::add(&self.metrics.miss_wait_ns, waited.as_nanos() as u64);
+                self.metrics.miss_wait.observe(waited);
                 result.map_err(|failure| self.block_error(block, loc, failure))
             }
         }

@@ -16,6 +16,7 @@ mod convert;
 mod inspect;
 mod progress;
 mod proxy;
+mod stats;
 mod transfer;
 
 #[derive(Parser, Debug)]
@@ -55,6 +56,9 @@ enum Command {
     Push(transfer::PushArgs),
     /// Download an image (and its sidecar, if any) from any source to a local file.
     Pull(transfer::PullArgs),
+    /// A running mount's figures (reads, cache hits, store traffic, latency)
+    /// per image, from its stats file; `--watch` adds rates.
+    Stats(stats::Args),
     /// Benchmarks: convert, store, read, boot.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         Command::Check(a) => inspect::check(a),
         Command::Push(a) => transfer::push(a),
         Command::Pull(a) => transfer::pull(a),
+        Command::Stats(a) => stats::run(a),
         Command::Bench(BenchCommand::Convert(a)) => bench_convert::run(a),
         Command::Bench(BenchCommand::Store(a)) => {
             runtime().and_then(|rt| ok(rt.block_on(bench_store::run(a))))

@@ -1,0 +1,447 @@
+//! The mount's figures in Prometheus/OpenMetrics text, encoded by the
+//! `prometheus-client` crate.
+//!
+//! Every image series carries `mount` (the mountpoint) and `image` (the
+//! served file name) labels; a mount's totals are `sum without (image)`.
+//! Series are read from the same per-image snapshots the stats file shows,
+//! at scrape time, through a [`Collector`]: nothing is counted twice and a
+//! scrape costs a few atomic loads per image.
+//!
+//! Counters the daemon does not have (yet) are left out rather than shown
+//! as zero: the table below names stats-file keys, and a family whose keys
+//! no image reports is skipped. That is how outage and hydration figures
+//! appear once the image layer counts them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+
+use super::MountTelemetry;
+use super::histogram::HistogramSnapshot;
+
+/// `Content-Type` of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How a family's value is shown.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// A monotonic count, as is.
+    Counter,
+    /// A monotonic count of nanoseconds, shown in seconds.
+    CounterNsAsSeconds,
+    /// A monotonic count of seconds (may be fractional).
+    CounterSeconds,
+    /// A level that goes up and down.
+    Gauge,
+}
+
+/// One metric family made of stats-file keys: each `(key, extra label)`
+/// pair becomes one series per image.
+struct Family {
+    /// Name without the `_total` suffix a counter gets on encoding.
+    name: &'static str,
+    help: &'static str,
+    shape: Shape,
+    series: &'static [(&'static str, Option<(&'static str, &'static str)>)],
+}
+
+const fn one(key: &'static str) -> [(&'static str, Option<(&'static str, &'static str)>); 1] {
+    [(key, None)]
+}
+
+/// Every per-image counter and gauge, by stats-file key.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "zvmount_fuse_reads",
+        help: "Read requests the FUSE layer answered for the image.",
+        shape: Shape::Counter,
+        series: &one("fuse_reads"),
+    },
+    Family {
+        name: "zvmount_fuse_read_bytes",
+        help: "Bytes returned by FUSE reads of the image.",
+        shape: Shape::Counter,
+        series: &one("fuse_read_bytes"),
+    },
+    Family {
+        name: "zvmount_fuse_read_errors",
+        help: "FUSE reads of the image answered with EIO.",
+        shape: Shape::Counter,
+        series: &one("fuse_read_errors"),
+    },
+    Family {
+        name: "zvmount_cache_hits",
+        help: "Block lookups answered by a cache tier.",
+        shape: Shape::Counter,
+        series: &[
+            ("mem_cache_hits", Some(("tier", "memory"))),
+            ("disk_cache_hits", Some(("tier", "disk"))),
+        ],
+    },
+    Family {
+        name: "zvmount_cache_misses",
+        help: "Demand block lookups no cache could answer (a fetch followed).",
+        shape: Shape::Counter,
+        series: &one("cache_misses"),
+    },
+    Family {
+        name: "zvmount_inflight_joins",
+        help: "Demand reads that joined a fetch already in flight.",
+        shape: Shape::Counter,
+        series: &one("inflight_joins"),
+    },
+    Family {
+        name: "zvmount_zero_block_reads",
+        help: "Reads of all-zero blocks, answered without a fetch.",
+        shape: Shape::Counter,
+        series: &one("zero_block_reads"),
+    },
+    Family {
+        name: "zvmount_store_requests",
+        help: "Range GETs sent to the store (after coalescing).",
+        shape: Shape::Counter,
+        series: &one("store_requests"),
+    },
+    Family {
+        name: "zvmount_store_read_bytes",
+        help: "Bytes the store returned.",
+        shape: Shape::Counter,
+        series: &one("store_bytes"),
+    },
+    Family {
+        name: "zvmount_store_retries",
+        help: "Store request attempts that were retried.",
+        shape: Shape::Counter,
+        series: &one("retries"),
+    },
+    Family {
+        name: "zvmount_blocks_fetched",
+        help: "Blocks fetched from the store and decoded (demand and prefetch).",
+        shape: Shape::Counter,
+        series: &one("blocks_fetched"),
+    },
+    Family {
+        name: "zvmount_blocks_prefetched",
+        help: "Blocks fetched by readahead or boot-profile replay.",
+        shape: Shape::Counter,
+        series: &one("blocks_prefetched"),
+    },
+    Family {
+        name: "zvmount_readahead_triggers",
+        help: "Times the sequential detector started a readahead.",
+        shape: Shape::Counter,
+        series: &one("readahead_triggers"),
+    },
+    Family {
+        name: "zvmount_prefetch_budget_skips",
+        help: "Prefetch blocks skipped because the prefetch memory budget was spent.",
+        shape: Shape::Counter,
+        series: &one("prefetch_budget_skips"),
+    },
+    Family {
+        name: "zvmount_profile_replay_blocks",
+        help: "Boot-profile blocks the replay started.",
+        shape: Shape::Counter,
+        series: &one("profile_blocks"),
+    },
+    Family {
+        name: "zvmount_profile_replay_capped_blocks",
+        help: "Boot-profile blocks the replay left out to spare the cache.",
+        shape: Shape::Counter,
+        series: &one("profile_capped"),
+    },
+    Family {
+        name: "zvmount_verify_failures",
+        help: "Blocks that failed a check (CRC32C, BLAKE3, framing, decoded length).",
+        shape: Shape::Counter,
+        series: &one("verify_failures"),
+    },
+    Family {
+        name: "zvmount_decode_seconds",
+        help: "Time spent checking and decoding fetched records (queueing included).",
+        shape: Shape::CounterNsAsSeconds,
+        series: &one("decode_ns"),
+    },
+    // Outages and hydration: exported once the daemon counts them.
+    Family {
+        name: "zvmount_store_outage",
+        help: "1 while the image's store is unreachable, else 0.",
+        shape: Shape::Gauge,
+        series: &one("outage"),
+    },
+    Family {
+        name: "zvmount_store_outages",
+        help: "Times the image's store became unreachable.",
+        shape: Shape::Counter,
+        series: &one("outages"),
+    },
+    Family {
+        name: "zvmount_store_outage_seconds",
+        help: "Time the image's store was unreachable.",
+        shape: Shape::CounterSeconds,
+        series: &one("outage_seconds"),
+    },
+    Family {
+        name: "zvmount_outage_waited_reads",
+        help: "Reads that waited for the store to come back.",
+        shape: Shape::Counter,
+        series: &one("reads_waited"),
+    },
+    Family {
+        name: "zvmount_hydrate_done_blocks",
+        help: "Blocks of the image held in the local cache by hydration.",
+        shape: Shape::Gauge,
+        series: &one("hydrate_done"),
+    },
+    Family {
+        name: "zvmount_hydrate_total_blocks",
+        help: "Blocks hydration has to hold for the whole image.",
+        shape: Shape::Gauge,
+        series: &one("hydrate_total"),
+    },
+];
+
+/// Latency distributions, by stats-file key.
+const HISTOGRAMS: &[(&str, &str, &str)] = &[
+    (
+        "store_latency",
+        "zvmount_store_request_duration_seconds",
+        "Duration of store range GETs as the image waited for them (retries included).",
+    ),
+    (
+        "miss_wait",
+        "zvmount_demand_miss_wait_seconds",
+        "How long demand reads of blocks not in memory waited for them.",
+    ),
+];
+
+/// A [`Collector`] reading a mount's figures at every scrape.
+#[derive(Debug)]
+pub struct MountCollector {
+    telemetry: Arc<MountTelemetry>,
+}
+
+impl MountCollector {
+    /// Reads `telemetry` on each scrape.
+    pub fn new(telemetry: Arc<MountTelemetry>) -> MountCollector {
+        MountCollector { telemetry }
+    }
+}
+
+/// A registry holding the mount's collector.
+pub fn registry(telemetry: Arc<MountTelemetry>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(MountCollector::new(telemetry)));
+    registry
+}
+
+/// Renders `registry` as OpenMetrics text (what `/metrics` answers).
+pub fn encode(registry: &Registry) -> Result<String, fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Collector for MountCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let t = &self.telemetry;
+        let mount = t.mountpoint().to_owned();
+        let snaps = t.image_snapshots();
+        let labels =
+            |image: &str| -> Labels { vec![("mount", mount.clone()), ("image", image.to_owned())] };
+
+        {
+            let mut m = encoder.encode_descriptor(
+                "zvmount_build",
+                "The running zvmount's version.",
+                None,
+                MetricType::Info,
+            )?;
+            m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        }
+
+        for family in FAMILIES {
+            let reported = snaps.iter().any(|(_, snap)| {
+                family
+                    .series
+                    .iter()
+                    .any(|(key, _)| number(snap, key).is_some())
+            });
+            if !reported {
+                continue;
+            }
+            let kind = match family.shape {
+                Shape::Gauge => MetricType::Gauge,
+                _ => MetricType::Counter,
+            };
+            let mut m = encoder.encode_descriptor(family.name, family.help, None, kind)?;
+            for (image, snap) in &snaps {
+                for (key, extra) in family.series {
+                    let Some(value) = number(snap, key) else {
+                        continue;
+                    };
+                    let mut l = labels(image);
+                    if let Some((k, v)) = extra {
+                        l.push((k, (*v).to_owned()));
+                    }
+                    encode_value(&mut m, &l, family.shape, value)?;
+                }
+            }
+        }
+
+        {
+            let mut m = encoder.encode_descriptor(
+                "zvmount_store_errors",
+                "Store reads that failed after the store's retries, by kind.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (image, snap) in &snaps {
+                let Some(kinds) = snap.get("store_errors").and_then(Value::as_object) else {
+                    continue;
+                };
+                for (kind, count) in kinds {
+                    let mut l = labels(image);
+                    l.push(("kind", kind.clone()));
+                    let count = count.as_u64().unwrap_or(0);
+                    m.encode_family(&l)?
+                        .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+                }
+            }
+        }
+
+        for (key, name, help) in HISTOGRAMS {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (image, snap) in &snaps {
+                let Some(h) = snap
+                    .get(*key)
+                    .and_then(|v| serde_json::from_value::<HistogramSnapshot>(v.clone()).ok())
+                else {
+                    continue;
+                };
+                let sum = h.sum_ns as f64 / 1e9;
+                m.encode_family(&labels(image))?
+                    .encode_histogram::<NoLabelSet>(sum, h.count, &h.prometheus_buckets(), None)?;
+            }
+        }
+
+        let usage = t.cache_usage();
+        for (name, help, pick) in [
+            (
+                "zvmount_cache_bytes",
+                "Bytes of decoded blocks a cache tier holds.",
+                (|u: &super::CacheUsage| u.bytes) as fn(&super::CacheUsage) -> u64,
+            ),
+            (
+                "zvmount_cache_capacity_bytes",
+                "Bytes a cache tier holds before it evicts.",
+                |u: &super::CacheUsage| u.capacity,
+            ),
+        ] {
+            if usage.is_empty() {
+                break;
+            }
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (tier, u) in &usage {
+                let l: Labels = vec![("mount", mount.clone()), ("tier", (*tier).to_owned())];
+                m.encode_family(&l)?.encode_gauge(&pick(u))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A numeric stats-file value: a JSON number, or a boolean as 0/1.
+fn number(snap: &Value, key: &str) -> Option<f64> {
+    match snap.get(key)? {
+        Value::Number(n) => n.as_f64(),
+        Value::Bool(b) => Some(f64::from(u8::from(*b))),
+        _ => None,
+    }
+}
+
+fn encode_value(
+    m: &mut MetricEncoder<'_>,
+    labels: &Labels,
+    shape: Shape,
+    value: f64,
+) -> Result<(), fmt::Error> {
+    let mut series = m.encode_family(labels)?;
+    match shape {
+        // Exact up to 2^53: counts and byte totals of a mount's lifetime.
+        Shape::Counter => series.encode_counter::<NoLabelSet, _, u64>(&(value as u64), None),
+        Shape::CounterNsAsSeconds => {
+            series.encode_counter::<NoLabelSet, _, u64>(&(value / 1e9), None)
+        }
+        Shape::CounterSeconds => series.encode_counter::<NoLabelSet, _, u64>(&value, None),
+        Shape::Gauge => series.encode_gauge(&value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Metrics, StoreErrorKind};
+    use crate::telemetry::{CacheGauge, CacheUsage, ImageTelemetry};
+    use std::time::Duration;
+
+    fn mount() -> (Arc<MountTelemetry>, Arc<Metrics>) {
+        let a = Arc::new(Metrics::default());
+        let b = Arc::new(Metrics::default());
+        let image = |name: &str, m: &Arc<Metrics>| ImageTelemetry {
+            name: name.into(),
+            metrics: Arc::clone(m),
+            summary: Default::default(),
+        };
+        let t = MountTelemetry::new(
+            "/run/zv",
+            vec![image("a.raw", &a), image("b.raw", &b)],
+            vec![CacheGauge {
+                tier: "memory",
+                usage: Arc::new(|| CacheUsage {
+                    bytes: 10,
+                    capacity: 20,
+                }),
+            }],
+        );
+        (Arc::new(t), a)
+    }
+
+    #[test]
+    fn scrape_has_per_image_series_histograms_and_caches() {
+        let (t, a) = mount();
+        Metrics::add(&a.fuse_reads, 5);
+        Metrics::add(&a.decode_ns, 1_500_000_000);
+        a.store_errors.inc(StoreErrorKind::Forbidden);
+        a.store_latency.observe(Duration::from_millis(2));
+        let text = encode(&registry(t)).unwrap();
+        assert!(
+            text.contains(r#"zvmount_fuse_reads_total{mount="/run/zv",image="a.raw"} 5"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"zvmount_fuse_reads_total{mount="/run/zv",image="b.raw"} 0"#));
+        assert!(
+            text.contains(r#"zvmount_decode_seconds_total{mount="/run/zv",image="a.raw"} 1.5"#)
+        );
+        assert!(text.contains(
+            r#"zvmount_store_errors_total{mount="/run/zv",image="a.raw",kind="forbidden"} 1"#
+        ));
+        assert!(text.contains(
+            r#"zvmount_store_request_duration_seconds_bucket{le="0.0025",mount="/run/zv",image="a.raw"} 1"#
+        ) || text.contains(
+            r#"zvmount_store_request_duration_seconds_bucket{mount="/run/zv",image="a.raw",le="0.0025"} 1"#
+        ), "{text}");
+        assert!(text.contains(r#"zvmount_cache_capacity_bytes{mount="/run/zv",tier="memory"} 20"#));
+        assert!(text.contains(r#"zvmount_build_info{version=""#));
+        // Figures the daemon does not count yet are not invented.
+        assert!(!text.contains("zvmount_hydrate_done_blocks"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
