@@ -20,6 +20,8 @@ command -v mkfs.fat >/dev/null || need_apt+=(dosfstools)
 command -v syslinux >/dev/null || need_apt+=(syslinux syslinux-common)
 command -v cpio >/dev/null || need_apt+=(cpio)
 command -v python3 >/dev/null || need_apt+=(python3)
+# promtool validates the /metrics exposition in tests/metrics.rs.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 
 qemu_missing=0
