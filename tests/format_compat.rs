@@ -3,8 +3,7 @@
 //! index entries, `index_contains_zero_blk` = 1, zlib records. Built here by
 //! hand (not by our writer) so each quirk is present on purpose.
 
-#[path = "common/images.rs"]
-mod images;
+use zvtest::images;
 
 use images::{BlockKind, decode_all, raw_from_kinds};
 use zvhd2::footer::BLOCKS_PER_SEGMENT;

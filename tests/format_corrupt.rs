@@ -2,8 +2,7 @@
 //! returns exactly the original bytes — never a panic, never wrong bytes
 //! (for records: never wrong bytes once the sidecar verifies them).
 
-#[path = "common/images.rs"]
-mod images;
+use zvtest::images;
 
 use std::sync::OnceLock;
 

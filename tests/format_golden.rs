@@ -1,8 +1,7 @@
 //! Golden layout: a small image checked byte by byte against the layout
 //! reference (`/work/shared/zvhd2-layout.md`, summarised in docs/format.md).
 
-#[path = "common/images.rs"]
-mod images;
+use zvtest::images;
 
 use zvhd2::footer::footer_checksum;
 use zvhd2::{Footer, ImageHeader};

@@ -1,8 +1,7 @@
 //! raw → ZVHD2 → raw round trips through the writer and the pure readers,
 //! with and without sidecar verification.
 
-#[path = "common/images.rs"]
-mod images;
+use zvtest::images;
 
 use images::{BlockKind, MemImage, decode_all, raw_from_kinds, raw_mixed, raw_random, zvhd2_image};
 use zvhd2::{ImageIdentity, Sidecar, WriteOptions, write_image};

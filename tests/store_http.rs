@@ -2,14 +2,12 @@
 //! `If-Match` and HEAD — and misbehaving on demand: presigned-style HEAD
 //! refusal, ignored ranges, stalls, short bodies.
 
-mod common;
-
 use std::time::Duration;
 
-use common::http::{Behaviour, HttpServer};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use zvstore::{ObjectStore, StoreArgs, StoreError, open_source};
+use zvtest::http::{Behaviour, HttpServer};
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; len];

@@ -4,18 +4,16 @@
 //! missing object or bucket, wrong credentials, an object replaced after
 //! open, the server going away mid-read.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::s3::{S3Server, unique_bucket};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use zvstore::fault::FaultStore;
 use zvstore::resilient::{ResilientStore, RetryPolicy};
 use zvstore::s3::S3Store;
 use zvstore::{ObjectStore, StaticCredentials, StoreError, open_source};
+use zvtest::s3::{S3Server, unique_bucket};
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; len];

@@ -1,8 +1,3 @@
-//! Fixtures shared by the integration tests: test images, the local S3
-//! server, real FUSE mounts.
-#![allow(dead_code)]
-
-pub mod http;
-pub mod images;
-pub mod mount;
-pub mod s3;
+//! The integration tests' fixtures live in the test kit crate (`crates/zvtest`).
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use zvtest::{http, images, mount, s3};

@@ -7,17 +7,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use zvstore::StoreArgs;
 
-mod bench_boot;
-mod bench_convert;
-mod bench_read;
-mod bench_store;
-mod chart;
+mod bench;
 mod convert;
 mod inspect;
 mod progress;
-mod proxy;
 mod stats;
 mod transfer;
+
+use bench::{
+    boot as bench_boot, convert as bench_convert, read as bench_read, store as bench_store,
+};
 
 #[derive(Parser, Debug)]
 #[command(

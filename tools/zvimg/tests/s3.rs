@@ -1,14 +1,10 @@
 //! `zvimg push`, `info`, `check`, `index` and `pull` against a real
 //! S3-compatible server (s3s-fs on 127.0.0.1).
 
-#[path = "../../../tests/common/s3.rs"]
-#[allow(dead_code)]
-mod s3;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use s3::S3Server;
+use zvtest::s3::{self, S3Server};
 
 fn zvimg(server: &S3Server, args: &[&str]) -> Output {
     let endpoint = server.endpoint();

@@ -80,6 +80,7 @@ impl HttpServer {
         s.objects.insert(format!("/{path}"), (bytes.into(), etag));
     }
 
+    /// Changes how the server misbehaves from the next request on.
     pub fn set_behaviour(&self, b: Behaviour) {
         self.state.lock().unwrap().behaviour = b;
     }

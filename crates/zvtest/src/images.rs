@@ -1,8 +1,8 @@
-//! Test images shared by all integration tests: raw disks with a chosen mix
-//! of zero, random and compressible blocks; ZVHD2 images written from them;
-//! an in-memory ZVHD2 reader; and a helper that puts raw + image + sidecar
+//! Test images: raw disks with a chosen mix of zero, random and
+//! compressible blocks; ZVHD2 images written from them; an in-memory ZVHD2
+//! reader built only from the format crate's parts (so a test can compare
+//! the daemon against it); and a helper that puts raw + image + sidecar
 //! files in a temporary directory.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -100,8 +100,11 @@ pub fn zvhd2_image(raw: &[u8], block_size: u32) -> (Vec<u8>, WriteSummary) {
 
 /// An image opened from memory, the way the real reader does it in three steps.
 pub struct MemImage<'a> {
+    /// The whole image file.
     pub bytes: &'a [u8],
+    /// Its parsed footers.
     pub header: ImageHeader,
+    /// Its block index.
     pub index: BlockIndex,
 }
 
@@ -185,10 +188,15 @@ pub fn decode_all(image: &[u8], sidecar: Option<&Sidecar>) -> FormatResult<Vec<u
 pub struct ImageFiles {
     /// Removed on drop.
     pub dir: tempfile::TempDir,
+    /// `disk.raw`: the raw disk.
     pub raw: PathBuf,
+    /// `disk.zvhd2`: the image of it.
     pub image: PathBuf,
+    /// `disk.zvhd2.zvidx`: the image's sidecar.
     pub sidecar: PathBuf,
+    /// The raw disk's bytes.
     pub raw_bytes: Vec<u8>,
+    /// What the writer reported (sizes, block counts, the sidecar).
     pub summary: WriteSummary,
 }
 

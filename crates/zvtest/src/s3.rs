@@ -1,6 +1,6 @@
-//! The S3-compatible server the tests run against: `s3s-fs` on a free
-//! 127.0.0.1 port, access key `test`, secret `test`, installed by
-//! `scripts/install-deps.sh`.
+//! The S3-compatible server the tests and `zvimg bench boot` run against:
+//! `s3s-fs` on a free 127.0.0.1 port, access key `test`, secret `test`,
+//! installed by `scripts/install-deps.sh`.
 //!
 //! [`S3Server::start`] gives one server per test binary. A static's drop
 //! never runs, so the child is tied to our life with `PR_SET_PDEATHSIG`
@@ -8,13 +8,16 @@
 //! exits, so the shared server is spawned from a thread that never ends.
 //! [`S3Server::start_private`] gives a server a test owns (and may stop and
 //! restart); it is killed and its data removed on drop.
+//! [`S3Server::launch`] is the fallible form for callers that report errors
+//! rather than panic (the boot benchmark), with their own binary and data
+//! directory.
 //!
 //! Configuration goes through [`S3Server::store_args`] (explicit endpoint,
 //! region and credentials), never through environment variables, which
 //! parallel tests would race on.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,19 +27,104 @@ use std::time::{Duration, Instant};
 
 use zvstore::{StaticCredentials, StoreArgs};
 
-/// Access key and secret the server accepts.
+/// Access key the server accepts.
 pub const ACCESS_KEY: &str = "test";
+/// Secret key the server accepts.
 pub const SECRET_KEY: &str = "test";
 
 const DIR_PREFIX: &str = "zvmount-s3s-";
 
+/// Why an s3s-fs server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    /// The program is not on PATH (or not at the given path).
+    #[error(
+        "{binary} not found: run scripts/install-deps.sh (it installs s3s-fs 0.14.1: cargo install s3s-fs@0.14.1 --locked --features binary)"
+    )]
+    NotFound {
+        /// The program that was run.
+        binary: PathBuf,
+    },
+    /// Spawning failed for another reason.
+    #[error("could not start {binary}: {source}")]
+    Spawn {
+        /// The program that was run.
+        binary: PathBuf,
+        /// What `spawn` said.
+        source: std::io::Error,
+    },
+    /// The process exited before it answered.
+    #[error("{binary} exited at start ({status}); its log {log}:\n{tail}")]
+    Exited {
+        /// The program that was run.
+        binary: PathBuf,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Its log file.
+        log: String,
+        /// The log's content.
+        tail: String,
+    },
+    /// Nothing answered HTTP on the port in time.
+    #[error("{binary} did not answer on 127.0.0.1:{port} within {waited:?}")]
+    NoAnswer {
+        /// The program that was run.
+        binary: PathBuf,
+        /// The port it was given.
+        port: u16,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// Preparing the data directory, log or port failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The step and path.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Where and how to run a server started with [`S3Server::launch`].
+#[derive(Clone, Debug)]
+pub struct S3Options {
+    /// The s3s-fs program (a name on PATH or a path).
+    pub binary: PathBuf,
+    /// Folder for the objects (each top-level folder is a bucket); the log
+    /// goes beside it as `<data_dir>.log`. `None`: a fresh folder under
+    /// `$TMPDIR`, removed on drop.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for S3Options {
+    fn default() -> S3Options {
+        S3Options {
+            binary: PathBuf::from("s3s-fs"),
+            data_dir: None,
+        }
+    }
+}
+
+/// How long a starting server may take to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A running (or stopped) s3s-fs process.
 pub struct S3Server {
+    binary: PathBuf,
     port: u16,
     data_dir: PathBuf,
     child: Mutex<Option<Child>>,
-    /// Remove the data dir on drop (private servers only).
+    /// Remove the data dir on drop (servers in a folder of their own only).
     owned: bool,
+}
+
+impl std::fmt::Debug for S3Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Server")
+            .field("port", &self.port)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 static SHARED: OnceLock<S3Server> = OnceLock::new();
@@ -50,7 +138,8 @@ impl S3Server {
             std::thread::Builder::new()
                 .name("s3s-fs-parent".into())
                 .spawn(move || {
-                    let server = S3Server::launch(false);
+                    let server =
+                        S3Server::launch(S3Options::default()).unwrap_or_else(|e| panic!("{e}"));
                     let _ = tx.send(server);
                     // Live as long as the process: the child dies with this thread.
                     loop {
@@ -66,76 +155,110 @@ impl S3Server {
     /// A server of the caller's own, for tests that stop and restart it.
     /// It dies with the calling thread at the latest.
     pub fn start_private() -> S3Server {
-        S3Server::launch(true)
+        S3Server::launch(S3Options::default()).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn launch(owned: bool) -> S3Server {
-        sweep_stale_dirs();
-        let data_dir = std::env::temp_dir().join(format!(
-            "{DIR_PREFIX}{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&data_dir).expect("create the s3s-fs data dir");
+    /// Starts a server of the caller's own as `options` say and waits until
+    /// it answers. It dies with the calling thread at the latest.
+    pub fn launch(options: S3Options) -> Result<S3Server, S3Error> {
+        let io = |what: String| move |source| S3Error::Io { what, source };
+        let (data_dir, owned) = match options.data_dir {
+            Some(dir) => (dir, false),
+            None => {
+                sweep_stale_dirs();
+                let dir = std::env::temp_dir().join(format!(
+                    "{DIR_PREFIX}{}-{}",
+                    std::process::id(),
+                    NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+                ));
+                (dir, true)
+            }
+        };
+        std::fs::create_dir_all(&data_dir)
+            .map_err(io(format!("creating {}", data_dir.display())))?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .expect("find a free port")
+            .map_err(io("finding a free port on 127.0.0.1".into()))?
             .port();
         let server = S3Server {
+            binary: options.binary,
             port,
             data_dir,
             child: Mutex::new(None),
             owned,
         };
-        server.restart();
-        server
+        server.try_restart()?;
+        Ok(server)
     }
 
     /// Starts the process again (same port, same data) after [`S3Server::stop`].
+    /// Panics if it is running or does not come up.
     pub fn restart(&self) {
+        self.try_restart().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// [`S3Server::restart`], returning the failure.
+    pub fn try_restart(&self) -> Result<(), S3Error> {
         let mut child = self.child.lock().unwrap();
         assert!(child.is_none(), "s3s-fs is already running");
-        let log = std::fs::File::create(self.data_dir.with_extension("log"))
-            .expect("create the s3s-fs log");
-        let mut cmd = Command::new("s3s-fs");
+        let log_path = self.data_dir.with_extension("log");
+        let log = std::fs::File::create(&log_path).map_err(|source| S3Error::Io {
+            what: format!("creating {}", log_path.display()),
+            source,
+        })?;
+        let mut cmd = Command::new(&self.binary);
         cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(&self.data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe and touches only this (child) process.
+        // SAFETY: pre_exec runs between fork and exec; the closure only
+        // makes one prctl(2) call (async-signal-safe, allocation-free) on
+        // the child itself, so the server dies with the thread that spawned it.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
             });
         }
-        let mut spawned = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!(
-                    "s3s-fs is not on PATH: run scripts/install-deps.sh (it installs s3s-fs 0.14.1)"
-                )
+        let mut spawned = cmd.spawn().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                S3Error::NotFound {
+                    binary: self.binary.clone(),
+                }
+            } else {
+                S3Error::Spawn {
+                    binary: self.binary.clone(),
+                    source,
+                }
             }
-            Err(e) => panic!("could not start s3s-fs: {e}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        })?;
+        let deadline = Instant::now() + START_TIMEOUT;
         while !self.answers() {
             if let Ok(Some(status)) = spawned.try_wait() {
-                let log = std::fs::read_to_string(self.data_dir.with_extension("log"))
-                    .unwrap_or_default();
-                panic!("s3s-fs exited at start ({status}):\n{log}");
+                return Err(S3Error::Exited {
+                    binary: self.binary.clone(),
+                    status,
+                    log: log_path.display().to_string(),
+                    tail: std::fs::read_to_string(&log_path).unwrap_or_default(),
+                });
             }
             if Instant::now() > deadline {
                 let _ = spawned.kill();
-                panic!("s3s-fs did not answer on port {} within 20 s", self.port);
+                let _ = spawned.wait();
+                return Err(S3Error::NoAnswer {
+                    binary: self.binary.clone(),
+                    port: self.port,
+                    waited: START_TIMEOUT,
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         *child = Some(spawned);
+        Ok(())
     }
 
     /// Kills the process (data stays for [`S3Server::restart`]).
@@ -161,8 +284,14 @@ impl S3Server {
         s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 ")
     }
 
+    /// The TCP port it listens on (on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `127.0.0.1:PORT`, e.g. as a proxy's upstream.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -226,6 +355,7 @@ impl S3Server {
             });
     }
 
+    /// The folder holding the objects (one subfolder per bucket).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
