@@ -27,6 +27,9 @@ use super::histogram::HistogramSnapshot;
 /// `Content-Type` of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// `Content-Type` of [`encode_text_0_0_4`]'s output.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// How a family's value is shown.
 #[derive(Clone, Copy, Debug)]
 enum Shape {
@@ -247,6 +250,45 @@ pub fn encode(registry: &Registry) -> Result<String, fmt::Error> {
     Ok(out)
 }
 
+/// Renders `registry` in the classic Prometheus text format (0.0.4), for
+/// clients that do not ask for OpenMetrics (`curl`, `promtool check
+/// metrics`, older scrapers).
+///
+/// The crate only writes OpenMetrics. For the families this exporter makes
+/// (counters, gauges, histograms; no units, info or state sets) the two
+/// formats differ in two places only: a counter's `# HELP`/`# TYPE` lines
+/// name the family with its `_total` suffix, and there is no `# EOF`.
+pub fn encode_text_0_0_4(registry: &Registry) -> Result<String, fmt::Error> {
+    let openmetrics = encode(registry)?;
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}"));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 type Labels = Vec<(&'static str, String)>;
 
 impl Collector for MountCollector {
@@ -256,16 +298,6 @@ impl Collector for MountCollector {
         let snaps = t.image_snapshots();
         let labels =
             |image: &str| -> Labels { vec![("mount", mount.clone()), ("image", image.to_owned())] };
-
-        {
-            let mut m = encoder.encode_descriptor(
-                "zvmount_build",
-                "The running zvmount's version.",
-                None,
-                MetricType::Info,
-            )?;
-            m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
-        }
 
         for family in FAMILIES {
             let reported = snaps.iter().any(|(_, snap)| {
@@ -421,7 +453,7 @@ mod tests {
         Metrics::add(&a.decode_ns, 1_500_000_000);
         a.store_errors.inc(StoreErrorKind::Forbidden);
         a.store_latency.observe(Duration::from_millis(2));
-        let text = encode(&registry(t)).unwrap();
+        let text = encode(&registry(Arc::clone(&t))).unwrap();
         assert!(
             text.contains(r#"zvmount_fuse_reads_total{mount="/run/zv",image="a.raw"} 5"#),
             "{text}"
@@ -439,7 +471,15 @@ mod tests {
             r#"zvmount_store_request_duration_seconds_bucket{mount="/run/zv",image="a.raw",le="0.0025"} 1"#
         ), "{text}");
         assert!(text.contains(r#"zvmount_cache_capacity_bytes{mount="/run/zv",tier="memory"} 20"#));
-        assert!(text.contains(r#"zvmount_build_info{version=""#));
+        let classic = encode_text_0_0_4(&registry(Arc::clone(&t))).unwrap();
+        assert!(
+            classic.contains("# TYPE zvmount_fuse_reads_total counter\n"),
+            "{classic}"
+        );
+        assert!(classic.contains("# HELP zvmount_fuse_reads_total Read requests"));
+        assert!(classic.contains("# TYPE zvmount_cache_bytes gauge\n"));
+        assert!(classic.contains("# TYPE zvmount_demand_miss_wait_seconds histogram\n"));
+        assert!(!classic.contains("# EOF"));
         // Figures the daemon does not count yet are not invented.
         assert!(!text.contains("zvmount_hydrate_done_blocks"));
         assert!(text.ends_with("# EOF\n"));

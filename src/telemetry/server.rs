@@ -1,6 +1,7 @@
 //! `--metrics-addr`: a small HTTP/1 server (hyper) answering `GET /metrics`
-//! with the mount's Prometheus exposition, on a TCP address or a unix
-//! socket. It only reads counters; a slow or broken scraper cannot stall a
+//! with the mount's Prometheus exposition (OpenMetrics when the client asks
+//! for it, as Prometheus does; the classic text format otherwise), on a TCP
+//! address or a unix socket. It only reads counters; a slow or broken scraper cannot stall a
 //! read (each connection is its own task, with a header timeout).
 
 use std::convert::Infallible;
@@ -213,9 +214,23 @@ async fn answer(
         resp
     };
     let text = "text/plain; charset=utf-8";
+    // Prometheus asks for OpenMetrics; anything else gets the classic text.
+    let openmetrics = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let encode = || {
+        if openmetrics {
+            prometheus::encode(&registry).map(|b| (prometheus::CONTENT_TYPE, b))
+        } else {
+            prometheus::encode_text_0_0_4(&registry).map(|b| (prometheus::TEXT_CONTENT_TYPE, b))
+        }
+    };
     Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => match prometheus::encode(&registry) {
-            Ok(body) => reply(StatusCode::OK, prometheus::CONTENT_TYPE, Bytes::from(body)),
+        (&Method::GET | &Method::HEAD, "/metrics") => match encode() {
+            Ok((content_type, body)) => reply(StatusCode::OK, content_type, Bytes::from(body)),
             Err(_) => reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 text,
