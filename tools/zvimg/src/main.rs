@@ -106,7 +106,7 @@ fn main() -> ExitCode {
         Command::Check(a) => inspect::check(a),
         Command::Push(a) => transfer::push(a),
         Command::Pull(a) => transfer::pull(a),
-        Command::Stats(a) => stats::run(a),
+        Command::Stats(a) => ok(stats::run(a)),
         Command::Bench(BenchCommand::Convert(a)) => bench_convert::run(a),
         Command::Bench(BenchCommand::Store(a)) => {
             runtime().and_then(|rt| ok(rt.block_on(bench_store::run(a))))
