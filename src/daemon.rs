@@ -7,22 +7,20 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use async_trait::async_trait;
-use bytes::Bytes;
 
-use crate::fuse::{DiskFile, DiskReadError, ServedFile, ZvFs};
+use crate::fuse::{ServedFile, ZvFs};
+use crate::metrics::Metrics;
 use crate::telemetry::{MetricsAddr, MetricsServer};
 
 mod wiring;
 
-pub use wiring::{ImageDisk, SizeMode};
+pub use crate::image::SizeMode;
 
 /// Everything a mount needs, as parsed from the command line.
 #[derive(Clone, Debug)]
@@ -296,47 +294,6 @@ impl Drop for Mount {
     }
 }
 
-/// A local raw file served as is, through the same FUSE path as images.
-#[derive(Debug)]
-pub struct RawFileDisk {
-    file: Arc<std::fs::File>,
-    size: u64,
-}
-
-impl RawFileDisk {
-    /// Opens `path` read-only.
-    pub fn open(path: &Path) -> anyhow::Result<RawFileDisk> {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let size = file
-            .metadata()
-            .with_context(|| format!("cannot stat {}", path.display()))?
-            .len();
-        Ok(RawFileDisk {
-            file: Arc::new(file),
-            size,
-        })
-    }
-}
-
-#[async_trait]
-impl DiskFile for RawFileDisk {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskReadError> {
-        let file = Arc::clone(&self.file);
-        let bytes = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset)
-                .map(|()| Bytes::from(buf))
-        })
-        .await??;
-        Ok(bytes)
-    }
-}
-
 /// The default file name for an image at `key`: its basename with
 /// `.zvhd2` (or `.zvhd`) replaced by `.raw`.
 pub fn default_name(key: &str) -> String {
@@ -366,13 +323,21 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
 
-    let (opened, caches) = runtime.block_on(wiring::open_all(&config))?;
+    // The mount's own counters (its prefetch budget); images count apart.
+    let mount_metrics = Arc::new(Metrics::default());
+    let (opened, caches) =
+        runtime.block_on(wiring::open_all(&config, Arc::clone(&mount_metrics)))?;
     let files: Vec<ServedFile> = opened.iter().map(|o| o.served.clone()).collect();
     for f in &files {
         tracing::info!(name = %f.name, origin = %f.origin, size = f.disk.size(), "serving");
     }
 
-    let telemetry = Arc::new(wiring::telemetry(&config.mountpoint, &opened, caches));
+    let telemetry = Arc::new(wiring::telemetry(
+        &config.mountpoint,
+        &opened,
+        mount_metrics,
+        caches,
+    ));
     // Bound before mounting: a taken port fails the start, not a later scrape.
     let _exporter = match &config.metrics_addr {
         Some(addr) => {

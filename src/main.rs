@@ -73,7 +73,7 @@ struct Cli {
 
     /// Size of the served file: `orig`, the disk that was converted, or
     /// `curr`, rounded up to a whole GiB as Huawei's tools show it.
-    #[arg(long = "size", value_enum, default_value_t = SizeMode::Orig)]
+    #[arg(long = "size", default_value_t = SizeMode::Orig)]
     size_mode: SizeMode,
 
     /// Let other users (and root) read the mount; needs `user_allow_other`

@@ -4,8 +4,15 @@
 //!
 //! The image layer (`crate::image`) counts store traffic, cache outcomes,
 //! fetches, prefetches and waits; the FUSE layer counts its own reads.
+//!
 //! Each served image has its own [`Metrics`]; the mount's totals are their
 //! sum ([`crate::telemetry`]).
+//!
+//! Every counter is listed once, in the `counters!` invocation below:
+//! it declares the atomic field of [`Metrics`], the plain field of
+//! [`MetricsSnapshot`] (serialized under the same name) and the copy
+//! between them. Instruments that are more than one number (a histogram,
+//! counts by kind) follow the `;` with their type and snapshot type.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,60 +20,101 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use crate::telemetry::error_kind::{ErrorKindCounts, StoreErrorKind};
 pub use crate::telemetry::histogram::{HistogramSnapshot, LatencyHistogram};
 
-/// Monotonic counters of one served image.
-#[derive(Debug, Default)]
-pub struct Metrics {
+/// Declares [`Metrics`] and [`MetricsSnapshot`] from one list of fields.
+macro_rules! counters {
+    (
+        $( $(#[doc = $doc:literal])* $name:ident, )*
+        ;
+        $( $(#[doc = $idoc:literal])* $iname:ident: $itype:ty => $isnap:ty, )*
+    ) => {
+        /// Monotonic counters (and two gauges) of one served image.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $( $(#[doc = $doc])* pub $name: AtomicU64, )*
+            $( $(#[doc = $idoc])* pub $iname: $itype, )*
+        }
+
+        /// A point-in-time copy of [`Metrics`], as JSON in
+        /// `.zvmount-stats.json`. Fields mean what the [`Metrics`] field of
+        /// the same name means.
+        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        #[serde(default)]
+        pub struct MetricsSnapshot {
+            $( $(#[doc = $doc])* pub $name: u64, )*
+            $( $(#[doc = $idoc])* pub $iname: $isnap, )*
+        }
+
+        impl Metrics {
+            /// A consistent-enough copy of every counter (each read atomically).
+            pub fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot {
+                    $( $name: self.$name.load(Ordering::Relaxed), )*
+                    $( $iname: self.$iname.snapshot(), )*
+                }
+            }
+        }
+    };
+}
+
+counters! {
     /// Range GETs the image layer sent to the store (after coalescing).
-    pub store_requests: AtomicU64,
+    store_requests,
     /// Bytes those GETs returned.
-    pub store_bytes: AtomicU64,
+    store_bytes,
     /// Blocks fetched from the store and decoded (demand + prefetch).
-    pub blocks_fetched: AtomicU64,
+    blocks_fetched,
     /// Of `blocks_fetched`, those started by a prefetch (readahead or profile).
-    pub blocks_prefetched: AtomicU64,
+    blocks_prefetched,
     /// Block lookups answered by the memory cache.
-    pub mem_cache_hits: AtomicU64,
+    mem_cache_hits,
     /// Block lookups answered by the disk cache.
-    pub disk_cache_hits: AtomicU64,
+    disk_cache_hits,
     /// Block lookups no cache could answer (a fetch followed).
-    pub cache_misses: AtomicU64,
+    cache_misses,
     /// Reads that waited on a fetch already in flight (single-flight joins).
-    pub inflight_joins: AtomicU64,
+    inflight_joins,
     /// Blocks whose record or decoded bytes failed a check (CRC32C, BLAKE3,
     /// record framing, decoded length).
-    pub verify_failures: AtomicU64,
+    verify_failures,
     /// Store GETs that failed (after the store's own retries).
-    pub fetch_errors: AtomicU64,
+    fetch_errors,
     /// Reads of blocks that are all zeros (answered with no fetch).
-    pub zero_block_reads: AtomicU64,
-    /// Times the sequential detector started a readahead.
-    pub readahead_triggers: AtomicU64,
+    zero_block_reads,
+    /// Times a sequential detector started a readahead.
+    readahead_triggers,
     /// Prefetch blocks skipped because the prefetch memory budget was spent.
-    pub prefetch_budget_skips: AtomicU64,
+    prefetch_budget_skips,
+    /// Bytes of the mount's prefetch budget held right now (a gauge).
+    prefetch_bytes_in_flight,
+    /// The most bytes of the prefetch budget ever held at once (never more
+    /// than the budget).
+    prefetch_bytes_peak,
     /// Blocks of the boot profile started by the profile replay.
-    pub profile_blocks: AtomicU64,
+    profile_blocks,
     /// Blocks of the boot profile the replay left out: it had brought in
-    /// half of what the cache holds.
-    pub profile_capped: AtomicU64,
-    /// Read requests served by the FUSE layer, and their bytes.
-    pub fuse_reads: AtomicU64,
-    pub fuse_read_bytes: AtomicU64,
+    /// its share of the mount's cache.
+    profile_capped,
+    /// Read requests served by the FUSE layer.
+    fuse_reads,
+    /// Bytes of those reads.
+    fuse_read_bytes,
     /// Total nanoseconds demand reads spent waiting for a block that was not
     /// in memory (disk-cache reads, fetches, joins).
-    pub miss_wait_ns: AtomicU64,
+    miss_wait_ns,
     /// Total nanoseconds from handing fetched records to the decode threads
     /// until they were checked and decoded (queueing included).
-    pub decode_ns: AtomicU64,
+    decode_ns,
     /// FUSE reads answered with EIO.
-    pub fuse_read_errors: AtomicU64,
-    /// Of `fetch_errors`, by kind.
-    pub store_errors: ErrorKindCounts,
+    fuse_read_errors,
+    ;
+    /// Of `fetch_errors`, by kind (keyed by [`StoreErrorKind::label`]).
+    store_errors: ErrorKindCounts => BTreeMap<String, u64>,
     /// Duration of each store GET as the image layer waits for it (the
     /// store's retries and backoff included).
-    pub store_latency: LatencyHistogram,
+    store_latency: LatencyHistogram => HistogramSnapshot,
     /// How long each demand read of a block not in memory waited for it
     /// (the distribution behind `miss_wait_ns`).
-    pub miss_wait: LatencyHistogram,
+    miss_wait: LatencyHistogram => HistogramSnapshot,
 }
 
 impl Metrics {
@@ -79,67 +127,6 @@ impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
-
-    /// A consistent-enough copy of every counter (each read atomically).
-    pub fn snapshot(&self) -> MetricsSnapshot {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        MetricsSnapshot {
-            store_requests: g(&self.store_requests),
-            store_bytes: g(&self.store_bytes),
-            blocks_fetched: g(&self.blocks_fetched),
-            blocks_prefetched: g(&self.blocks_prefetched),
-            mem_cache_hits: g(&self.mem_cache_hits),
-            disk_cache_hits: g(&self.disk_cache_hits),
-            cache_misses: g(&self.cache_misses),
-            inflight_joins: g(&self.inflight_joins),
-            verify_failures: g(&self.verify_failures),
-            fetch_errors: g(&self.fetch_errors),
-            zero_block_reads: g(&self.zero_block_reads),
-            readahead_triggers: g(&self.readahead_triggers),
-            prefetch_budget_skips: g(&self.prefetch_budget_skips),
-            profile_blocks: g(&self.profile_blocks),
-            profile_capped: g(&self.profile_capped),
-            fuse_reads: g(&self.fuse_reads),
-            fuse_read_bytes: g(&self.fuse_read_bytes),
-            miss_wait_ns: g(&self.miss_wait_ns),
-            decode_ns: g(&self.decode_ns),
-            fuse_read_errors: g(&self.fuse_read_errors),
-            store_errors: self.store_errors.snapshot(),
-            store_latency: self.store_latency.snapshot(),
-            miss_wait: self.miss_wait.snapshot(),
-        }
-    }
-}
-
-/// A point-in-time copy of [`Metrics`], as JSON in `.zvmount-stats.json`.
-/// Fields mean what the [`Metrics`] field of the same name means.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct MetricsSnapshot {
-    pub store_requests: u64,
-    pub store_bytes: u64,
-    pub blocks_fetched: u64,
-    pub blocks_prefetched: u64,
-    pub mem_cache_hits: u64,
-    pub disk_cache_hits: u64,
-    pub cache_misses: u64,
-    pub inflight_joins: u64,
-    pub verify_failures: u64,
-    pub fetch_errors: u64,
-    pub zero_block_reads: u64,
-    pub readahead_triggers: u64,
-    pub prefetch_budget_skips: u64,
-    pub profile_blocks: u64,
-    pub profile_capped: u64,
-    pub fuse_reads: u64,
-    pub fuse_read_bytes: u64,
-    pub miss_wait_ns: u64,
-    pub decode_ns: u64,
-    pub fuse_read_errors: u64,
-    /// Store failures keyed by [`StoreErrorKind::label`].
-    pub store_errors: BTreeMap<String, u64>,
-    pub store_latency: HistogramSnapshot,
-    pub miss_wait: HistogramSnapshot,
 }
 
 #[cfg(test)]
@@ -154,6 +141,8 @@ mod tests {
         let snap = m.snapshot();
         assert_eq!(snap.store_requests, 1);
         let json = serde_json::to_string(&snap).unwrap();
+        assert!(json.contains("\"store_bytes\":4096"), "{json}");
+        assert!(json.contains("\"fuse_reads\":0"), "{json}");
         assert_eq!(
             serde_json::from_str::<MetricsSnapshot>(&json).unwrap(),
             snap

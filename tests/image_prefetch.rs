@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::images::{BlockKind, ImageFiles, raw_from_kinds, write_files};
 use zvhd2::Sidecar;
 use zvmount::cache::MemoryCache;
-use zvmount::image::{Image, ImageLayout, ImageOptions, SidecarSource};
+use zvmount::image::{Image, ImageLayout, ImageOptions, MountContext, MountLimits, SidecarSource};
 use zvmount::metrics::Metrics;
 use zvmount::prefetch::parse_profile;
 use zvstore::ObjectStore;
@@ -283,4 +283,138 @@ async fn replay_stops_at_half_the_cache() {
         "the profile's first blocks stayed: {m:?}"
     );
     assert_eq!(control.requests() - opened, fetched);
+}
+
+/// Opens the image in `files` into `mount`, behind its own counting store.
+async fn open_in_mount(
+    files: &ImageFiles,
+    mount: &Arc<MountContext>,
+) -> (Arc<Image>, Arc<FaultControl>, u64) {
+    let store = Arc::new(FaultStore::new(FileStore::new(files.dir.path())));
+    let control = store.control();
+    let layout = ImageLayout::load(store.as_ref(), KEY, &SidecarSource::Auto)
+        .await
+        .expect("open image");
+    let opened = control.requests();
+    let store: Arc<dyn ObjectStore> = store;
+    let options = ImageOptions {
+        readahead_blocks: 0,
+        ..ImageOptions::default()
+    };
+    (
+        Image::in_mount(store, layout, mount, options),
+        control,
+        opened,
+    )
+}
+
+/// The budget fix: two images of one mount share one prefetch budget and
+/// one cache. Both replay boot profiles larger than the cache at once; the
+/// bytes in flight never exceed the one budget (with a budget per image
+/// they would reach twice it), each replay brings in an equal share of
+/// half the cache, and every replayed block is still cached when its guest
+/// reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_images_share_one_budget_and_the_cache() {
+    const BLOCKS: u64 = 12;
+    let bs = u64::from(BS);
+    let mut images = Vec::new();
+    for seed in [71, 73] {
+        let raw = raw_from_kinds(&[BlockKind::Random; BLOCKS as usize], BS, seed);
+        let files = write_files(raw.clone(), BS);
+        set_boot_profile(&files, (0..BLOCKS).collect());
+        images.push((raw, files));
+    }
+    let metrics = Arc::new(Metrics::default());
+    // Eight blocks of cache for two 12-block profiles; a budget with room
+    // for two one-block prefetches (record + decoded block each), not three.
+    let budget = 5 * bs;
+    let mount = MountContext::new(
+        Arc::new(MemoryCache::new(8 * bs)),
+        Arc::clone(&metrics),
+        MountLimits {
+            prefetch_budget_bytes: budget,
+            prefetch_concurrency: 8,
+            decode_threads: 0,
+        },
+    );
+    let mut opened = Vec::new();
+    for (raw, files) in &images {
+        let (image, control, at_open) = open_in_mount(files, &mount).await;
+        // Slow GETs, so both replays have prefetches in flight together.
+        control.set(zvstore::fault::FaultPlan {
+            latency: std::time::Duration::from_millis(50),
+            ..Default::default()
+        });
+        opened.push((image, control, at_open, raw));
+    }
+    let tasks: Vec<_> = opened
+        .iter()
+        .map(|(image, ..)| image.start_profile_prefetch().expect("a profile"))
+        .collect();
+    let mut replays = Vec::new();
+    for t in tasks {
+        replays.push(t.await.unwrap());
+    }
+    let m = metrics.snapshot();
+    assert!(
+        m.prefetch_bytes_peak > 2 * bs,
+        "prefetches overlapped: {m:?}"
+    );
+    assert!(
+        m.prefetch_bytes_peak <= budget,
+        "never more than the budget in flight: {m:?}"
+    );
+    assert_eq!(m.prefetch_bytes_in_flight, 0, "{m:?}");
+    // Half of the eight-block cache, split between the two images.
+    for r in &replays {
+        assert_eq!(
+            (r.started, r.ready, r.capped),
+            (2, 2, BLOCKS - 2),
+            "{replays:?}"
+        );
+    }
+    // Both guests read their profiles' replayed heads from the cache.
+    for (image, control, at_open, raw) in &opened {
+        let fetched = control.requests() - at_open;
+        assert_eq!(fetched, 2, "one GET per replayed block");
+        for b in 0..2u64 {
+            let block = image.read_block(b).await.unwrap();
+            assert!(
+                block[..] == raw[(b * bs) as usize..][..BS as usize],
+                "block {b}"
+            );
+        }
+        assert_eq!(control.requests() - at_open, fetched, "{}", image.name());
+    }
+    assert_eq!(metrics.snapshot().cache_misses, 0);
+}
+
+/// One sequential detector per reader stream: two handles reading one
+/// image sequentially, interleaved read by read, each get readahead (a
+/// detector per image would see one random pattern).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_reader_stream_has_its_own_readahead() {
+    let raw = raw_from_kinds(&[BlockKind::Random; 16], BS, 79);
+    let files = write_files(raw.clone(), BS);
+    let (image, _control, metrics, _) = open(
+        &files,
+        ImageOptions {
+            readahead_blocks: 2,
+            ..ImageOptions::default()
+        },
+    )
+    .await;
+    let (a, b) = (image.new_stream(), image.new_stream());
+    let bs = u64::from(BS);
+    for i in 0..4u64 {
+        for (stream, base) in [(&a, 0u64), (&b, 8)] {
+            let off = (base + i) * bs;
+            let got = image.read_at_in(off, 4096, stream).await.unwrap();
+            assert!(got[..] == raw[off as usize..off as usize + 4096]);
+        }
+    }
+    // Each stream turns sequential on its third block and triggers on it
+    // and the next: two triggers a stream.
+    assert_eq!(metrics.snapshot().readahead_triggers, 4);
 }

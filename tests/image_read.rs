@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::images::{BlockKind, ImageFiles, raw_from_kinds, raw_mixed, write_files};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use zvhd2::BlockLocation;
+use zvhd2::{BlockLocation, VerifyFailure};
 use zvmount::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
 use zvmount::image::{
     BlockFailure, Image, ImageError, ImageLayout, ImageOptions, SidecarSource, SizeMode,
@@ -319,7 +319,7 @@ async fn corrupted_record_fails_that_block_only() {
     let msg = err.to_string();
     assert!(
         matches!(&err, ImageError::Block { block: 1, source, .. }
-            if matches!(**source, BlockFailure::RecordCrc { .. })),
+            if matches!(&**source, BlockFailure::Verify(e) if matches!(e.failure, VerifyFailure::RecordCrc { .. }))),
         "{msg}"
     );
     assert!(err.is_corruption(), "{msg}");
@@ -360,7 +360,7 @@ async fn damaged_record_framing_fails_without_sidecar() {
     let err = o.image.read_block(1).await.unwrap_err();
     assert!(
         matches!(&err, ImageError::Block { block: 1, source, .. }
-            if matches!(**source, BlockFailure::Record(_))),
+            if matches!(&**source, BlockFailure::Verify(e) if matches!(e.failure, VerifyFailure::Record(_)))),
         "{err}"
     );
     assert!(err.is_corruption(), "{err}");

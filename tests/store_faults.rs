@@ -236,9 +236,15 @@ async fn a_replaced_object_is_image_changed_and_not_retried() {
 async fn coalesced_reads_through_the_stack() {
     let (_dir, store, control, data) = setup(0);
     let wanted = vec![0..100, 150..300, 5000..5100, 300..310, 90_000..100_000];
-    let got = zvstore::coalesce::get_ranges(&store, "obj", &wanted, None, 1024)
-        .await
-        .unwrap();
+    let got = zvstore::coalesce::get_ranges(
+        &store,
+        "obj",
+        &wanted,
+        None,
+        &zvstore::coalesce::RunLimits::new(1024, 64 << 20),
+    )
+    .await
+    .unwrap();
     for (r, b) in wanted.iter().zip(&got) {
         assert_eq!(&b[..], &data[r.start as usize..r.end as usize]);
     }

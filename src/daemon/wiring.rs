@@ -6,58 +6,16 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, anyhow, bail};
-use async_trait::async_trait;
-use bytes::Bytes;
 
-use super::{MountConfig, RawFileDisk, default_name};
+use super::{MountConfig, default_name};
 use crate::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
-use crate::fuse::{DiskFile, DiskReadError, ServedFile, StatsSource};
-use crate::image::{Image, ImageLayout, ImageOptions, SidecarSource, SizeMode as ImageSizeMode};
+use crate::fuse::{DiskFile, RawFileDisk, ServedFile, StatsSource};
+use crate::image::{
+    Image, ImageDisk, ImageLayout, ImageOptions, MountContext, MountLimits, SidecarSource,
+};
 use crate::metrics::Metrics;
 use crate::telemetry::{CacheGauge, CacheUsage, ImageTelemetry, MountTelemetry};
 use zvstore::{ObjectStore, open_source};
-
-/// Which size the served file shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SizeMode {
-    /// The size of the disk that was converted (`orig_size`).
-    #[default]
-    Orig,
-    /// `orig_size` rounded up to a whole GiB (`curr_size`), as Huawei's
-    /// tools present the disk; the extra bytes read as zeros.
-    Curr,
-}
-
-/// An open image served as a file.
-#[derive(Debug)]
-pub struct ImageDisk {
-    image: Arc<Image>,
-}
-
-impl ImageDisk {
-    /// Serves `image`.
-    pub fn new(image: Arc<Image>) -> ImageDisk {
-        ImageDisk { image }
-    }
-}
-
-#[async_trait]
-impl DiskFile for ImageDisk {
-    fn size(&self) -> u64 {
-        self.image.size()
-    }
-
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskReadError> {
-        // The FUSE layer never asks for more than `MAX_READ` (1 MiB).
-        let len = u32::try_from(len).map_err(|_| format!("read of {len} bytes is too large"))?;
-        Ok(self.image.read_at(offset, len).await?)
-    }
-
-    fn try_read_now(&self, offset: u64, len: usize) -> Option<Bytes> {
-        self.image.try_read_cached(offset, u32::try_from(len).ok()?)
-    }
-}
 
 /// One source, opened.
 pub(super) struct Opened {
@@ -90,17 +48,24 @@ impl Opened {
     }
 }
 
-/// Opens every source of `config`, in order; also returns the cache tiers
-/// they share, for the mount's telemetry.
+/// Opens every source of `config`, in order, into one mount whose own
+/// (mount-wide) counters are `metrics`; each image counts into its own
+/// [`Metrics`]. Also returns the cache tiers, for the mount's telemetry.
 pub(super) async fn open_all(
     config: &MountConfig,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<(Vec<Opened>, Vec<CacheGauge>)> {
     let (cache, caches) = build_cache(config)?;
+    let options = image_options(config);
+    // One budget, one set of decode slots and one cache for every image:
+    // K images must not hold K budgets in flight.
+    let mount = MountContext::new(cache, metrics, MountLimits::from(&options));
     let mut opened = Vec::new();
     let mut names = config.names.iter();
     for source in &config.sources {
         if config.raw_passthrough {
-            let disk = RawFileDisk::open(Path::new(source))?;
+            let disk = RawFileDisk::open(Path::new(source))
+                .with_context(|| format!("cannot open {source}"))?;
             let name = names
                 .next()
                 .cloned()
@@ -129,16 +94,7 @@ pub(super) async fn open_all(
         };
         for key in keys {
             let name = names.next().cloned().unwrap_or_else(|| default_name(&key));
-            let one = open_image(
-                config,
-                &store,
-                &key,
-                name,
-                Arc::clone(&cache),
-                // Each image counts on its own; the mount's totals are sums.
-                Arc::new(Metrics::default()),
-            )
-            .await?;
+            let one = open_image(config, &store, &key, name, &mount, options.clone()).await?;
             opened.push(one);
         }
     }
@@ -147,6 +103,17 @@ pub(super) async fn open_all(
             "--name {extra:?} has no image to name ({} images)",
             opened.len()
         );
+    }
+    // Replays start once every image is open, so each one's share of the
+    // cache is its share of the whole mount. A profile being recorded must
+    // see the guest's own order instead.
+    if config.record_profile.is_none() {
+        for image in opened.iter().filter_map(|o| o.image.as_ref()) {
+            if let Some(task) = image.start_profile_prefetch() {
+                tracing::info!(image = %image.name(), "replaying the sidecar's boot profile");
+                drop(task);
+            }
+        }
     }
     Ok((opened, caches))
 }
@@ -175,8 +142,8 @@ async fn open_image(
     store: &Arc<dyn ObjectStore>,
     key: &str,
     name: String,
-    cache: Arc<dyn BlockCache>,
-    metrics: Arc<Metrics>,
+    mount: &Arc<MountContext>,
+    options: ImageOptions,
 ) -> anyhow::Result<Opened> {
     let sidecar = if config.no_sidecar {
         SidecarSource::Ignore
@@ -206,31 +173,15 @@ async fn open_image(
         "sidecar": layout.sidecar.is_some(),
         "open_requests": layout.requests,
     });
-    let options = ImageOptions {
-        size_mode: match config.size_mode {
-            SizeMode::Orig => ImageSizeMode::Orig,
-            SizeMode::Curr => ImageSizeMode::Curr,
-        },
-        readahead_blocks: config.readahead as usize,
-        prefetch_budget_bytes: config.prefetch_budget,
-        record_access: config.record_profile.is_some(),
-        ..ImageOptions::default()
-    };
-    let image = Image::new(
+    // Each image counts on its own; the mount's totals are sums.
+    let metrics = Arc::new(Metrics::default());
+    let image = Image::in_mount_counting(
         Arc::clone(store),
         layout,
-        cache,
-        Arc::clone(&metrics),
+        mount,
         options,
+        Arc::clone(&metrics),
     );
-    // Fetch what the recorded boot needs before the guest asks for it; a
-    // profile being recorded must see the guest's own order instead.
-    if config.record_profile.is_none()
-        && let Some(task) = image.start_profile_prefetch()
-    {
-        tracing::info!(image = %location, "replaying the sidecar's boot profile");
-        drop(task);
-    }
     Ok(Opened {
         served: ServedFile {
             name,
@@ -242,6 +193,17 @@ async fn open_image(
         image: Some(image),
         summary,
     })
+}
+
+/// How every image of the mount reads, per the mount's flags.
+fn image_options(config: &MountConfig) -> ImageOptions {
+    ImageOptions {
+        size_mode: config.size_mode,
+        readahead_blocks: config.readahead as usize,
+        prefetch_budget_bytes: config.prefetch_budget,
+        record_access: config.record_profile.is_some(),
+        ..ImageOptions::default()
+    }
 }
 
 fn build_cache(config: &MountConfig) -> anyhow::Result<(Arc<dyn BlockCache>, Vec<CacheGauge>)> {
@@ -287,11 +249,12 @@ fn build_cache(config: &MountConfig) -> anyhow::Result<(Arc<dyn BlockCache>, Vec
     Ok((cache, gauges))
 }
 
-/// What the mount reports: each served file's counters and summary, and
-/// the cache tiers.
+/// What the mount reports: each served file's counters and summary, the
+/// mount-wide counters (`mount`: the prefetch budget) and the cache tiers.
 pub(super) fn telemetry(
     mountpoint: &Path,
     opened: &[Opened],
+    mount: Arc<Metrics>,
     caches: Vec<CacheGauge>,
 ) -> MountTelemetry {
     let images = opened
@@ -302,7 +265,7 @@ pub(super) fn telemetry(
             summary: o.summary.as_object().cloned().unwrap_or_default(),
         })
         .collect();
-    MountTelemetry::new(mountpoint.display().to_string(), images, caches)
+    MountTelemetry::new(mountpoint.display().to_string(), images, caches).with_mount_metrics(mount)
 }
 
 /// Renders the stats file from the mount's telemetry each time it is read.

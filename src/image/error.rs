@@ -28,6 +28,14 @@ pub enum ImageError {
         offset: u64,
         detail: String,
     },
+    /// A block of a whole-image scan failed a check of [`zvhd2::verify`]
+    /// (the error names block and record offset).
+    #[error("{location}: {error}")]
+    Check {
+        location: String,
+        #[source]
+        error: zvhd2::VerifyError,
+    },
     /// One block could not be produced: its fetch failed, or its record or
     /// decoded bytes failed a check. `source` says which (and is shared by
     /// every reader that waited for the block).
@@ -72,7 +80,9 @@ impl ImageError {
     /// help, and the operator should suspect the stored object.
     pub fn is_corruption(&self) -> bool {
         match self {
-            ImageError::Verify { .. } | ImageError::Format { .. } => true,
+            ImageError::Verify { .. } | ImageError::Format { .. } | ImageError::Check { .. } => {
+                true
+            }
             ImageError::Block { source, .. } => source.is_corruption(),
             _ => false,
         }
@@ -83,7 +93,7 @@ impl ImageError {
 /// repeats (the variant's message names them already).
 fn failure_detail(failure: &BlockFailure) -> String {
     match failure {
-        BlockFailure::Record(FormatError::BadRecord { detail, .. }) => detail.clone(),
+        BlockFailure::Verify(e) => e.failure.to_string(),
         other => other.to_string(),
     }
 }
@@ -98,10 +108,10 @@ mod tests {
             location: "s3://b/disk.zvhd2".into(),
             block: 7,
             offset: 4096,
-            source: Arc::new(BlockFailure::Record(FormatError::BadRecord {
+            source: Arc::new(BlockFailure::Verify(zvhd2::VerifyError {
                 block: 7,
                 offset: 4096,
-                detail: "bad magic".into(),
+                failure: zvhd2::VerifyFailure::Record("bad magic".into()),
             })),
         };
         assert_eq!(

@@ -12,9 +12,10 @@ use tokio::sync::oneshot;
 use super::{FetchKind, Image};
 use crate::metrics::{Metrics, StoreErrorKind};
 use crate::prefetch::BudgetPermit;
-use zvhd2::record::decode_record_into;
-use zvhd2::{FormatError, RecordLocation, SidecarEntry};
+use zvhd2::verify::{self, VerifyError};
+use zvhd2::{BlockLocation, RecordLocation, SidecarEntry};
 use zvstore::StoreError;
+use zvstore::coalesce::{RunLimits, plan_runs};
 
 /// Why one block could not be produced. Shared by every reader that waited
 /// for the block; turned into an [`super::ImageError`] naming image, block
@@ -27,23 +28,10 @@ pub enum BlockFailure {
     /// The store returned a different number of bytes than asked for.
     #[error("fetch returned {actual} bytes for a {expected}-byte range")]
     ShortRead { expected: u64, actual: u64 },
-    /// The record is malformed or does not decode to exactly one block.
+    /// The record or the decoded block failed a check of
+    /// [`zvhd2::verify`] (framing, length, CRC32C, BLAKE3, placement).
     #[error("{0}")]
-    Record(#[source] FormatError),
-    /// The record bytes differ from those the sidecar was made from.
-    #[error(
-        "record CRC32C is {actual:08x}, the sidecar says {expected:08x} (corrupted in storage or transit)"
-    )]
-    RecordCrc { expected: u32, actual: u32 },
-    /// The decoded block differs from the one the sidecar was made from.
-    #[error("BLAKE3 of the decoded block does not match the sidecar")]
-    BlockHash,
-    /// The sidecar does not describe this record.
-    #[error("sidecar {0}")]
-    Sidecar(String),
-    /// Decoded to the wrong length.
-    #[error("decoded {actual} bytes, expected {expected}")]
-    Length { expected: u64, actual: u64 },
+    Verify(#[source] VerifyError),
     /// The fetch task stopped before finishing (panic or shutdown).
     #[error("fetch abandoned: {0}")]
     Aborted(String),
@@ -52,14 +40,7 @@ pub enum BlockFailure {
 impl BlockFailure {
     /// Whether the bytes were wrong (rather than not delivered).
     pub fn is_corruption(&self) -> bool {
-        matches!(
-            self,
-            BlockFailure::Record(_)
-                | BlockFailure::RecordCrc { .. }
-                | BlockFailure::BlockHash
-                | BlockFailure::Sidecar(_)
-                | BlockFailure::Length { .. }
-        )
+        matches!(self, BlockFailure::Verify(_))
     }
 }
 
@@ -179,28 +160,22 @@ pub(super) async fn run(
 }
 
 /// Groups pending blocks into runs of neighbouring records (sorted by
-/// offset), each fetched with one GET.
+/// offset), each fetched with one GET, by the one coalescing planner.
 fn coalesce(mut pending: Vec<Pending>, gap: u64, max_bytes: u64) -> Vec<Vec<Pending>> {
     pending.sort_by_key(|p| p.loc.offset);
-    let mut groups: Vec<Vec<Pending>> = Vec::new();
-    for p in pending {
-        if let Some(group) = groups.last_mut() {
-            let first = group[0].loc;
-            let last = group[group.len() - 1].loc;
-            let last_end = last.offset + u64::from(last.size);
-            let new_end = p.loc.offset + u64::from(p.loc.size);
-            if group.len() < super::MAX_RUN_BLOCKS
-                && p.loc.offset >= last_end
-                && p.loc.offset - last_end <= gap
-                && new_end - first.offset <= max_bytes
-            {
-                group.push(p);
-                continue;
-            }
-        }
-        groups.push(vec![p]);
-    }
-    groups
+    let ranges: Vec<_> = pending
+        .iter()
+        .map(|p| p.loc.offset..p.loc.offset + u64::from(p.loc.size))
+        .collect();
+    let limits = RunLimits {
+        max_ranges: super::MAX_RUN_BLOCKS,
+        ..RunLimits::new(gap, max_bytes)
+    };
+    let runs = plan_runs(&ranges, &limits);
+    let mut pending = pending.into_iter();
+    runs.into_iter()
+        .map(|run| pending.by_ref().take(run.len()).collect())
+        .collect()
 }
 
 async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
@@ -270,9 +245,11 @@ fn fail_group(image: &Image, group: Vec<Pending>, failure: Arc<BlockFailure>) {
 }
 
 /// Verifies and decodes one record on the decode threads, at most
-/// `decode_threads` records at a time. With a sidecar, the record's CRC32C
-/// is computed on one thread while another decodes it (the block is handed
-/// out only when both passed).
+/// `decode_threads` records at a time, by the rules of [`zvhd2::verify`].
+/// With a sidecar, the record's CRC32C is computed on one thread while
+/// another decodes it (the block is handed out only when both passed, and a
+/// CRC mismatch is what is reported when both failed: the stored bytes are
+/// not the sidecar's, whatever their decode said).
 async fn decode(
     image: &Arc<Image>,
     block: u64,
@@ -284,33 +261,34 @@ async fn decode(
         .acquire()
         .await
         .map_err(|_| Arc::new(BlockFailure::Aborted("decoder closed".into())))?;
-    let failed = |failure: BlockFailure| {
+    let failed = |e: VerifyError| {
         Metrics::inc(&image.metrics.verify_failures);
-        Arc::new(failure)
+        Arc::new(BlockFailure::Verify(e))
     };
     let started = Instant::now();
-    let entry = image.sidecar_entry(block, loc).map_err(failed)?;
+    let entry = image.sidecar_entry(block);
+    if let Some(e) = &entry {
+        verify::check_placement(
+            block,
+            BlockLocation::Record(loc),
+            e,
+            image.block_size as u32,
+        )
+        .map_err(failed)?;
+    }
     let warm = image.block_size as usize;
     let crc = entry.map(|e| {
         let record = record.clone();
-        (
-            e.record_crc32c,
-            super::decode::run(warm, move || crc32c::crc32c(&record)),
-        )
+        (e, super::decode::run(warm, move || crc32c::crc32c(&record)))
     });
     let img = Arc::clone(image);
-    let hash = entry.map(|e| e.block_hash);
-    let decoded = super::decode::run(warm, move || img.decode_and_hash(block, loc, &record, hash));
+    let decoded = super::decode::run(warm, move || img.decode_checked(block, loc, &record, entry));
     let abandoned = || Arc::new(BlockFailure::Aborted("decoder thread gave up".into()));
     let decoded = match crc {
-        Some((expected, crc)) => {
+        Some((e, crc)) => {
             let (actual, decoded) = futures::future::join(crc, decoded).await;
             let actual = actual.ok_or_else(abandoned)?;
-            // A record that is not the sidecar's says so, whatever its
-            // decode said.
-            if actual != expected {
-                return Err(failed(BlockFailure::RecordCrc { expected, actual }));
-            }
+            verify::check_record_crc(block, loc.offset, actual, &e).map_err(failed)?;
             decoded
         }
         None => decoded.await,
@@ -324,69 +302,40 @@ async fn decode(
 }
 
 impl Image {
-    /// The sidecar's entry for `block` when records are verified, after
-    /// checking that it describes the same record as the index.
-    fn sidecar_entry(
-        &self,
-        block: u64,
-        loc: RecordLocation,
-    ) -> Result<Option<SidecarEntry>, BlockFailure> {
-        let (Some(sidecar), true) = (&self.layout.sidecar, self.options.verify) else {
-            return Ok(None);
-        };
-        let entry = sidecar
-            .entries
-            .get(block as usize)
-            .ok_or_else(|| BlockFailure::Sidecar(format!("has no entry for block {block}")))?;
-        if entry.record_offset != loc.offset || entry.record_size != loc.size {
-            return Err(BlockFailure::Sidecar(format!(
-                "places the record at {}+{}, the index at {}+{}",
-                entry.record_offset, entry.record_size, loc.offset, loc.size
-            )));
-        }
-        Ok(Some(*entry))
+    /// The sidecar's entry for `block` when records are verified.
+    fn sidecar_entry(&self, block: u64) -> Option<SidecarEntry> {
+        let sidecar = self
+            .layout
+            .sidecar
+            .as_ref()
+            .filter(|_| self.options.verify)?;
+        // The sidecar was checked against the image at open: one entry a block.
+        sidecar.entries.get(block as usize).copied()
     }
 
-    /// Framing, decode and exact decoded length of one record, then the
-    /// block's BLAKE3 against `hash` when there is one.
-    fn decode_and_hash(
+    /// [`verify::decode_checked`] into a buffer whose pages are already
+    /// resident when the pool has one (see `super::decode`): it goes to the
+    /// cache on success and back to the pool on failure.
+    fn decode_checked(
         &self,
         block: u64,
         loc: RecordLocation,
         record: &[u8],
-        hash: Option<[u8; 32]>,
-    ) -> Result<Bytes, BlockFailure> {
-        let compression = self.layout.header.compression();
-        // A buffer whose pages are already resident when the pool has one
-        // (see `super::decode`): it goes to the cache on success and back
-        // to the pool on failure.
+        entry: Option<SidecarEntry>,
+    ) -> Result<Bytes, VerifyError> {
         let mut decoded = super::decode::take_buffer(self.block_size as usize);
-        let checked = decode_record_into(
+        let checked = verify::decode_checked(
             record,
             block,
-            loc.offset,
+            loc,
+            entry.as_ref(),
             self.block_size as u32,
-            compression,
+            self.layout.header.compression(),
             &mut decoded,
-        )
-        .map_err(BlockFailure::Record)
-        .and_then(|()| {
-            if decoded.len() as u64 != self.block_size {
-                return Err(BlockFailure::Length {
-                    expected: self.block_size,
-                    actual: decoded.len() as u64,
-                });
-            }
-            match hash {
-                Some(hash) if blake3::hash(&decoded).as_bytes() != &hash => {
-                    Err(BlockFailure::BlockHash)
-                }
-                _ => Ok(()),
-            }
-        });
-        if let Err(failure) = checked {
+        );
+        if let Err(e) = checked {
             super::decode::give_back(decoded);
-            return Err(failure);
+            return Err(e);
         }
         Ok(Bytes::from(decoded))
     }

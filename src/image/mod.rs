@@ -9,10 +9,13 @@
 //! wait for a block, it is fetched and decoded once (single-flight); a
 //! failed fetch is not remembered, so the next read tries again.
 //!
-//! What to prefetch is decided in [`crate::prefetch`]; the fetching itself
-//! (and its budget accounting) happens here, in [`fetch`].
+//! What to prefetch, and when, is decided in [`crate::prefetch`]; the
+//! fetching itself happens here, in [`fetch`]. What every image of one
+//! mount shares (cache, counters, prefetch budget, decode slots, the
+//! replay share of the cache) is one [`MountContext`].
 
 mod decode;
+pub mod disk;
 pub mod error;
 mod fetch;
 pub mod open;
@@ -20,24 +23,30 @@ pub mod scan;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, Shared};
 
+pub use disk::ImageDisk;
 pub use error::ImageError;
 pub use fetch::BlockFailure;
 pub use open::{ImageLayout, SidecarSource};
 
 use crate::cache::{BlockCache, BlockKey};
 use crate::metrics::Metrics;
-use crate::prefetch::{AccessRecorder, BudgetPermit, PrefetchBudget, SequentialDetector};
+use crate::prefetch::{AccessRecorder, BudgetPermit, PrefetchBudget, ProfileReplay, ReaderStream};
 use zvhd2::{BlockLocation, RecordLocation};
 use zvstore::ObjectStore;
+use zvstore::coalesce::RunLimits;
 
 /// Which size the image reports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Parsed from and shown as `orig` / `curr` (the `--size` flag of both
+/// binaries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SizeMode {
     /// The size of the disk that was converted (`orig_size`): what the user had.
     #[default]
@@ -45,6 +54,27 @@ pub enum SizeMode {
     /// `orig_size` rounded up to a whole GiB (`curr_size`), as Huawei's own
     /// reader reports it; the extra tail reads as zeros.
     Curr,
+}
+
+impl std::str::FromStr for SizeMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SizeMode, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "orig" => Ok(SizeMode::Orig),
+            "curr" => Ok(SizeMode::Curr),
+            _ => Err(format!("invalid size mode {s:?}: expected orig or curr")),
+        }
+    }
+}
+
+impl fmt::Display for SizeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SizeMode::Orig => "orig",
+            SizeMode::Curr => "curr",
+        })
+    }
 }
 
 /// How an [`Image`] reads.
@@ -58,15 +88,19 @@ pub struct ImageOptions {
     /// Blocks to read ahead of a sequential stream (0 disables readahead).
     pub readahead_blocks: usize,
     /// Bytes that in-flight prefetches may hold (0 disables prefetching).
+    /// Mount-wide: read by [`MountLimits::from`]; an image opened into an
+    /// existing [`MountContext`] uses the context's budget instead.
     pub prefetch_budget_bytes: u64,
-    /// Prefetch requests in flight at once (readahead and profile replay).
+    /// Prefetch requests in flight at once (readahead and profile replay);
+    /// mount-wide like `prefetch_budget_bytes`.
     pub prefetch_concurrency: usize,
     /// Neighbouring records closer than this are fetched in one GET (the
     /// gap is read and thrown away).
     pub coalesce_gap: u64,
     /// Upper bound on the bytes of one coalesced GET.
     pub max_coalesce_bytes: u64,
-    /// Blocks decoded at once (0: one per CPU).
+    /// Blocks decoded at once (0: one per CPU); mount-wide like
+    /// `prefetch_budget_bytes`.
     pub decode_threads: usize,
     /// Record the first-touch order of demand reads (see [`Image::recorder`]).
     pub record_access: bool,
@@ -88,12 +122,106 @@ impl Default for ImageOptions {
     }
 }
 
+/// The limits one mount shares between all its images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountLimits {
+    /// Bytes that in-flight prefetches of all images may hold together
+    /// (0 disables prefetching).
+    pub prefetch_budget_bytes: u64,
+    /// Prefetch requests in flight at once, all images together.
+    pub prefetch_concurrency: usize,
+    /// Blocks decoded at once, all images together (0: one per CPU).
+    pub decode_threads: usize,
+}
+
+impl Default for MountLimits {
+    fn default() -> Self {
+        MountLimits::from(&ImageOptions::default())
+    }
+}
+
+impl From<&ImageOptions> for MountLimits {
+    fn from(o: &ImageOptions) -> Self {
+        MountLimits {
+            prefetch_budget_bytes: o.prefetch_budget_bytes,
+            prefetch_concurrency: o.prefetch_concurrency,
+            decode_threads: o.decode_threads,
+        }
+    }
+}
+
+/// What every image of one mount shares: the block cache, the counters,
+/// one prefetch budget, the decode slots, and the cache share profile
+/// replays may fill. Create one per mount and open every image into it
+/// with [`Image::in_mount`].
+#[derive(Debug)]
+pub struct MountContext {
+    cache: Arc<dyn BlockCache>,
+    metrics: Arc<Metrics>,
+    budget: PrefetchBudget,
+    decode_limit: Arc<tokio::sync::Semaphore>,
+    /// Images opened into this mount (the replay share is split among them).
+    images: AtomicU64,
+}
+
+impl MountContext {
+    /// A context over `cache` and `metrics` with `limits`.
+    pub fn new(
+        cache: Arc<dyn BlockCache>,
+        metrics: Arc<Metrics>,
+        limits: MountLimits,
+    ) -> Arc<MountContext> {
+        let decode_threads = match limits.decode_threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            n => n,
+        };
+        Arc::new(MountContext {
+            budget: PrefetchBudget::new(
+                limits.prefetch_budget_bytes,
+                limits.prefetch_concurrency,
+                Arc::clone(&metrics),
+            ),
+            cache,
+            metrics,
+            decode_limit: Arc::new(tokio::sync::Semaphore::new(decode_threads)),
+            images: AtomicU64::new(0),
+        })
+    }
+
+    /// The mount's prefetch budget.
+    pub fn budget(&self) -> &PrefetchBudget {
+        &self.budget
+    }
+
+    /// The mount's block cache.
+    pub fn cache(&self) -> &Arc<dyn BlockCache> {
+        &self.cache
+    }
+
+    /// The mount's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Bytes of blocks one image's boot-profile replay may bring in: half
+    /// of what the mount's cache holds, split evenly between the images
+    /// opened into the mount. More would evict blocks the guests need
+    /// first (a replay's own head, or another image's) before they read
+    /// them.
+    pub fn replay_cap(&self) -> u64 {
+        let images = self.images.load(Ordering::Relaxed).max(1);
+        self.cache.capacity().map_or(u64::MAX, |c| c / 2 / images)
+    }
+}
+
 /// A fetch of one block in flight; every reader of the block awaits a clone.
 type InFlight = Shared<BoxFuture<'static, Result<Bytes, Arc<BlockFailure>>>>;
 
 /// Why a block is being fetched (decides metrics and budget).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FetchKind {
+pub(crate) enum FetchKind {
     Demand,
     Readahead,
     Profile,
@@ -114,6 +242,7 @@ static ZEROS: [u8; MAX_STATIC_ZEROS] = [0; MAX_STATIC_ZEROS];
 pub struct Image {
     store: Arc<dyn ObjectStore>,
     layout: ImageLayout,
+    mount: Arc<MountContext>,
     cache: Arc<dyn BlockCache>,
     metrics: Arc<Metrics>,
     options: ImageOptions,
@@ -127,8 +256,8 @@ pub struct Image {
     zero_block: Bytes,
     inflight: Mutex<HashMap<u64, InFlight>>,
     decode_limit: Arc<tokio::sync::Semaphore>,
-    budget: PrefetchBudget,
-    detector: Mutex<SequentialDetector>,
+    /// The reader stream of reads that come without one of their own.
+    stream: ReaderStream,
     recorder: Option<Arc<AccessRecorder>>,
 }
 
@@ -144,7 +273,9 @@ impl fmt::Debug for Image {
 }
 
 impl Image {
-    /// An image reading blocks of `layout` from `store` through `cache`.
+    /// An image reading blocks of `layout` from `store` through `cache`,
+    /// alone in a mount of its own (its prefetch budget and decode slots
+    /// are its own; see [`Image::in_mount`] to share them).
     pub fn new(
         store: Arc<dyn ObjectStore>,
         layout: ImageLayout,
@@ -152,6 +283,34 @@ impl Image {
         metrics: Arc<Metrics>,
         options: ImageOptions,
     ) -> Arc<Image> {
+        let mount = MountContext::new(cache, metrics, MountLimits::from(&options));
+        Image::in_mount(store, layout, &mount, options)
+    }
+
+    /// An image reading blocks of `layout` from `store`, sharing `mount`'s
+    /// cache, counters, prefetch budget and decode slots with the other
+    /// images of the mount. The mount-wide fields of `options` are ignored.
+    pub fn in_mount(
+        store: Arc<dyn ObjectStore>,
+        layout: ImageLayout,
+        mount: &Arc<MountContext>,
+        options: ImageOptions,
+    ) -> Arc<Image> {
+        let metrics = Arc::clone(&mount.metrics);
+        Image::in_mount_counting(store, layout, mount, options, metrics)
+    }
+
+    /// Like [`Image::in_mount`], but the image counts its reads, fetches
+    /// and waits into `metrics` of its own (the mount's counters keep what
+    /// is the mount's: its prefetch budget).
+    pub fn in_mount_counting(
+        store: Arc<dyn ObjectStore>,
+        layout: ImageLayout,
+        mount: &Arc<MountContext>,
+        options: ImageOptions,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Image> {
+        mount.images.fetch_add(1, Ordering::Relaxed);
         let block_size = u64::from(layout.index.block_size());
         let block_count = layout.index.block_count();
         let data_size = layout
@@ -168,32 +327,23 @@ impl Image {
         } else {
             Bytes::from(vec![0u8; block_size as usize])
         };
-        let decode_threads = match options.decode_threads {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-            n => n,
-        };
         let recorder = options
             .record_access
             .then(|| Arc::new(AccessRecorder::new(block_count)));
         Arc::new(Image {
             cache_id: Arc::from(layout.cache_id()),
             store,
-            cache,
+            cache: Arc::clone(&mount.cache),
             metrics,
+            decode_limit: Arc::clone(&mount.decode_limit),
+            mount: Arc::clone(mount),
             block_size,
             block_count,
             data_size,
             size,
             zero_block,
             inflight: Mutex::new(HashMap::new()),
-            decode_limit: Arc::new(tokio::sync::Semaphore::new(decode_threads)),
-            budget: PrefetchBudget::new(
-                options.prefetch_budget_bytes,
-                options.prefetch_concurrency,
-            ),
-            detector: Mutex::new(SequentialDetector::new(options.readahead_blocks)),
+            stream: ReaderStream::new(options.readahead_blocks),
             recorder,
             layout,
             options,
@@ -235,6 +385,17 @@ impl Image {
         &self.options
     }
 
+    /// The mount this image belongs to.
+    pub fn mount(&self) -> &Arc<MountContext> {
+        &self.mount
+    }
+
+    /// A new reader stream (one per open file handle): its own sequential
+    /// detector and its own account of the mount's prefetch budget.
+    pub fn new_stream(&self) -> ReaderStream {
+        ReaderStream::new(self.options.readahead_blocks)
+    }
+
     /// The first-touch recorder, when [`ImageOptions::record_access`] is set.
     pub fn recorder(&self) -> Option<&Arc<AccessRecorder>> {
         self.recorder.as_ref()
@@ -247,7 +408,7 @@ impl Image {
 
     /// The whole decoded block `block` (`block_size` bytes), verified.
     pub async fn read_block(self: &Arc<Self>, block: u64) -> Result<Bytes, ImageError> {
-        self.note_access(block);
+        self.note_access(block, &self.stream);
         let bytes = self.demand_block(block).await?;
         self.check_block_len(block, &bytes)?;
         Ok(bytes)
@@ -255,8 +416,20 @@ impl Image {
 
     /// Up to `len` bytes at `offset`: short at the end of the image, empty
     /// past it. A read within one block returns a slice of the cached block
-    /// (no copy).
+    /// (no copy). Readahead follows the image's own reader stream; a
+    /// reader with a handle of its own uses [`Image::read_at_in`].
     pub async fn read_at(self: &Arc<Self>, offset: u64, len: u32) -> Result<Bytes, ImageError> {
+        self.read_at_in(offset, len, &self.stream).await
+    }
+
+    /// [`Image::read_at`] for the reader `stream` (an open file handle):
+    /// its accesses drive its own readahead.
+    pub async fn read_at_in(
+        self: &Arc<Self>,
+        offset: u64,
+        len: u32,
+        stream: &ReaderStream,
+    ) -> Result<Bytes, ImageError> {
         let end = offset.saturating_add(u64::from(len)).min(self.size);
         if offset >= end {
             return Ok(Bytes::new());
@@ -269,7 +442,7 @@ impl Image {
         let first = offset / bs;
         let last = (data_end - 1) / bs;
         if first == last && end == data_end {
-            self.note_access(first);
+            self.note_access(first, stream);
             let block = self.demand_block(first).await?;
             let start = (offset - first * bs) as usize;
             let stop = start + (end - offset) as usize;
@@ -277,7 +450,7 @@ impl Image {
             return Ok(block.slice(start..stop));
         }
         for b in first..=last {
-            self.note_access(b);
+            self.note_access(b, stream);
         }
         // Start every missing block before waiting on any, so neighbouring
         // misses share one GET and the rest are fetched in parallel.
@@ -307,6 +480,16 @@ impl Image {
     /// fetches, so the caller must be inside the tokio runtime's context
     /// (`Handle::enter`).
     pub fn try_read_cached(self: &Arc<Self>, offset: u64, len: u32) -> Option<Bytes> {
+        self.try_read_cached_in(offset, len, &self.stream)
+    }
+
+    /// [`Image::try_read_cached`] for the reader `stream`.
+    pub fn try_read_cached_in(
+        self: &Arc<Self>,
+        offset: u64,
+        len: u32,
+        stream: &ReaderStream,
+    ) -> Option<Bytes> {
         let end = offset.saturating_add(u64::from(len)).min(self.size);
         if offset >= end {
             return Some(Bytes::new());
@@ -335,7 +518,7 @@ impl Image {
                 hit
             }
         };
-        self.note_access(block);
+        self.note_access(block, stream);
         let start = (offset - block * bs) as usize;
         Some(bytes.slice(start..start + (end - offset) as usize))
     }
@@ -344,7 +527,7 @@ impl Image {
     /// in-flight ones) within the prefetch budget; blocks that do not fit
     /// the budget are skipped. Returns how many fetches were started.
     pub fn prefetch(self: &Arc<Self>, blocks: impl IntoIterator<Item = u64>) -> usize {
-        self.prefetch_now(blocks, FetchKind::Readahead)
+        self.readahead(blocks, &self.stream)
     }
 
     /// Starts replaying the sidecar's boot profile, if it has one: its
@@ -352,11 +535,11 @@ impl Image {
     /// requests at a time, within the prefetch budget. The task ends when
     /// every block is ready (or failed); its result says how it went.
     ///
-    /// The replay fetches at most half of what the cache holds
-    /// ([`BlockCache::capacity`]): a profile larger than the cache would
-    /// otherwise evict its own first blocks (the ones the guest needs
-    /// first) before the guest reads them. The rest of the profile is left
-    /// to demand reads and readahead.
+    /// The replay fetches at most its share of the mount's cache
+    /// ([`MountContext::replay_cap`]): a profile larger than the cache would
+    /// otherwise evict its own first blocks, or another image's (the ones
+    /// the guests need first), before the guests read them. The rest of the
+    /// profile is left to demand reads and readahead.
     pub fn start_profile_prefetch(
         self: &Arc<Self>,
     ) -> Option<tokio::task::JoinHandle<ProfileReplay>> {
@@ -366,7 +549,7 @@ impl Image {
             .as_ref()
             .map(|s| s.boot_profile.clone())
             .unwrap_or_default();
-        if profile.is_empty() || self.budget.capacity() == 0 {
+        if profile.is_empty() || self.mount.budget.capacity() == 0 {
             return None;
         }
         Some(self.prefetch_profile(profile))
@@ -379,7 +562,8 @@ impl Image {
         profile: Vec<u64>,
     ) -> tokio::task::JoinHandle<ProfileReplay> {
         let image = Arc::clone(self);
-        tokio::spawn(async move { image.replay_profile(profile).await })
+        let cap = self.mount.replay_cap();
+        tokio::spawn(crate::prefetch::replay::run(image, profile, cap))
     }
 
     // ---- internals -------------------------------------------------------
@@ -396,23 +580,19 @@ impl Image {
             })
     }
 
-    /// Profile recording and readahead, once per block a demand read touches.
-    fn note_access(self: &Arc<Self>, block: u64) {
+    /// Profile recording and readahead, once per block a demand read of
+    /// `stream` touches.
+    fn note_access(self: &Arc<Self>, block: u64, stream: &ReaderStream) {
         if let Some(r) = &self.recorder {
             r.record(block);
         }
-        if self.options.readahead_blocks == 0 || self.budget.capacity() == 0 {
+        if self.options.readahead_blocks == 0 || self.mount.budget.capacity() == 0 {
             return;
         }
-        let ahead = self
-            .detector
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .access(block);
-        if let Some(range) = ahead {
+        if let Some(range) = stream.access(block) {
             Metrics::inc(&self.metrics.readahead_triggers);
             let range = range.start..range.end.min(self.block_count);
-            self.prefetch_now(range, FetchKind::Readahead);
+            self.readahead(range, stream);
         }
     }
 
@@ -521,7 +701,7 @@ impl Image {
     /// in memory, and starts one background task fetching all of those (in
     /// coalesced runs). Returns a wait per wanted block, in order, and the
     /// number of fetches started.
-    fn claim(
+    pub(crate) fn claim(
         self: &Arc<Self>,
         wanted: &[(u64, RecordLocation)],
         kind: FetchKind,
@@ -573,7 +753,7 @@ impl Image {
 
     /// Whether `block` is in memory or being fetched (no recency update
     /// matters here: the caller is about to fetch it otherwise).
-    fn is_present(&self, block: u64) -> bool {
+    pub(crate) fn is_present(&self, block: u64) -> bool {
         if self
             .inflight
             .lock()
@@ -586,139 +766,83 @@ impl Image {
     }
 
     /// Blocks of `blocks` that have a record and are not present, grouped
-    /// into runs of records neighbouring in the file (kept in given order).
-    fn prefetch_runs(
+    /// into runs of records neighbouring in the file (kept in given order),
+    /// each small enough to fit half the prefetch budget.
+    pub(crate) fn prefetch_runs(
         &self,
         blocks: impl IntoIterator<Item = u64>,
     ) -> Vec<Vec<(u64, RecordLocation)>> {
-        let mut runs: Vec<Vec<(u64, RecordLocation)>> = Vec::new();
-        let mut bytes = 0u64;
-        for b in blocks {
-            let Some(BlockLocation::Record(loc)) = self.layout.index.lookup(b) else {
-                continue;
-            };
-            if self.is_present(b) {
-                continue;
-            }
-            // A run must also fit comfortably in the budget: highly
-            // compressible records are small, but each decodes to a block.
-            let max_cost = self.budget.capacity() / 2;
-            let joins = runs.last().is_some_and(|run| {
-                let prev = run.last().expect("runs are never empty").1;
-                let prev_end = prev.offset + u64::from(prev.size);
-                run.len() < MAX_RUN_BLOCKS
-                    && loc.offset >= prev_end
-                    && loc.offset - prev_end <= self.options.coalesce_gap
-                    && bytes + u64::from(loc.size) <= self.options.max_coalesce_bytes
-                    && self.run_cost(run) + u64::from(loc.size) + self.block_size <= max_cost
+        let candidates = blocks
+            .into_iter()
+            .filter_map(|b| match self.layout.index.lookup(b) {
+                Some(BlockLocation::Record(loc)) if !self.is_present(b) => Some((b, loc)),
+                _ => None,
             });
-            if joins {
-                bytes += u64::from(loc.size);
-                runs.last_mut().expect("checked").push((b, loc));
-            } else {
-                bytes = u64::from(loc.size);
-                runs.push(vec![(b, loc)]);
-            }
+        crate::prefetch::planner::plan(candidates, &self.prefetch_limits())
+    }
+
+    /// The planner's limits for prefetch runs of this image.
+    fn prefetch_limits(&self) -> RunLimits {
+        RunLimits {
+            max_gap: self.options.coalesce_gap,
+            max_bytes: self.options.max_coalesce_bytes,
+            max_ranges: MAX_RUN_BLOCKS,
+            // Highly compressible records are small, but each decodes to a block.
+            cost_per_range: self.block_size,
+            max_cost: self.mount.budget.capacity() / 2,
         }
-        runs
     }
 
     /// Memory a prefetch of `run` holds while in flight: records + blocks.
-    fn run_cost(&self, run: &[(u64, RecordLocation)]) -> u64 {
+    pub(crate) fn run_cost(&self, run: &[(u64, RecordLocation)]) -> u64 {
         run.iter()
             .map(|(_, loc)| u64::from(loc.size) + self.block_size)
             .sum()
     }
 
-    fn prefetch_now(
+    /// Starts readahead of `blocks` for `stream` within the mount's
+    /// budget. A run that does not fit now is skipped, except when
+    /// `stream` holds no budget at all: then its first run waits for room
+    /// in the background (a stream's first reservation is always granted,
+    /// so no reader starves behind another). Returns the fetches started
+    /// now.
+    fn readahead(
         self: &Arc<Self>,
         blocks: impl IntoIterator<Item = u64>,
-        kind: FetchKind,
+        stream: &ReaderStream,
     ) -> usize {
-        if self.budget.capacity() == 0 {
+        let budget = &self.mount.budget;
+        if budget.capacity() == 0 {
             return 0;
         }
         let mut started = 0;
         for run in self.prefetch_runs(blocks) {
-            match self.budget.try_acquire(self.run_cost(&run)) {
-                Some(permit) => started += self.claim(&run, kind, permit).1,
-                None => Metrics::add(&self.metrics.prefetch_budget_skips, run.len() as u64),
+            let cost = self.run_cost(&run);
+            if let Some(permit) = budget.try_acquire(cost, stream.budget()) {
+                started += self.claim(&run, FetchKind::Readahead, permit).1;
+            } else if let Some(waiting) = stream.budget().start_waiting() {
+                let image = Arc::clone(self);
+                let account = stream.budget().clone();
+                tokio::spawn(async move {
+                    let _waiting = waiting;
+                    let Some(permit) = image.mount.budget.acquire(cost, &account).await else {
+                        return;
+                    };
+                    // Read by a reader since the run was planned?
+                    let run: Vec<_> = run
+                        .into_iter()
+                        .filter(|(b, _)| !image.is_present(*b))
+                        .collect();
+                    if !run.is_empty() {
+                        image.claim(&run, FetchKind::Readahead, permit);
+                    }
+                });
+            } else {
+                Metrics::add(&self.metrics.prefetch_budget_skips, run.len() as u64);
             }
         }
         started
     }
-
-    /// Bytes of blocks a profile replay may bring in (see
-    /// [`Image::start_profile_prefetch`]).
-    fn replay_cap(&self) -> u64 {
-        self.cache.capacity().map_or(u64::MAX, |c| c / 2)
-    }
-
-    async fn replay_profile(self: Arc<Self>, profile: Vec<u64>) -> ProfileReplay {
-        let started_at = Instant::now();
-        let mut replay = ProfileReplay::default();
-        let mut waits = Vec::new();
-        let cap = self.replay_cap();
-        let mut brought = 0u64;
-        let mut runs = self.prefetch_runs(profile).into_iter();
-        while let Some(mut run) = runs.next() {
-            // Room for this run (all of it, or its head) under the cap?
-            let room = (cap.saturating_sub(brought) / self.block_size) as usize;
-            if room < run.len() {
-                replay.capped += (run.len() - room) as u64;
-                replay.capped += runs.by_ref().map(|r| r.len() as u64).sum::<u64>();
-                run.truncate(room);
-                if run.is_empty() {
-                    break;
-                }
-            }
-            brought += run.len() as u64 * self.block_size;
-            // Fetched by a reader since the runs were planned?
-            let run: Vec<_> = run
-                .into_iter()
-                .filter(|(b, _)| !self.is_present(*b))
-                .collect();
-            if run.is_empty() {
-                continue;
-            }
-            let Some(permit) = self.budget.acquire(self.run_cost(&run)).await else {
-                Metrics::add(&self.metrics.prefetch_budget_skips, run.len() as u64);
-                replay.skipped += run.len() as u64;
-                continue;
-            };
-            let (w, n) = self.claim(&run, FetchKind::Profile, permit);
-            Metrics::add(&self.metrics.profile_blocks, n as u64);
-            replay.started += n as u64;
-            waits.extend(w.into_iter().map(|(_, f)| f));
-        }
-        for result in futures::future::join_all(waits).await {
-            match result {
-                Ok(_) => replay.ready += 1,
-                Err(_) => replay.failed += 1,
-            }
-        }
-        Metrics::add(&self.metrics.profile_capped, replay.capped);
-        replay.elapsed = started_at.elapsed();
-        replay
-    }
-}
-
-/// What a boot-profile replay did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProfileReplay {
-    /// Fetches the replay started (blocks not already present).
-    pub started: u64,
-    /// Blocks of the profile that ended up fetched or cached.
-    pub ready: u64,
-    /// Blocks whose fetch failed (a demand read will try again).
-    pub failed: u64,
-    /// Blocks skipped because they could never fit the budget.
-    pub skipped: u64,
-    /// Blocks left out because the replay had brought in half of what the
-    /// cache holds (more would evict the profile's own first blocks).
-    pub capped: u64,
-    /// Time from start until the last block was ready.
-    pub elapsed: std::time::Duration,
 }
 
 /// A block a demand read is waiting for.

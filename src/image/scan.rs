@@ -1,13 +1,20 @@
 //! Reading every block of an image in order — for `zvimg check`, `index`
 //! and `convert -O raw`, and the download-then-boot baseline. Fetches a
 //! window of records in parallel and hands out decoded blocks in block order.
+//!
+//! Records are checked and decoded by the same rules ([`zvhd2::verify`]) and
+//! on the same decode threads ([`super::decode`], one per core) as the
+//! mount's reads, so `zvimg check` finds exactly what a mount would refuse,
+//! and uses every core while the async runtime only moves bytes.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
 
-use zvhd2::{BlockLocation, Sidecar, decode_record};
+use zvhd2::verify::{self, VerifyError};
+use zvhd2::zvidx::zero_block_hash;
+use zvhd2::{BlockLocation, Sidecar};
 use zvstore::ObjectStore;
 
 use super::{ImageError, ImageLayout};
@@ -15,10 +22,15 @@ use super::{ImageError, ImageLayout};
 /// One decoded block, handed out in block order.
 #[derive(Debug)]
 pub struct ScannedBlock {
+    /// Block number in the disk.
     pub block: u64,
+    /// Where the image's index puts it.
     pub location: BlockLocation,
     /// CRC32C of the record bytes as stored (`None` for a zero block).
     pub record_crc32c: Option<u32>,
+    /// BLAKE3 of `data`, when [`ScanOptions::hash_blocks`] is set or the
+    /// scan verifies against a sidecar (computed on the decode threads).
+    pub block_hash: Option<[u8; 32]>,
     /// Exactly `block_size` decoded bytes.
     pub data: Bytes,
 }
@@ -30,6 +42,9 @@ pub struct ScanOptions {
     pub parallel: usize,
     /// Check CRC32C and BLAKE3 against this sidecar, and its table against the image's.
     pub verify_with: Option<Arc<Sidecar>>,
+    /// Compute each block's BLAKE3 ([`ScannedBlock::block_hash`]), e.g. to
+    /// build a sidecar.
+    pub hash_blocks: bool,
 }
 
 impl Default for ScanOptions {
@@ -37,6 +52,7 @@ impl Default for ScanOptions {
         ScanOptions {
             parallel: 8,
             verify_with: None,
+            hash_blocks: false,
         }
     }
 }
@@ -55,10 +71,11 @@ where
 {
     let block_size = layout.header.block_size();
     let zero = Bytes::from(vec![0u8; block_size as usize]);
-    let zero_hash = *blake3::hash(&zero).as_bytes();
+    let zero_hash = zero_block_hash(block_size);
     let compression = layout.header.compression();
     let blocks = layout.index.block_count();
-    if let Some(sc) = &options.verify_with
+    let sidecar = options.verify_with.clone();
+    if let Some(sc) = &sidecar
         && sc.entries.len() as u64 != blocks
     {
         return Err(E::from(ImageError::Sidecar {
@@ -70,46 +87,75 @@ where
             ),
         }));
     }
+    let verify_err = |error: VerifyError| ImageError::Check {
+        location: layout.location.clone(),
+        error,
+    };
+    let hash_blocks = options.hash_blocks;
 
     let fetches = futures::stream::iter(0..blocks)
         .map(|block| {
             let store = store.clone();
             let zero = zero.clone();
+            let sidecar = sidecar.clone();
             let location = layout.index.lookup(block);
             async move {
+                let entry = sidecar.as_ref().map(|sc| sc.entries[block as usize]);
                 match location {
                     Some(BlockLocation::Record(rec)) => {
                         let range = rec.offset..rec.offset + u64::from(rec.size);
                         let record = store
                             .get_range(&layout.key, range, Some(&layout.meta))
                             .await?;
-                        let loc = layout.location.clone();
-                        tokio::task::spawn_blocking(move || {
-                            let crc = crc32c::crc32c(&record);
-                            let data =
-                                decode_record(&record, block, rec.offset, block_size, compression)
-                                    .map_err(|error| ImageError::Format {
-                                        location: loc,
-                                        error,
-                                    })?;
-                            Ok::<_, ImageError>((
-                                BlockLocation::Record(rec),
-                                Some(crc),
-                                Bytes::from(data),
-                            ))
+                        let checked = super::decode::run(0, move || {
+                            let mut data = Vec::with_capacity(block_size as usize);
+                            let crc = verify::verify_record(
+                                &record,
+                                block,
+                                rec,
+                                entry.as_ref(),
+                                block_size,
+                                compression,
+                                &mut data,
+                            )?;
+                            let hash = match entry {
+                                // decode_checked has matched it already.
+                                Some(e) => Some(e.block_hash),
+                                None if hash_blocks => Some(*blake3::hash(&data).as_bytes()),
+                                None => None,
+                            };
+                            Ok::<_, VerifyError>((crc, hash, Bytes::from(data)))
                         })
                         .await
-                        .unwrap_or_else(|e| {
-                            Err(ImageError::Verify {
-                                location: layout.location.clone(),
-                                block,
-                                offset: rec.offset,
-                                detail: format!("decoding failed: {e}"),
-                            })
+                        .ok_or_else(|| ImageError::Verify {
+                            location: layout.location.clone(),
+                            block,
+                            offset: rec.offset,
+                            detail: "decoding failed: the decode thread gave up".into(),
+                        })?
+                        .map_err(verify_err)?;
+                        let (crc, hash, data) = checked;
+                        Ok::<_, ImageError>(ScannedBlock {
+                            block,
+                            location: BlockLocation::Record(rec),
+                            record_crc32c: Some(crc),
+                            block_hash: hash,
+                            data,
                         })
-                        .map(|(l, c, d)| (block, l, c, d))
                     }
-                    Some(BlockLocation::Zero) => Ok((block, BlockLocation::Zero, None, zero)),
+                    Some(BlockLocation::Zero) => {
+                        if let Some(e) = &entry {
+                            verify::check_placement(block, BlockLocation::Zero, e, block_size)
+                                .map_err(verify_err)?;
+                        }
+                        Ok(ScannedBlock {
+                            block,
+                            location: BlockLocation::Zero,
+                            record_crc32c: None,
+                            block_hash: (hash_blocks || entry.is_some()).then_some(zero_hash),
+                            data: zero,
+                        })
+                    }
                     None => unreachable!("block {block} < block_count"),
                 }
             }
@@ -118,72 +164,7 @@ where
     futures::pin_mut!(fetches);
 
     while let Some(item) = fetches.next().await {
-        let (block, location, record_crc32c, data) = item?;
-        if let Some(sc) = &options.verify_with {
-            verify_against(
-                layout,
-                sc,
-                block,
-                location,
-                record_crc32c,
-                &data,
-                &zero_hash,
-            )?;
-        }
-        each(ScannedBlock {
-            block,
-            location,
-            record_crc32c,
-            data,
-        })?;
-    }
-    Ok(())
-}
-
-/// Compares one scanned block with its sidecar entry.
-fn verify_against(
-    layout: &ImageLayout,
-    sidecar: &Sidecar,
-    block: u64,
-    location: BlockLocation,
-    crc: Option<u32>,
-    data: &[u8],
-    zero_hash: &[u8; 32],
-) -> Result<(), ImageError> {
-    let entry = &sidecar.entries[block as usize];
-    let (offset, size) = match location {
-        BlockLocation::Record(r) => (r.offset, r.size),
-        BlockLocation::Zero => (0, 0),
-    };
-    let fail = |detail: String| ImageError::Verify {
-        location: layout.location.clone(),
-        block,
-        offset,
-        detail,
-    };
-    if entry.record_offset != offset || entry.record_size != size {
-        return Err(fail(format!(
-            "sidecar places the record at {}+{}, the image's index at {offset}+{size}",
-            entry.record_offset, entry.record_size
-        )));
-    }
-    if let Some(crc) = crc {
-        if crc != entry.record_crc32c {
-            return Err(fail(format!(
-                "record CRC32C {crc:08x} differs from the sidecar's {:08x}: the stored record is corrupt",
-                entry.record_crc32c
-            )));
-        }
-        let hash = blake3::hash(data);
-        if hash.as_bytes() != &entry.block_hash {
-            return Err(fail(
-                "decoded block's BLAKE3 differs from the sidecar's".into(),
-            ));
-        }
-    } else if &entry.block_hash != zero_hash {
-        return Err(fail(
-            "sidecar has data for a block the image stores as zeros".into(),
-        ));
+        each(item?)?;
     }
     Ok(())
 }

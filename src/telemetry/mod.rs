@@ -61,11 +61,18 @@ pub struct ImageTelemetry {
     pub summary: Map<String, Value>,
 }
 
-/// Everything one mount reports: its images' counters and its caches.
+/// Stats keys that belong to the mount, not to one image (the mount-wide
+/// prefetch budget): counted in the mount's own [`Metrics`], left out of
+/// each image's section.
+pub const MOUNT_KEYS: &[&str] = &["prefetch_bytes_in_flight", "prefetch_bytes_peak"];
+
+/// Everything one mount reports: its images' counters, its own and its
+/// caches.
 #[derive(Clone, Debug)]
 pub struct MountTelemetry {
     mountpoint: String,
     images: Vec<ImageTelemetry>,
+    mount: Option<Arc<Metrics>>,
     caches: Vec<CacheGauge>,
 }
 
@@ -80,8 +87,23 @@ impl MountTelemetry {
         MountTelemetry {
             mountpoint: mountpoint.into(),
             images,
+            mount: None,
             caches,
         }
+    }
+
+    /// Adds the mount-wide counters (those of [`MOUNT_KEYS`]) to the totals.
+    pub fn with_mount_metrics(mut self, mount: Arc<Metrics>) -> MountTelemetry {
+        self.mount = Some(mount);
+        self
+    }
+
+    /// The mount-wide counters, as a JSON object.
+    pub fn mount_snapshot(&self) -> Value {
+        self.mount
+            .as_ref()
+            .map(|m| serde_json::to_value(m.snapshot()).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// The mountpoint, as given to [`MountTelemetry::new`].
@@ -100,21 +122,34 @@ impl MountTelemetry {
     }
 
     /// Each image's counters, as JSON objects (the stats file's per-image
-    /// figures), in serving order.
+    /// figures), in serving order; [`MOUNT_KEYS`] are left out.
     pub fn image_snapshots(&self) -> Vec<(String, Value)> {
         self.images
             .iter()
             .map(|i| {
-                let snap = serde_json::to_value(i.metrics.snapshot()).unwrap_or_default();
+                let mut snap = serde_json::to_value(i.metrics.snapshot()).unwrap_or_default();
+                if let Some(map) = snap.as_object_mut() {
+                    for key in MOUNT_KEYS {
+                        map.remove(*key);
+                    }
+                }
                 (i.name.clone(), snap)
             })
             .collect()
     }
 
-    /// The mount's totals: every image's counters added up.
+    /// Every image's counters added up, with the mount's own.
+    fn total_value(&self) -> Value {
+        let mut all: Vec<Value> = self.image_snapshots().into_iter().map(|s| s.1).collect();
+        all.push(self.mount_snapshot());
+        all.retain(|v| v.is_object());
+        sum_values(&all)
+    }
+
+    /// The mount's totals: every image's counters added up, with the
+    /// mount's own.
     pub fn totals(&self) -> MetricsSnapshot {
-        let snaps: Vec<Value> = self.image_snapshots().into_iter().map(|s| s.1).collect();
-        serde_json::from_value(sum_values(&snaps)).unwrap_or_default()
+        serde_json::from_value(self.total_value()).unwrap_or_default()
     }
 
     /// The stats file's document: the mount's totals at the top level
@@ -123,8 +158,7 @@ impl MountTelemetry {
     /// served file name to its summary and its own counters.
     pub fn stats_document(&self) -> Value {
         let snaps = self.image_snapshots();
-        let values: Vec<Value> = snaps.iter().map(|s| s.1.clone()).collect();
-        let mut doc = sum_values(&values);
+        let mut doc = self.total_value();
         let Some(top) = doc.as_object_mut() else {
             return doc;
         };
@@ -274,6 +308,18 @@ mod tests {
         // The top level still parses as the totals.
         let parsed: MetricsSnapshot = serde_json::from_value(doc).unwrap();
         assert_eq!(parsed.fuse_reads, 2);
+    }
+
+    #[test]
+    fn mount_counters_count_once_in_totals_and_not_per_image() {
+        let (t, _a, _b) = telemetry();
+        let mount = Arc::new(Metrics::default());
+        Metrics::add(&mount.prefetch_bytes_peak, 8 << 20);
+        let t = t.with_mount_metrics(mount);
+        assert_eq!(t.totals().prefetch_bytes_peak, 8 << 20);
+        let doc = t.stats_document();
+        assert_eq!(doc["prefetch_bytes_peak"], 8 << 20);
+        assert!(doc["images"]["a.raw"].get("prefetch_bytes_peak").is_none());
     }
 
     #[test]

@@ -223,6 +223,20 @@ const HISTOGRAMS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The mount's own levels (see [`super::MOUNT_KEYS`]), by stats-file key.
+const MOUNT_GAUGES: &[(&str, &str, &str)] = &[
+    (
+        "prefetch_bytes_in_flight",
+        "zvmount_prefetch_budget_used_bytes",
+        "Bytes of the mount's prefetch budget held now.",
+    ),
+    (
+        "prefetch_bytes_peak",
+        "zvmount_prefetch_budget_peak_bytes",
+        "The most bytes of the mount's prefetch budget ever held at once.",
+    ),
+];
+
 /// A [`Collector`] reading a mount's figures at every scrape.
 #[derive(Debug)]
 pub struct MountCollector {
@@ -362,6 +376,16 @@ impl Collector for MountCollector {
                 m.encode_family(&labels(image))?
                     .encode_histogram::<NoLabelSet>(sum, h.count, &h.prometheus_buckets(), None)?;
             }
+        }
+
+        let mount_snap = t.mount_snapshot();
+        for (key, name, help) in MOUNT_GAUGES {
+            let Some(value) = number(&mount_snap, key) else {
+                continue;
+            };
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            let l: Labels = vec![("mount", mount.clone())];
+            m.encode_family(&l)?.encode_gauge(&value)?;
         }
 
         let usage = t.cache_usage();

@@ -47,39 +47,75 @@ pub const MAX_BLOCK_SIZE: u32 = 32 << 20;
 const VHD_EPOCH_UNIX: u64 = 946_684_800;
 const GIB: u64 = 1 << 30;
 
-/// Every field of the footer struct, as stored.
+/// Every field of the 512-byte footer struct, as stored (little-endian).
+/// Offsets are from the start of the footer's 4096-byte slot; bytes 142..512
+/// are reserved (zero) and 512..4096 are padding the checksum does not cover.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Footer {
+    /// Offset 0, 8 bytes: `z2strm` and NULs ([`ZVHD2_COOKIE`]); `stream` for old ZVHD.
     pub cookie: [u8; 8],
+    /// Offset 8, u32: 2 as written.
     pub features: u32,
+    /// Offset 12, u32: file format version, `0x00010000` as written.
     pub ff_version: u32,
+    /// Offset 16, u64: `0xFFFF_FFFF_FFFF_FFFF` as written (unused).
     pub data_offset: u64,
+    /// Offset 24, u32: creation time in seconds since 2000-01-01 00:00 UTC (the VHD epoch).
     pub timestamp: u32,
+    /// Offset 28, 4 bytes: `tap\0` as written.
     pub creator_app: [u8; 4],
+    /// Offset 32, u32: `0x00010004` (older writers: `0x00010003`).
     pub creator_version: u32,
+    /// Offset 36, u32: 0 as written.
     pub creator_os: u32,
+    /// Offset 40, u64: the source disk's size in bytes, rounded up to a multiple of 512.
     pub orig_size: u64,
+    /// Offset 48, u64: `orig_size` rounded up to a whole GiB (the size Huawei's reader reports).
     pub curr_size: u64,
+    /// Offset 56, u32: VHD CHS geometry of the size ([`chs_geometry`]); informational.
     pub geometry: u32,
+    /// Offset 60, u32: VHD disk type, 4 as written.
     pub disk_type: u32,
+    /// Offset 64, u32: bitwise NOT of the byte sum of the 512-byte struct with this
+    /// field as zero ([`footer_checksum`]).
     pub checksum: u32,
+    /// Offset 68, 16 bytes: random.
     pub uuid: [u8; 16],
+    /// Offset 84, u8: 0 as written.
     pub saved: u8,
+    /// Offset 85, u8: 0 as written.
     pub hidden: u8,
+    /// Offset 86, u8: 0 as written.
     pub align_64: u8,
+    /// Offset 87, u8: 1 for ZVHD2; 0 is the old single-stream ZVHD, which is refused.
     pub zvhd2_version: u8,
+    /// Offset 88, u32: bytes of disk per block, a power of two in 1..=32 MiB (Huawei writes 2 MiB).
     pub block_size: u32,
+    /// Offset 92, u32: blocks in the disk, `ceil(orig_size / block_size)`.
     pub max_blk_num: u32,
+    /// Offset 96, u64: byte offset (not an LBA, despite the name) of the first index segment.
     pub index_lba: u64,
+    /// Offset 104, u64: byte offset of the first bitmap segment.
     pub bitmap_lba: u64,
+    /// Offset 112, u32: bytes of index, `index_seg_num * index_seg_size`.
     pub index_size: u32,
+    /// Offset 116, u32: bytes of bitmap, `bitmap_seg_num * bitmap_seg_size`.
     pub bitmap_size: u32,
+    /// Offset 120, u32: bytes per index segment, [`INDEX_SEG_SIZE`].
     pub index_seg_size: u32,
+    /// Offset 124, u32: bytes per bitmap segment, [`BITMAP_SEG_SIZE`].
     pub bitmap_seg_size: u32,
+    /// Offset 128, u32: index segments, `ceil(non_zero_blk_num / 32768)` (of
+    /// `max_blk_num` when `index_contains_zero_blk` is 1).
     pub index_seg_num: u32,
+    /// Offset 132, u32: bitmap segments, `ceil(max_blk_num / 32768)`.
     pub bitmap_seg_num: u32,
+    /// Offset 136, u32: data records in the image.
     pub non_zero_blk_num: u32,
+    /// Offset 140, u8: 1 if the index has an entry for every block, zero blocks
+    /// included; 0 by default.
     pub index_contains_zero_blk: u8,
+    /// Offset 141, u8: 0 = zlib, 1 = zstd ([`Compression`]).
     pub compress_method: u8,
 }
 

@@ -8,22 +8,32 @@
 //! as Huawei's writer does); the index segments; the bitmap segments; the
 //! final footer. An empty source gives the head footer alone.
 //!
+//! Input is a [`DiskSource`]: a sequential [`Read`] (every block is read and
+//! checked for zeros) or a source that knows where its holes are (a sparse
+//! file walked with `SEEK_DATA`), whose hole blocks become zero blocks
+//! without a read. Blocks that are read are still checked for all-zero
+//! content, so a source that reports no holes gives the same image.
+//!
 //! Pipeline: the calling thread reads blocks and writes records in block
 //! order; worker threads compress, CRC and hash. At most `2 x threads + 1`
 //! non-zero blocks are in flight, so memory stays at a few blocks per
-//! thread whatever the image size. Neither the reader nor the writer needs
-//! to be `Send` or `Seek`.
+//! thread whatever the image size; input and record buffers are recycled,
+//! so the steady state allocates nothing. Neither the source nor the
+//! writer needs to be `Send`, and the writer needs no `Seek`.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::footer::{
     BITMAP_SEG_SIZE, BLOCKS_PER_SEGMENT, INDEX_SEG_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
 };
 use super::index::encode_metadata;
-use super::record::{encode_record, zstd_compressor};
+use super::record::{
+    RECORD_HEADER_SIZE, RECORD_MAGIC, RECORD_TRAILER, record_size, zstd_compressor,
+};
 use super::zvidx::zero_block_hash;
 use super::{
     Compression, DEFAULT_BLOCK_SIZE, FOOTER_SIZE, Footer, FormatError, FormatResult, ImageHeader,
@@ -63,8 +73,25 @@ pub struct WriteSummary {
     pub blocks: u64,
     /// Blocks stored as records.
     pub non_zero_blocks: u64,
+    /// Input bytes actually read: hole blocks the source reported are not.
+    pub bytes_read: u64,
+    /// Where the calling thread's time went.
+    pub timings: WriteTimings,
     /// The sidecar index of the image just written.
     pub sidecar: Sidecar,
+}
+
+/// Where the calling thread's time went, to tell a slow input, too few
+/// cores and a slow output apart. Compression runs on the workers, so
+/// `waiting_for_workers` is the time the pipeline was compression-bound.
+#[derive(Clone, Debug, Default)]
+pub struct WriteTimings {
+    /// Asking the source for holes, reading blocks, checking them for zeros.
+    pub reading: Duration,
+    /// Blocked on the workers for the next block to write.
+    pub waiting_for_workers: Duration,
+    /// Handing records, index, bitmap and footers to the output.
+    pub writing: Duration,
 }
 
 fn invalid(msg: String) -> FormatError {
@@ -87,10 +114,57 @@ pub fn is_zero(data: &[u8]) -> bool {
     chunks.remainder().iter().all(|&b| b == 0)
 }
 
-/// A block handed to a worker.
+/// A raw disk as [`write_image_from`] reads it: block by block, in
+/// increasing offsets.
+pub trait DiskSource {
+    /// Whether any byte of `[offset, offset + len)` may be non-zero.
+    /// `Ok(false)` promises that the range reads as zeros (a hole of a
+    /// sparse file): the writer stores a zero block and never reads it.
+    /// When in doubt, answer `true`; a block read is still checked for zeros.
+    fn may_hold_data(&mut self, offset: u64, len: u64) -> io::Result<bool>;
+    /// Fills all of `buf` with the disk's bytes from `offset`; a short read
+    /// is an error. Called with increasing offsets, skipping hole blocks.
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// A [`DiskSource`] over a sequential reader: no hole knowledge, every
+/// block is read in order.
+pub struct SequentialSource<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> SequentialSource<R> {
+    /// Reads `inner` from its current position, which is disk offset 0.
+    pub fn new(inner: R) -> Self {
+        SequentialSource { inner, pos: 0 }
+    }
+}
+
+impl<R: Read> DiskSource for SequentialSource<R> {
+    fn may_hold_data(&mut self, _offset: u64, _len: u64) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if offset != self.pos {
+            // Only possible if `may_hold_data` said false, which it never does.
+            return Err(io::Error::other(format!(
+                "sequential input at byte {} asked for byte {offset}",
+                self.pos
+            )));
+        }
+        self.inner.read_exact(buf)?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// A block handed to a worker, with a spare record buffer to fill.
 struct Job {
     block: u64,
     data: Vec<u8>,
+    record: Vec<u8>,
 }
 
 /// A block back from a worker: the record to write and its sidecar facts.
@@ -109,6 +183,33 @@ enum Pending {
     Record(Done),
 }
 
+/// Lays out the record of `block` in `record` (cleared first) around the
+/// zstd frame of `data`, compressed straight into place: no payload copy,
+/// and a recycled `record` allocates nothing.
+fn compress_record(
+    c: &mut zstd::bulk::Compressor<'_>,
+    block: u64,
+    data: &[u8],
+    record: &mut Vec<u8>,
+) -> io::Result<()> {
+    let bound = zstd::zstd_safe::compress_bound(data.len());
+    record.clear();
+    record.reserve(RECORD_HEADER_SIZE + bound + RECORD_TRAILER.len() + 4096);
+    record.resize(RECORD_HEADER_SIZE, 0); // compressed flag, orig size, reserved: 0
+    // The frame goes right after the header: the cursor starts writing there.
+    let mut cursor = io::Cursor::new(&mut *record);
+    cursor.set_position(RECORD_HEADER_SIZE as u64);
+    let len = c.compress_to_buffer(data, &mut cursor)?;
+    let payload_len = u32::try_from(len).map_err(|_| io::Error::other("payload over 4 GiB"))?;
+    record[..RECORD_MAGIC.len()].copy_from_slice(&RECORD_MAGIC);
+    record[12..16].copy_from_slice(&payload_len.to_le_bytes());
+    record[16..20].copy_from_slice(&(block as u32).to_le_bytes());
+    let size = record_size(u64::from(payload_len)) as usize;
+    record.resize(size - RECORD_TRAILER.len(), 0);
+    record.extend_from_slice(&RECORD_TRAILER);
+    Ok(())
+}
+
 fn worker(jobs: &Mutex<mpsc::Receiver<Job>>, results: &mpsc::Sender<io::Result<Done>>, level: i32) {
     let mut compressor = match zstd_compressor(level) {
         Ok(c) => Some(c),
@@ -123,17 +224,21 @@ fn worker(jobs: &Mutex<mpsc::Receiver<Job>>, results: &mpsc::Sender<io::Result<D
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(Job { block, data }) = job else { return };
+        let Ok(Job {
+            block,
+            data,
+            mut record,
+        }) = job
+        else {
+            return;
+        };
         let Some(c) = compressor.as_mut() else { return };
-        let result = c.compress(&data).map(|payload| {
-            let record = encode_record(block as u32, &payload);
-            Done {
-                block,
-                crc: crc32c::crc32c(&record),
-                hash: *blake3::hash(&data).as_bytes(),
-                data,
-                record,
-            }
+        let result = compress_record(c, block, &data, &mut record).map(|()| Done {
+            block,
+            crc: crc32c::crc32c(&record),
+            hash: *blake3::hash(&data).as_bytes(),
+            data,
+            record,
         });
         if results.send(result).is_err() {
             return;
@@ -147,7 +252,26 @@ fn worker(jobs: &Mutex<mpsc::Receiver<Job>>, results: &mpsc::Sender<io::Result<D
 /// The input must hold at least `input_size` bytes (a short read is an
 /// error). The disk is `input_size` rounded up to 512 bytes, zero-filled.
 pub fn write_image<R: Read, W: Write>(
-    mut input: R,
+    input: R,
+    input_size: u64,
+    out: W,
+    options: &WriteOptions,
+    progress: &mut dyn FnMut(u64),
+) -> FormatResult<WriteSummary> {
+    write_image_from(
+        &mut SequentialSource::new(input),
+        input_size,
+        out,
+        options,
+        progress,
+    )
+}
+
+/// [`write_image`] from a [`DiskSource`]: blocks the source reports as
+/// holes are zero blocks, never read. `progress` gets the disk bytes
+/// done so far (holes included).
+pub fn write_image_from<S: DiskSource + ?Sized, W: Write>(
+    input: &mut S,
     input_size: u64,
     out: W,
     options: &WriteOptions,
@@ -197,6 +321,8 @@ pub fn write_image<R: Read, W: Write>(
             image_size: FOOTER_SIZE,
             blocks: 0,
             non_zero_blocks: 0,
+            bytes_read: 0,
+            timings: WriteTimings::default(),
             sidecar,
         });
     }
@@ -212,6 +338,8 @@ pub fn write_image<R: Read, W: Write>(
     let zero_hash = zero_block_hash(bs);
     let mut locations: Vec<Option<RecordLocation>> = Vec::with_capacity(blocks as usize);
     let mut entries: Vec<SidecarEntry> = Vec::with_capacity(blocks as usize);
+    let mut timings = WriteTimings::default();
+    let mut bytes_read = 0u64;
 
     std::thread::scope(|scope| -> FormatResult<()> {
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(max_in_flight);
@@ -226,39 +354,60 @@ pub fn write_image<R: Read, W: Write>(
         // stops the workers before the scope joins them.
 
         let mut free: Vec<Vec<u8>> = Vec::new();
+        let mut free_records: Vec<Vec<u8>> = Vec::new();
         let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
         // `in_flight`: non-zero blocks read but not yet written out, whether
         // queued, compressing, or compressed and waiting for their turn.
-        let (mut next_read, mut next_write, mut in_flight, mut consumed) =
-            (0u64, 0u64, 0usize, 0u64);
+        let (mut next_read, mut next_write, mut in_flight) = (0u64, 0u64, 0usize);
         while next_write < blocks {
+            let started = Instant::now();
             while next_read < blocks && in_flight < max_in_flight && next_read - next_write < window
             {
-                let mut data = free.pop().unwrap_or_else(|| vec![0u8; bs as usize]);
-                let want = (input_size - consumed).min(u64::from(bs)) as usize;
-                input.read_exact(&mut data[..want]).map_err(|e| {
+                let offset = next_read * u64::from(bs);
+                let want = (input_size - offset).min(u64::from(bs)) as usize;
+                let holds_data = input.may_hold_data(offset, want as u64).map_err(|e| {
                     io::Error::new(
                         e.kind(),
-                        format!("reading input at byte {consumed} of {input_size}: {e}"),
+                        format!("finding the data of the input at byte {offset}: {e}"),
                     )
                 })?;
-                data[want..].fill(0);
-                consumed += want as u64;
-                progress(consumed);
-                if is_zero(&data) {
-                    free.push(data);
-                    pending.insert(next_read, Pending::Zero);
-                } else {
-                    job_tx
-                        .send(Job {
-                            block: next_read,
-                            data,
-                        })
-                        .map_err(|_| io::Error::other("compression workers stopped"))?;
-                    in_flight += 1;
+                let mut data = None;
+                if holds_data {
+                    let mut buf = free.pop().unwrap_or_else(|| vec![0u8; bs as usize]);
+                    input.read_exact_at(offset, &mut buf[..want]).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("reading input at byte {offset} of {input_size}: {e}"),
+                        )
+                    })?;
+                    bytes_read += want as u64;
+                    buf[want..].fill(0);
+                    if is_zero(&buf) {
+                        free.push(buf);
+                    } else {
+                        data = Some(buf);
+                    }
+                }
+                progress(offset + want as u64);
+                match data {
+                    None => {
+                        pending.insert(next_read, Pending::Zero);
+                    }
+                    Some(data) => {
+                        job_tx
+                            .send(Job {
+                                block: next_read,
+                                data,
+                                record: free_records.pop().unwrap_or_default(),
+                            })
+                            .map_err(|_| io::Error::other("compression workers stopped"))?;
+                        in_flight += 1;
+                    }
                 }
                 next_read += 1;
             }
+            let read = Instant::now();
+            timings.reading += read - started;
             while let Some(p) = pending.remove(&next_write) {
                 match p {
                     Pending::Zero => {
@@ -282,11 +431,14 @@ pub fn write_image<R: Read, W: Write>(
                             block_hash: done.hash,
                         });
                         free.push(done.data);
+                        free_records.push(done.record);
                         in_flight -= 1;
                     }
                 }
                 next_write += 1;
             }
+            let written = Instant::now();
+            timings.writing += written - read;
             // Wait for a worker only when the next block to write was read
             // (and so is with them); otherwise go back and read it.
             if next_write < next_read && !pending.contains_key(&next_write) {
@@ -297,10 +449,12 @@ pub fn write_image<R: Read, W: Write>(
                 // Still counted in flight until written: a finished block
                 // waiting behind a slow one holds its buffers too.
                 pending.insert(done.block, Pending::Record(done));
+                timings.waiting_for_workers += written.elapsed();
             }
         }
         Ok(())
     })?;
+    let started = Instant::now();
 
     let non_zero = locations.iter().filter(|l| l.is_some()).count() as u64;
     let mut mid = head.clone();
@@ -324,6 +478,7 @@ pub fn write_image<R: Read, W: Write>(
     let fin_bytes = fin.encode();
     out.write_all(&fin_bytes)?;
     out.flush()?;
+    timings.writing += started.elapsed();
 
     let image_size = out.written;
     let footer = Footer::parse(&fin_bytes, image_size - FOOTER_SIZE)?;
@@ -338,6 +493,8 @@ pub fn write_image<R: Read, W: Write>(
         image_size,
         blocks,
         non_zero_blocks: non_zero,
+        bytes_read,
+        timings,
         sidecar,
     })
 }
@@ -500,5 +657,92 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("reading input"), "{err}");
+    }
+
+    /// An in-memory disk that knows its holes and counts what is read.
+    struct HoleyDisk {
+        bytes: Vec<u8>,
+        holes: Vec<std::ops::Range<u64>>,
+        read: u64,
+    }
+
+    impl DiskSource for HoleyDisk {
+        fn may_hold_data(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+            Ok(!self
+                .holes
+                .iter()
+                .any(|h| h.start <= offset && offset + len <= h.end))
+        }
+        fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            assert!(
+                self.may_hold_data(offset, buf.len() as u64)?,
+                "read a hole at {offset}"
+            );
+            buf.copy_from_slice(&self.bytes[offset as usize..offset as usize + buf.len()]);
+            self.read += buf.len() as u64;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn hole_blocks_are_not_read_and_the_image_is_the_same() {
+        const MB: usize = 1 << 20;
+        // 12 blocks of 1 MiB + a tail: data in blocks 0, 5 (partly), 11 and
+        // the tail; block 7 holds written zeros (no hole, so read and checked).
+        let mut bytes = vec![0u8; 12 * MB + 777];
+        for (i, b) in bytes[..MB].iter_mut().enumerate() {
+            *b = (i % 7) as u8;
+        }
+        bytes[5 * MB + 3] = 9;
+        bytes[11 * MB..].fill(0xab);
+        let holes = vec![
+            MB as u64..5 * MB as u64,
+            6 * MB as u64..7 * MB as u64,
+            8 * MB as u64..11 * MB as u64,
+        ];
+        let opts = WriteOptions {
+            block_size: MB as u32,
+            level: 3,
+            threads: 2,
+        };
+        let size = bytes.len() as u64;
+        let mut plain = Vec::new();
+        let full = write_image(&bytes[..], size, &mut plain, &opts, &mut |_| {}).unwrap();
+        let mut disk = HoleyDisk {
+            bytes: bytes.clone(),
+            holes,
+            read: 0,
+        };
+        let mut sparse = Vec::new();
+        let mut last_progress = 0;
+        let skipped = write_image_from(&mut disk, size, &mut sparse, &opts, &mut |p| {
+            assert!(p >= last_progress);
+            last_progress = p;
+        })
+        .unwrap();
+        assert_eq!(last_progress, size);
+        assert_eq!(full.bytes_read, size);
+        // Blocks 0, 5, 7, 11, 12 read.
+        assert_eq!(disk.read, 4 * MB as u64 + 777);
+        assert_eq!(skipped.bytes_read, disk.read);
+        assert_eq!(skipped.non_zero_blocks, 4);
+        assert_eq!(skipped.non_zero_blocks, full.non_zero_blocks);
+        assert_eq!(skipped.image_size, full.image_size);
+        // Same records at the same offsets; only the footers' uuid/time differ.
+        assert_eq!(skipped.sidecar.entries, full.sidecar.entries);
+        let mid = skipped
+            .sidecar
+            .entries
+            .iter()
+            .map(|e| e.record_offset + u64::from(e.record_size))
+            .max()
+            .unwrap() as usize;
+        let fin = skipped.image_size as usize - 4096;
+        assert_eq!(sparse[4096..mid], plain[4096..mid], "records");
+        assert_eq!(
+            sparse[mid + 4096..fin],
+            plain[mid + 4096..fin],
+            "index, bitmap"
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! allocated, entries checked against the block and image sizes, the image
 //! digest recomputed.
 
-use crate::hex;
+use crate::{hex, verify};
 
 use super::footer::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 use super::record::max_record_size;
@@ -424,52 +424,40 @@ impl Sidecar {
             })
     }
 
-    /// Checks the stored record bytes of `block` against their CRC32C.
+    /// Checks the stored record bytes of `block` against their CRC32C (the
+    /// rule itself is [`crate::verify::check_record_crc`]). Errors name the
+    /// block and the record offset.
     pub fn verify_record(&self, block: u64, record: &[u8]) -> FormatResult<()> {
         let e = self.entry(block)?;
-        let fail = |detail: String| {
-            Err(FormatError::BadRecord {
-                block,
-                offset: e.record_offset,
-                detail,
-            })
-        };
-        if e.is_zero() {
-            return fail("the sidecar says this is a zero block, with no record".into());
-        }
-        if record.len() as u64 != u64::from(e.record_size) {
-            return fail(format!(
-                "{} record bytes, the sidecar says {}",
-                record.len(),
-                e.record_size
-            ));
-        }
-        let crc = crc32c::crc32c(record);
-        if crc != e.record_crc32c {
-            return fail(format!(
-                "record CRC32C {crc:#010x}, the sidecar says {:#010x}",
-                e.record_crc32c
-            ));
-        }
-        Ok(())
-    }
-
-    /// Checks decoded `block` bytes against their BLAKE3.
-    pub fn verify_block(&self, block: u64, decoded: &[u8]) -> FormatResult<()> {
-        let e = self.entry(block)?;
-        let hash = blake3::hash(decoded);
-        if hash.as_bytes() != &e.block_hash {
+        if e.is_zero() || record.len() as u64 != u64::from(e.record_size) {
             return Err(FormatError::BadRecord {
                 block,
                 offset: e.record_offset,
                 detail: format!(
-                    "decoded block BLAKE3 {}, the sidecar says {}",
-                    hash.to_hex(),
-                    hex(&e.block_hash)
+                    "{} record bytes, the sidecar says {} (0: a zero block, with no record)",
+                    record.len(),
+                    e.record_size
                 ),
             });
         }
-        Ok(())
+        Ok(verify::check_record_crc(
+            block,
+            e.record_offset,
+            crc32c::crc32c(record),
+            e,
+        )?)
+    }
+
+    /// Checks decoded `block` bytes against their BLAKE3 (the rule itself is
+    /// [`crate::verify::check_block_hash`]).
+    pub fn verify_block(&self, block: u64, decoded: &[u8]) -> FormatResult<()> {
+        let e = self.entry(block)?;
+        Ok(verify::check_block_hash(
+            block,
+            e.record_offset,
+            decoded,
+            e,
+        )?)
     }
 }
 

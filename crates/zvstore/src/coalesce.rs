@@ -1,14 +1,16 @@
-//! Adjacent-range coalescing: turning a batch of wanted byte ranges into
-//! fewer, larger GETs, and handing each caller back exactly its bytes.
+//! Adjacent-range coalescing: the one planner that turns wanted byte ranges
+//! (ZVHD2 records, for the mount) into fewer, larger GETs.
 //!
 //! Over a network a request costs a round trip; a gap between two wanted
-//! ranges costs only its bytes. Two ranges are merged when the gap between
-//! them is at most `max_gap` bytes (the bytes one request is "worth"), and a
-//! merged request never grows past [`MAX_MERGED_LEN`], so one slow GET cannot
-//! hold a large batch hostage. Splitting is zero-copy ([`Bytes::slice`]).
+//! ranges costs only its bytes. [`plan_runs`] groups neighbouring ranges
+//! into runs, each fetched with one GET, within [`RunLimits`]: the gap one
+//! request is "worth", the span of one GET (so one slow GET cannot hold a
+//! large batch hostage), the ranges in one run, and an optional cost cap
+//! (the prefetch budget: a run holds its bytes plus a decoded block per
+//! range while in flight). The mount's demand fetches and its prefetches
+//! both plan through it; [`get_ranges`] runs a plan against a store.
 //!
-//! Planning is pure; [`get_ranges`] is the one async helper that runs a plan
-//! against a store.
+//! Planning is pure; splitting is zero-copy ([`Bytes::slice`]).
 
 use std::ops::Range;
 
@@ -17,111 +19,151 @@ use futures::future::try_join_all;
 
 use super::{ObjectMeta, ObjectStore, StoreError, StoreResult};
 
-/// Upper bound on one merged request; ranges already longer are fetched alone.
-pub const MAX_MERGED_LEN: u64 = 64 << 20;
-
-/// One GET of a plan: the byte range to fetch, and the indices (into the
-/// caller's `wanted` slice) of the ranges it serves.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MergedRead {
-    /// Bytes to fetch.
-    pub range: Range<u64>,
-    /// Indices of the wanted ranges inside `range`, in offset order.
-    pub serves: Vec<usize>,
+/// What one run (one GET) may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunLimits {
+    /// Neighbours at most this many bytes apart share a GET (the gap is
+    /// read and thrown away).
+    pub max_gap: u64,
+    /// Most bytes one GET spans, gaps included; a single longer range is
+    /// fetched alone.
+    pub max_bytes: u64,
+    /// Most ranges in one run (at least 1).
+    pub max_ranges: usize,
+    /// Bytes each range costs beyond its own length while in flight (for
+    /// the mount: the block it decodes to).
+    pub cost_per_range: u64,
+    /// Most a run may cost: its ranges' lengths plus `cost_per_range` each.
+    pub max_cost: u64,
 }
 
-/// Plans merged GETs for `wanted` (any order; overlaps allowed; empty ranges
-/// get no GET and are served by none). Two ranges share a GET when the gap
-/// between them is at most `max_gap` and the merged GET stays within
-/// [`MAX_MERGED_LEN`]. The plan is sorted by offset.
-pub fn plan(wanted: &[Range<u64>], max_gap: u64) -> Vec<MergedRead> {
-    let mut order: Vec<usize> = (0..wanted.len())
-        .filter(|&i| wanted[i].start < wanted[i].end)
-        .collect();
-    order.sort_by_key(|&i| (wanted[i].start, wanted[i].end));
-    let mut out: Vec<MergedRead> = Vec::new();
-    for i in order {
-        let r = &wanted[i];
-        if let Some(last) = out.last_mut() {
-            let gap = r.start.saturating_sub(last.range.end);
-            let merged_end = last.range.end.max(r.end);
-            if gap <= max_gap && merged_end - last.range.start <= MAX_MERGED_LEN {
-                last.range.end = merged_end;
-                last.serves.push(i);
-                continue;
-            }
+impl RunLimits {
+    /// Limits on gap and span only (no range count or cost cap).
+    pub fn new(max_gap: u64, max_bytes: u64) -> RunLimits {
+        RunLimits {
+            max_gap,
+            max_bytes,
+            max_ranges: usize::MAX,
+            cost_per_range: 0,
+            max_cost: u64::MAX,
         }
-        out.push(MergedRead {
-            range: r.clone(),
-            serves: vec![i],
-        });
     }
-    out
+
+    fn cost(&self, r: &Range<u64>) -> u64 {
+        (r.end - r.start).saturating_add(self.cost_per_range)
+    }
 }
 
-/// Cuts the bytes fetched for `read` into the wanted ranges it serves,
-/// returned as `(index into wanted, bytes)`. `fetched` must be exactly
-/// `read.range` long (stores guarantee it); anything else is a bug upstream
-/// and yields an error rather than wrong bytes.
+/// Groups `ranges`, in the order given, into runs: each run is a span of
+/// consecutive indices into `ranges` fetched with one GET from the first
+/// range's start to the furthest end. A range joins the run before it when
+/// it starts at or after the previous range's start, at most
+/// `limits.max_gap` bytes past the run's end, and the run stays within
+/// every limit. Sort `ranges` by start first to coalesce as much as
+/// possible; a caller keeping its own order (a boot profile) gets runs
+/// only where that order walks forward through the object. Empty ranges
+/// are runs of their own. Every index is in exactly one run, in order.
+pub fn plan_runs(ranges: &[Range<u64>], limits: &RunLimits) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    let mut span = 0..0u64;
+    let mut cost = 0u64;
+    for (i, r) in ranges.iter().enumerate() {
+        let joins = runs.last().is_some_and(|run| {
+            let prev = &ranges[i - 1];
+            let end = span.end.max(r.end);
+            r.start < r.end
+                && prev.start < prev.end
+                && r.start >= prev.start
+                && r.start <= span.end.saturating_add(limits.max_gap)
+                && end - span.start <= limits.max_bytes
+                && run.len() < limits.max_ranges
+                && cost.saturating_add(limits.cost(r)) <= limits.max_cost
+        });
+        if joins {
+            let run = runs.last_mut().expect("checked");
+            run.end = i + 1;
+            span.end = span.end.max(r.end);
+            cost = cost.saturating_add(limits.cost(r));
+        } else {
+            runs.push(i..i + 1);
+            span = r.clone();
+            cost = limits.cost(r);
+        }
+    }
+    runs
+}
+
+/// The byte span one run of [`plan_runs`] fetches.
+pub fn run_span(ranges: &[Range<u64>], run: &Range<usize>) -> Range<u64> {
+    let wanted = &ranges[run.clone()];
+    let start = wanted.iter().map(|r| r.start).min().unwrap_or(0);
+    let end = wanted.iter().map(|r| r.end).max().unwrap_or(start);
+    start..end
+}
+
+/// Cuts `fetched`, the bytes of `span`, into `wanted` (each inside `span`).
+/// Anything else is a bug upstream and yields an error, never wrong bytes.
 pub fn split(
-    read: &MergedRead,
+    span: &Range<u64>,
     wanted: &[Range<u64>],
     fetched: &Bytes,
-) -> Result<Vec<(usize, Bytes)>, String> {
-    let len = read.range.end - read.range.start;
+) -> Result<Vec<Bytes>, String> {
+    let len = span.end - span.start;
     if fetched.len() as u64 != len {
         return Err(format!(
-            "merged read {}..{} returned {} bytes, expected {len}",
-            read.range.start,
-            read.range.end,
+            "read {}..{} returned {} bytes, expected {len}",
+            span.start,
+            span.end,
             fetched.len()
         ));
     }
-    read.serves
+    wanted
         .iter()
-        .map(|&i| {
-            let r = wanted
-                .get(i)
-                .ok_or_else(|| format!("plan refers to range #{i}, which was not wanted"))?;
-            if r.start < read.range.start || r.end > read.range.end {
+        .map(|r| {
+            if r.start < span.start || r.end > span.end || r.start > r.end {
                 return Err(format!(
-                    "range {}..{} is outside merged read {}..{}",
-                    r.start, r.end, read.range.start, read.range.end
+                    "range {}..{} is outside read {}..{}",
+                    r.start, r.end, span.start, span.end
                 ));
             }
-            let a = (r.start - read.range.start) as usize;
-            let b = (r.end - read.range.start) as usize;
-            Ok((i, fetched.slice(a..b)))
+            Ok(fetched.slice((r.start - span.start) as usize..(r.end - span.start) as usize))
         })
         .collect()
 }
 
-/// Fetches every range in `ranges` from `key`, merging neighbours closer than
-/// `max_gap` into one GET, running the GETs concurrently (the store's own
-/// cap bounds them), each pinned to `pin`. Results are in `ranges` order.
+/// Fetches every range in `ranges` from `key`, coalescing neighbours per
+/// `limits` (after sorting by start), running the GETs concurrently (the
+/// store's own cap bounds them), each pinned to `pin`. Results are in
+/// `ranges` order.
 pub async fn get_ranges(
     store: &dyn ObjectStore,
     key: &str,
     ranges: &[Range<u64>],
     pin: Option<&ObjectMeta>,
-    max_gap: u64,
+    limits: &RunLimits,
 ) -> StoreResult<Vec<Bytes>> {
-    let reads = plan(ranges, max_gap);
-    let fetched = try_join_all(
-        reads
-            .iter()
-            .map(|read| store.get_range(key, read.range.clone(), pin)),
-    )
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| (ranges[i].start, ranges[i].end));
+    let sorted: Vec<Range<u64>> = order.iter().map(|&i| ranges[i].clone()).collect();
+    let runs = plan_runs(&sorted, limits);
+    let spans: Vec<Range<u64>> = runs.iter().map(|run| run_span(&sorted, run)).collect();
+    let fetched = try_join_all(spans.iter().map(|span| async move {
+        if span.start == span.end {
+            return Ok(Bytes::new());
+        }
+        store.get_range(key, span.clone(), pin).await
+    }))
     .await?;
     let mut out = vec![Bytes::new(); ranges.len()];
-    for (read, bytes) in reads.iter().zip(&fetched) {
-        let parts = split(read, ranges, bytes).map_err(|detail| StoreError::Other {
-            location: store.location(key),
-            op: format!("GET {}..{}", read.range.start, read.range.end),
-            detail,
-        })?;
-        for (i, b) in parts {
-            out[i] = b;
+    for ((run, span), bytes) in runs.iter().zip(&spans).zip(&fetched) {
+        let parts =
+            split(span, &sorted[run.clone()], bytes).map_err(|detail| StoreError::Other {
+                location: store.location(key),
+                op: format!("GET {}..{}", span.start, span.end),
+                detail,
+            })?;
+        for (i, b) in run.clone().zip(parts) {
+            out[order[i]] = b;
         }
     }
     Ok(out)
@@ -134,88 +176,88 @@ mod tests {
 
     #[test]
     fn merges_close_ranges_only() {
-        let wanted = vec![0..10, 12..20, 100..110, 111..111, 115..120];
-        let p = plan(&wanted, 5);
+        let wanted = vec![0..10, 12..20, 100..110, 115..120];
         assert_eq!(
-            p,
-            vec![
-                MergedRead {
-                    range: 0..20,
-                    serves: vec![0, 1]
-                },
-                MergedRead {
-                    range: 100..120,
-                    serves: vec![2, 4]
-                },
-            ]
+            plan_runs(&wanted, &RunLimits::new(5, 1000)),
+            vec![0..2, 2..4]
         );
-        // A zero gap threshold still merges touching ranges, never gapped ones.
-        let p = plan(&[0..10, 10..20, 21..30], 0);
-        assert_eq!(p.len(), 2);
-        assert_eq!(p[0].range, 0..20);
+        // A zero gap still merges touching ranges, never gapped ones.
+        let p = plan_runs(&[0..10, 10..20, 21..30], &RunLimits::new(0, 1000));
+        assert_eq!(p, vec![0..2, 2..3]);
     }
 
     #[test]
-    fn unsorted_and_overlapping() {
-        let wanted = vec![50..60, 0..10, 5..55];
-        let p = plan(&wanted, 0);
+    fn backward_steps_start_a_new_run() {
+        // Profile order: 2 after 1 joins, 0 after 2 does not.
+        let wanted = vec![4096..8192, 8192..12288, 0..4096];
         assert_eq!(
-            p,
-            vec![MergedRead {
-                range: 0..60,
-                serves: vec![1, 2, 0]
-            }]
+            plan_runs(&wanted, &RunLimits::new(0, 1 << 20)),
+            vec![0..2, 2..3]
         );
     }
 
     #[test]
-    fn merged_reads_are_capped() {
+    fn every_limit_splits_runs() {
         let mb = 1 << 20;
-        let wanted: Vec<_> = (0..100u64).map(|i| i * mb..(i + 1) * mb).collect();
-        let p = plan(&wanted, u64::MAX);
-        assert!(
-            p.iter()
-                .all(|r| r.range.end - r.range.start <= MAX_MERGED_LEN)
+        let wanted: Vec<_> = (0..10u64).map(|i| i * mb..(i + 1) * mb).collect();
+        let span = plan_runs(&wanted, &RunLimits::new(0, 3 * mb));
+        assert_eq!(span, vec![0..3, 3..6, 6..9, 9..10]);
+        let count = plan_runs(
+            &wanted,
+            &RunLimits {
+                max_ranges: 4,
+                ..RunLimits::new(0, u64::MAX)
+            },
         );
-        assert_eq!(p.len(), 2);
+        assert_eq!(count, vec![0..4, 4..8, 8..10]);
+        let cost = plan_runs(
+            &wanted,
+            &RunLimits {
+                cost_per_range: mb,
+                max_cost: 5 * mb,
+                ..RunLimits::new(0, u64::MAX)
+            },
+        );
+        assert_eq!(cost[0], 0..2, "each range costs 2 MiB against 5 MiB");
     }
 
     #[test]
     fn split_rejects_wrong_length() {
-        let read = MergedRead {
-            range: 0..10,
-            serves: vec![0],
-        };
-        let wanted = std::slice::from_ref(&read.range);
-        assert!(split(&read, wanted, &Bytes::from_static(b"short")).is_err());
+        assert!(split(&(0..10), &[0..10], &Bytes::from_static(b"short")).is_err());
+        assert!(split(&(0..5), &[3..9], &Bytes::from_static(b"12345")).is_err());
     }
 
     proptest! {
-        /// Every wanted range is served exactly once, by a read that covers
-        /// it, and splitting returns exactly its bytes.
+        /// Every wanted range is served exactly once, by a run whose span
+        /// covers it, within the limits, and splitting returns exactly its
+        /// bytes.
         #[test]
         fn plan_then_split_returns_wanted_bytes(
             raw in proptest::collection::vec((0u64..4000, 0u64..300), 0..40),
             max_gap in 0u64..500,
+            max_bytes in 1u64..3000,
+            max_ranges in 1usize..6,
         ) {
             let object: Vec<u8> = (0..5000u32).map(|i| (i * 7 + i / 251) as u8).collect();
             let object = Bytes::from(object);
-            let wanted: Vec<Range<u64>> = raw.iter().map(|&(s, l)| s..s + l).collect();
-            let p = plan(&wanted, max_gap);
-            let mut seen = vec![0u32; wanted.len()];
-            for w in p.windows(2) {
-                prop_assert!(w[0].range.end <= w[1].range.start);
-            }
-            for read in &p {
-                let fetched = object.slice(read.range.start as usize..read.range.end as usize);
-                for (i, b) in split(read, &wanted, &fetched).unwrap() {
-                    seen[i] += 1;
+            let mut wanted: Vec<Range<u64>> = raw.iter().map(|&(s, l)| s..s + l).collect();
+            wanted.sort_by_key(|r| (r.start, r.end));
+            let limits = RunLimits { max_ranges, ..RunLimits::new(max_gap, max_bytes) };
+            let runs = plan_runs(&wanted, &limits);
+            let mut next = 0;
+            for run in &runs {
+                prop_assert_eq!(run.start, next);
+                prop_assert!(!run.is_empty());
+                next = run.end;
+                let span = run_span(&wanted, run);
+                prop_assert!(run.len() == 1 || (span.end - span.start <= max_bytes && run.len() <= max_ranges));
+                let fetched = object.slice(span.start as usize..span.end as usize);
+                let parts = split(&span, &wanted[run.clone()], &fetched).unwrap();
+                for (i, b) in run.clone().zip(parts) {
                     prop_assert_eq!(&b[..], &object[wanted[i].start as usize..wanted[i].end as usize]);
                 }
             }
-            for (i, r) in wanted.iter().enumerate() {
-                prop_assert_eq!(seen[i], u32::from(r.start < r.end));
-            }
+            prop_assert_eq!(next, wanted.len());
         }
     }
 }

@@ -1,14 +1,27 @@
 //! `zvimg convert`: raw (or anything qemu-img reads) → ZVHD2, and ZVHD2 → raw.
+//!
+//! Raw input is read through its allocation map: holes (`SEEK_DATA` /
+//! `SEEK_HOLE`) become zero blocks without a read, so a mostly empty disk
+//! converts at the speed of its data. qcow2/vmdk/vhd/vhdx go through a
+//! sparse temporary raw file from `qemu-img`, which keeps their map. The
+//! output is written beside its destination, its writeback kept running
+//! behind the writer, synced and renamed into place: crash-safe, without a
+//! long wait for the disk at the end.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
-use zvhd2::{DEFAULT_BLOCK_SIZE, WriteOptions};
+use serde::Serialize;
+use zvhd2::{DEFAULT_BLOCK_SIZE, DiskSource, WriteOptions};
 use zvmount::image::scan::{ScanOptions, scan_blocks};
 use zvmount::image::{ImageLayout, SidecarSource};
 use zvstore::open_source;
@@ -57,6 +70,9 @@ pub struct Args {
     /// Size of a raw output.
     #[arg(long, value_enum, default_value_t)]
     pub size: SizeChoice,
+    /// Print what was done as JSON (sizes, bytes read, where the time went).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub source: SourceArgs,
     /// Input: a local file, or (ZVHD2 only) s3://bucket/key or an https:// URL.
@@ -98,20 +114,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (_, OutputFormat::Raw) => bail!(
             "raw output is for ZVHD2 input; for {input_format:?} use `qemu-img convert -O raw`"
         ),
-        (InputFormat::Raw, OutputFormat::Zvhd2) => {
-            if !local {
-                bail!("{}: raw input must be a local file", args.input);
-            }
-            raw_to_zvhd2(&args, Path::new(&args.input))
-        }
         (fmt, OutputFormat::Zvhd2) => {
             if !local {
                 bail!("{}: {fmt:?} input must be a local file", args.input);
             }
-            let tmp = qemu_img_to_raw(Path::new(&args.input), fmt, &args.output)?;
-            let result = raw_to_zvhd2(&args, tmp.path());
-            drop(tmp);
-            result
+            let profile = match &args.boot_profile {
+                Some(p) => Some(crate::inspect::read_profile(p)?),
+                None => None,
+            };
+            let options = ConvertOptions {
+                write: WriteOptions {
+                    block_size: args.block_size,
+                    level: args.level,
+                    threads: args.threads,
+                },
+                sidecar: args.sidecar,
+                boot_profile: profile,
+                progress: !args.json,
+            };
+            let report = convert_to_zvhd2(Path::new(&args.input), fmt, &args.output, &options)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}: {} disk, {} blocks ({} non-zero) -> {} ({:.2}x){}; read {} in {:.2} s",
+                    args.output.display(),
+                    human(report.disk_size),
+                    report.blocks,
+                    report.non_zero_blocks,
+                    human(report.image_size),
+                    report.disk_size as f64 / report.image_size.max(1) as f64,
+                    if args.sidecar { " + sidecar" } else { "" },
+                    human(report.bytes_read),
+                    report.seconds.total,
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -196,7 +234,11 @@ pub fn temp_beside(dest: &Path, tag: &str) -> PathBuf {
     dest.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
 }
 
-/// Expands a qcow2/vmdk/vhd/vhdx image to a temporary raw file with qemu-img.
+/// Expands a qcow2/vmdk/vhd/vhdx image to a temporary raw file with
+/// qemu-img. The file is sparse (`-S 4k`, qemu-img's default made explicit):
+/// only the image's allocated, non-zero clusters are written, so walking its
+/// holes afterwards keeps the image's allocation map. It is not synced
+/// (`-t unsafe`): it is read back at once and deleted.
 fn qemu_img_to_raw(input: &Path, fmt: InputFormat, output: &Path) -> anyhow::Result<TempFile> {
     let fmt_name = match fmt {
         InputFormat::Qcow2 => "qcow2",
@@ -207,7 +249,9 @@ fn qemu_img_to_raw(input: &Path, fmt: InputFormat, output: &Path) -> anyhow::Res
     };
     let tmp = TempFile(temp_beside(output, "raw"));
     let status = std::process::Command::new("qemu-img")
-        .args(["convert", "-f", fmt_name, "-O", "raw"])
+        .args([
+            "convert", "-f", fmt_name, "-O", "raw", "-S", "4k", "-t", "unsafe",
+        ])
         .arg(input)
         .arg(tmp.path())
         .status();
@@ -227,47 +271,259 @@ fn qemu_img_to_raw(input: &Path, fmt: InputFormat, output: &Path) -> anyhow::Res
     }
 }
 
-fn raw_to_zvhd2(args: &Args, input: &Path) -> anyhow::Result<ExitCode> {
-    if args.block_size != DEFAULT_BLOCK_SIZE {
+/// A local raw file read through its allocation map: what the file system
+/// reports as a hole (`SEEK_HOLE`) reads as zeros by definition, so blocks
+/// inside one are never read. On a file system without `SEEK_DATA` every
+/// block is read.
+pub struct SparseFile {
+    file: File,
+    /// The data extent at or after the last offset asked about; `u64::MAX..`
+    /// when no data follows.
+    extent: Range<u64>,
+    /// Blocks at or past this offset were not asked about yet.
+    asked_up_to: u64,
+}
+
+impl SparseFile {
+    pub fn new(file: File) -> Self {
+        SparseFile {
+            file,
+            extent: 0..0,
+            asked_up_to: 0,
+        }
+    }
+
+    /// The data extent starting at or after `from`.
+    fn next_extent(&self, from: u64) -> std::io::Result<Range<u64>> {
+        use rustix::fs::{SeekFrom as At, seek};
+        use rustix::io::Errno;
+        match seek(&self.file, At::Data(from)) {
+            Ok(start) => {
+                let end = seek(&self.file, At::Hole(start))?;
+                Ok(start..end.max(start + 1))
+            }
+            // No data at or after `from`: the rest is one hole.
+            Err(Errno::NXIO) => Ok(u64::MAX..u64::MAX),
+            // No hole support here: treat everything as data.
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => Ok(from..u64::MAX),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl DiskSource for SparseFile {
+    fn may_hold_data(&mut self, offset: u64, len: u64) -> std::io::Result<bool> {
+        if offset < self.asked_up_to {
+            // Offsets come in increasing order; a step back would need a new walk.
+            self.extent = 0..0;
+        }
+        self.asked_up_to = offset;
+        if offset >= self.extent.end {
+            self.extent = self.next_extent(offset)?;
+        }
+        Ok(self.extent.start < offset.saturating_add(len))
+    }
+
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        FileExt::read_exact_at(&self.file, buf, offset)
+    }
+}
+
+/// How often the output's writeback is pushed along while converting.
+const WRITEBACK_STEP: u64 = 64 << 20;
+
+/// The output file, with its writeback running behind the writer: every
+/// [`WRITEBACK_STEP`] bytes a background thread `fdatasync`s what is written
+/// so far, so the disk works while the cores compress and the final sync
+/// finds little left. (`sync_file_range` would do it without a thread, but
+/// neither rustix nor nix offers it safely.) Errors of those syncs are kept
+/// and returned by [`WritebackFile::finish`]: a failed writeback is reported
+/// once per open file, so the final sync alone could miss it.
+pub struct WritebackFile {
+    file: File,
+    since_kick: u64,
+    kick: Option<mpsc::SyncSender<()>>,
+    syncer: Option<std::thread::JoinHandle<std::io::Result<u32>>>,
+}
+
+impl WritebackFile {
+    pub fn new(file: File) -> std::io::Result<Self> {
+        let clone = file.try_clone()?;
+        // One kick may wait while a sync runs; more are folded into it.
+        let (kick, kicks) = mpsc::sync_channel::<()>(1);
+        let syncer = std::thread::Builder::new()
+            .name("zvimg-writeback".into())
+            .spawn(move || -> std::io::Result<u32> {
+                let mut syncs = 0;
+                for () in kicks {
+                    clone.sync_data()?;
+                    syncs += 1;
+                }
+                Ok(syncs)
+            })?;
+        Ok(WritebackFile {
+            file,
+            since_kick: 0,
+            kick: Some(kick),
+            syncer: Some(syncer),
+        })
+    }
+
+    /// Stops the background syncs, then syncs the file (data and metadata).
+    /// Returns the time the final sync took and how many background syncs ran.
+    pub fn finish(mut self) -> std::io::Result<(Duration, u32)> {
+        drop(self.kick.take());
+        let syncs = match self.syncer.take().map(|h| h.join()) {
+            Some(Ok(r)) => r?,
+            Some(Err(_)) => return Err(std::io::Error::other("writeback thread panicked")),
+            None => 0,
+        };
+        let started = Instant::now();
+        self.file.sync_all()?;
+        Ok((started.elapsed(), syncs))
+    }
+}
+
+impl Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.since_kick += n as u64;
+        if self.since_kick >= WRITEBACK_STEP {
+            self.since_kick = 0;
+            if let Some(kick) = &self.kick {
+                // Full: a sync is already queued and will cover these bytes.
+                // Disconnected: the syncer stopped on an error `finish` returns.
+                let _ = kick.try_send(());
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for WritebackFile {
+    fn drop(&mut self) {
+        drop(self.kick.take());
+        if let Some(h) = self.syncer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// How to convert to ZVHD2.
+pub struct ConvertOptions {
+    pub write: WriteOptions,
+    /// Also write the `.zvidx` sidecar beside the output.
+    pub sidecar: bool,
+    /// Block numbers to store in the sidecar as the boot profile.
+    pub boot_profile: Option<Vec<u64>>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What a conversion did, for `--json` and the benchmark.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConvertReport {
+    pub output: PathBuf,
+    /// The disk's size (`orig_size`).
+    pub disk_size: u64,
+    /// The ZVHD2 file's size.
+    pub image_size: u64,
+    pub blocks: u64,
+    pub non_zero_blocks: u64,
+    /// Raw bytes read: holes are skipped, so this is about the data's size.
+    pub bytes_read: u64,
+    /// Background `fdatasync`s run while converting.
+    pub writeback_syncs: u32,
+    pub seconds: ConvertSeconds,
+}
+
+/// Where a conversion's wall-clock time went, in seconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConvertSeconds {
+    /// Start to the output renamed into place.
+    pub total: f64,
+    /// qemu-img expanding a non-raw input to a sparse raw file.
+    pub expand: f64,
+    /// The writer reading input, finding holes and checking zeros.
+    pub reading: f64,
+    /// The writer waiting for compression workers (compression-bound).
+    pub waiting_for_workers: f64,
+    /// The writer handing bytes to the output file.
+    pub writing: f64,
+    /// The final sync: writeback the background syncs had not done yet.
+    pub final_sync: f64,
+}
+
+/// Converts a local `input` of format `fmt` (not ZVHD2) to a ZVHD2 image at
+/// `output`: written beside it, synced, renamed into place.
+pub fn convert_to_zvhd2(
+    input: &Path,
+    fmt: InputFormat,
+    output: &Path,
+    options: &ConvertOptions,
+) -> anyhow::Result<ConvertReport> {
+    let started = Instant::now();
+    if options.write.block_size != DEFAULT_BLOCK_SIZE {
         eprintln!(
             "zvimg: warning: block size {} MiB: Huawei Cloud's own tools read only 2 MiB blocks; zvmount reads it",
-            args.block_size >> 20
+            options.write.block_size >> 20
         );
     }
-    let profile = match &args.boot_profile {
-        Some(p) => Some(crate::inspect::read_profile(p)?),
-        None => None,
+    let (expanded, raw_path) = match fmt {
+        InputFormat::Raw => (None, input.to_path_buf()),
+        InputFormat::Zvhd2 => bail!("{}: already ZVHD2", input.display()),
+        _ => {
+            let tmp = qemu_img_to_raw(input, fmt, output)?;
+            let path = tmp.path().to_path_buf();
+            (Some(tmp), path)
+        }
     };
-    let file = File::open(input).with_context(|| format!("{}: cannot open", input.display()))?;
+    let expand = started.elapsed();
+    let file =
+        File::open(&raw_path).with_context(|| format!("{}: cannot open", input.display()))?;
     let size = file.metadata()?.len();
-    let tmp = TempFile(temp_beside(&args.output, "partial"));
+    let tmp = TempFile(temp_beside(output, "partial"));
     let out = File::create(tmp.path())
         .with_context(|| format!("{}: cannot create", tmp.path().display()))?;
-    let bar = progress::bytes_bar(size, "convert");
-    let options = WriteOptions {
-        block_size: args.block_size,
-        level: args.level,
-        threads: args.threads,
+    let bar = if options.progress {
+        progress::bytes_bar(size, "convert")
+    } else {
+        indicatif::ProgressBar::hidden()
     };
-    let mut writer = BufWriter::with_capacity(1 << 20, out);
-    let summary = zvhd2::write_image(
-        std::io::BufReader::with_capacity(1 << 20, file),
+    let mut writer = BufWriter::with_capacity(1 << 20, WritebackFile::new(out)?);
+    let summary = zvhd2::write_image_from(
+        &mut SparseFile::new(file),
         size,
         &mut writer,
-        &options,
+        &options.write,
         &mut |done| bar.set_position(done),
     )
     .with_context(|| format!("converting {}", input.display()))?;
+    drop(expanded);
     let out = writer.into_inner().map_err(|e| e.into_error())?;
-    out.sync_all()?;
+    let (final_sync, writeback_syncs) = out
+        .finish()
+        .with_context(|| format!("{}: cannot sync", tmp.path().display()))?;
     bar.finish_and_clear();
-    std::fs::rename(tmp.path(), &args.output)
-        .with_context(|| format!("{}: cannot rename into place", args.output.display()))?;
+    std::fs::rename(tmp.path(), output)
+        .with_context(|| format!("{}: cannot rename into place", output.display()))?;
     std::mem::forget(tmp);
+    // The rename itself is durable only once the directory is.
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("{}: cannot sync the directory", dir.display()))?;
 
     let mut sidecar = summary.sidecar;
-    let sidecar_path = default_sidecar_path(&args.output);
-    if !args.sidecar && sidecar_path.exists() {
+    let sidecar_path = default_sidecar_path(output);
+    if !options.sidecar && sidecar_path.exists() {
         // A sidecar of the image this one replaced would be refused by every reader.
         std::fs::remove_file(&sidecar_path).with_context(|| {
             format!(
@@ -280,23 +536,30 @@ fn raw_to_zvhd2(args: &Args, input: &Path) -> anyhow::Result<ExitCode> {
             sidecar_path.display()
         );
     }
-    if args.sidecar {
-        if let Some(p) = profile {
-            sidecar.boot_profile = p;
+    if options.sidecar {
+        if let Some(p) = &options.boot_profile {
+            sidecar.boot_profile = p.clone();
         }
         crate::inspect::write_atomic(&sidecar_path, &sidecar.encode())?;
     }
-    println!(
-        "{}: {} disk, {} blocks ({} non-zero) -> {} ({:.2}x){}",
-        args.output.display(),
-        human(summary.disk_size),
-        summary.blocks,
-        summary.non_zero_blocks,
-        human(summary.image_size),
-        summary.disk_size as f64 / summary.image_size.max(1) as f64,
-        if args.sidecar { " + sidecar" } else { "" }
-    );
-    Ok(ExitCode::SUCCESS)
+    let t = &summary.timings;
+    Ok(ConvertReport {
+        output: output.to_path_buf(),
+        disk_size: summary.disk_size,
+        image_size: summary.image_size,
+        blocks: summary.blocks,
+        non_zero_blocks: summary.non_zero_blocks,
+        bytes_read: summary.bytes_read,
+        writeback_syncs,
+        seconds: ConvertSeconds {
+            total: started.elapsed().as_secs_f64(),
+            expand: expand.as_secs_f64(),
+            reading: t.reading.as_secs_f64(),
+            waiting_for_workers: t.waiting_for_workers.as_secs_f64(),
+            writing: t.writing.as_secs_f64(),
+            final_sync: final_sync.as_secs_f64(),
+        },
+    })
 }
 
 fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
@@ -318,6 +581,7 @@ fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
         let options = ScanOptions {
             parallel: 8,
             verify_with: verify,
+            ..ScanOptions::default()
         };
         scan_blocks(
             store.clone(),

@@ -202,6 +202,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         let options = ScanOptions {
             parallel: args.parallel,
             verify_with: sidecar.clone(),
+            ..ScanOptions::default()
         };
         let mut records = 0u64;
         let result = scan_blocks(
@@ -266,6 +267,7 @@ pub fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
             &ScanOptions {
                 parallel: args.parallel,
                 verify_with: None,
+                hash_blocks: true,
             },
             |b| -> Result<(), ImageError> {
                 let (record_offset, record_size) = match b.location {
@@ -278,7 +280,7 @@ pub fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
                     record_offset,
                     record_size,
                     record_crc32c: b.record_crc32c.unwrap_or(0),
-                    block_hash: *blake3::hash(&b.data).as_bytes(),
+                    block_hash: b.block_hash.expect("hash_blocks is set"),
                 });
                 Ok(())
             },

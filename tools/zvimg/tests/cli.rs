@@ -252,3 +252,26 @@ fn pull_copies_image_and_sidecar() {
     // The pulled copy is the same image: its sidecar matches.
     assert!(ok(&["check", s(&copy)]).contains("verified against the sidecar"));
 }
+
+#[test]
+fn convert_json_counts_what_was_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // Block 1 is written zeros, not a hole: it is read, found zero, not stored.
+    let (raw_path, raw) = mixed_disk(dir.path());
+    let image = dir.path().join("disk.zvhd2");
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&["convert", "--json", s(&raw_path), s(&image)])).unwrap();
+    assert_eq!(report["bytes_read"], raw.len() as u64);
+    assert_eq!(report["blocks"], 5);
+    assert_eq!(report["non_zero_blocks"], 4);
+    assert_eq!(
+        report["image_size"],
+        std::fs::metadata(&image).unwrap().len()
+    );
+    // Written beside and renamed: no temporary left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}

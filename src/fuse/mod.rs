@@ -34,6 +34,11 @@ use fuser::{
 };
 
 use crate::metrics::Metrics;
+use crate::prefetch::ReaderStream;
+
+mod raw;
+
+pub use raw::RawFileDisk;
 
 /// Name of the counters file in the mount's root directory.
 pub const STATS_FILE_NAME: &str = ".zvmount-stats.json";
@@ -70,14 +75,31 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
     /// Size of the file in bytes; fixed for the life of the mount.
     fn size(&self) -> u64;
 
-    /// Exactly `len` bytes at `offset`; the caller keeps `offset + len`
-    /// within [`DiskFile::size`]. A short result is an error, never padded.
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskReadError>;
+    /// Per-reader state for one open file handle (its own sequential
+    /// readahead); `None` when the disk keeps none.
+    fn open_stream(&self) -> Option<Arc<ReaderStream>> {
+        None
+    }
+
+    /// Exactly `len` bytes at `offset`, for the handle whose `stream` this
+    /// is (if any); the caller keeps `offset + len` within
+    /// [`DiskFile::size`]. A short result is an error, never padded.
+    async fn read_at(
+        &self,
+        offset: u64,
+        len: usize,
+        stream: Option<&ReaderStream>,
+    ) -> Result<Bytes, DiskReadError>;
 
     /// The same bytes as [`DiskFile::read_at`] when they are at hand without
     /// waiting (in memory); `None` sends the read down the async path. Called
     /// on the FUSE thread inside the runtime's context, so it must not block.
-    fn try_read_now(&self, _offset: u64, _len: usize) -> Option<Bytes> {
+    fn try_read_now(
+        &self,
+        _offset: u64,
+        _len: usize,
+        _stream: Option<&ReaderStream>,
+    ) -> Option<Bytes> {
         None
     }
 }
@@ -110,6 +132,8 @@ pub struct ZvFs {
     /// Stats snapshots of open handles, so reads at any offset of one open
     /// see one consistent document.
     stats_handles: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
+    /// Reader streams of open disk handles (one sequential detector each).
+    disk_handles: Mutex<HashMap<u64, Arc<ReaderStream>>>,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
@@ -180,6 +204,7 @@ impl ZvFs {
             runtime,
             stats,
             stats_handles: Mutex::new(HashMap::new()),
+            disk_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             uid,
             gid,
@@ -379,8 +404,19 @@ impl Filesystem for ZvFs {
                     .insert(fh, doc);
                 reply.opened(fh, FOPEN_DIRECT_IO);
             }
-            _ if self.file(ino).is_some() => reply.opened(0, FOPEN_KEEP_CACHE),
-            _ => reply.error(libc::ENOENT),
+            _ => match self.file(ino) {
+                Some(file) => {
+                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                    if let Some(stream) = file.disk.open_stream() {
+                        self.disk_handles
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(fh, stream);
+                    }
+                    reply.opened(fh, FOPEN_KEEP_CACHE)
+                }
+                None => reply.error(libc::ENOENT),
+            },
         }
     }
 
@@ -409,13 +445,19 @@ impl Filesystem for ZvFs {
             return reply.data(&[]);
         }
         let len = u64::from(size).min(disk_size - offset) as usize;
+        let stream = self
+            .disk_handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned();
         // A read the memory cache can answer is answered here: handing it
         // to a runtime worker (spawn, wake-up, reply from another thread)
         // would cost more than the lookup itself. The runtime context is
         // entered because a hit may start readahead.
         {
             let _runtime = self.runtime.enter();
-            if let Some(bytes) = file.disk.try_read_now(offset, len)
+            if let Some(bytes) = file.disk.try_read_now(offset, len, stream.as_deref())
                 && bytes.len() == len
             {
                 Metrics::add(&file.metrics.fuse_reads, 1);
@@ -428,7 +470,7 @@ impl Filesystem for ZvFs {
         let metrics = Arc::clone(&file.metrics);
         self.runtime.spawn(async move {
             let started = Instant::now();
-            let result = disk.read_at(offset, len).await;
+            let result = disk.read_at(offset, len, stream.as_deref()).await;
             Metrics::add(&metrics.fuse_reads, 1);
             match result {
                 Ok(bytes) if bytes.len() == len => {
@@ -475,6 +517,11 @@ impl Filesystem for ZvFs {
     ) {
         if ino == STATS_INO {
             self.stats_handles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&fh);
+        } else {
+            self.disk_handles
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&fh);
