@@ -22,7 +22,8 @@ mod wiring;
 
 pub use crate::image::SizeMode;
 
-/// Everything a mount needs, as parsed from the command line.
+/// Everything a mount needs, as parsed from the command line. Its
+/// [`Default`] holds the defaults of the `zvmount` flags.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
     /// Image locations (`path`, `s3://bucket/key`, `https://…`), or
@@ -35,14 +36,15 @@ pub struct MountConfig {
     /// `<basename>.raw`.
     pub names: Vec<String>,
     /// How to reach stores (credentials, endpoint, timeouts).
-    pub store: zvstore::StoreArgs,
+    pub store: zvstore::StoreConfig,
     /// Explicit sidecar location (only with a single image).
     pub sidecar: Option<String>,
     /// Ignore sidecars even when one lies beside the image.
     pub no_sidecar: bool,
     /// Bytes of decoded blocks kept in memory.
     pub mem_cache: u64,
-    /// Persistent cache directory and its size limit.
+    /// Persistent cache directory and its size limit in bytes
+    /// ([`MountConfig::DEFAULT_DISK_CACHE`] unless told).
     pub disk_cache: Option<(PathBuf, u64)>,
     /// Blocks of sequential readahead (0 = none).
     pub readahead: u32,
@@ -61,6 +63,35 @@ pub struct MountConfig {
     pub on_ready: Option<fn()>,
     /// Serve Prometheus metrics here (`--metrics-addr`); off when `None`.
     pub metrics_addr: Option<MetricsAddr>,
+}
+
+impl MountConfig {
+    /// Size limit of a disk cache when none is given: 10 GiB.
+    pub const DEFAULT_DISK_CACHE: u64 = 10 << 30;
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        let image = crate::image::ImageOptions::default();
+        MountConfig {
+            sources: Vec::new(),
+            mountpoint: PathBuf::new(),
+            names: Vec::new(),
+            store: zvstore::StoreConfig::default(),
+            sidecar: None,
+            no_sidecar: false,
+            mem_cache: 512 << 20,
+            disk_cache: None,
+            readahead: u32::try_from(image.readahead_blocks).unwrap_or(u32::MAX),
+            prefetch_budget: image.prefetch_budget_bytes,
+            allow_other: false,
+            size_mode: image.size_mode,
+            record_profile: None,
+            raw_passthrough: false,
+            on_ready: None,
+            metrics_addr: None,
+        }
+    }
 }
 
 /// A running mount: the FUSE session thread and how to stop it.
@@ -323,10 +354,13 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
 
-    // The mount's own counters (its prefetch budget); images count apart.
+    // The mount's own counters (its prefetch budget, its stores' outages);
+    // each image counts its reads apart.
     let mount_metrics = Arc::new(Metrics::default());
-    let (opened, caches) =
-        runtime.block_on(wiring::open_all(&config, Arc::clone(&mount_metrics)))?;
+    // Opening a disk cache walks its directory: done here, on the calling
+    // thread, rather than inside the runtime.
+    let (cache, caches) = wiring::build_cache(&config)?;
+    let opened = runtime.block_on(wiring::open_all(&config, cache, Arc::clone(&mount_metrics)))?;
     let files: Vec<ServedFile> = opened.iter().map(|o| o.served.clone()).collect();
     for f in &files {
         tracing::info!(name = %f.name, origin = %f.origin, size = f.disk.size(), "serving");

@@ -14,19 +14,27 @@
 //! A read walks down FUSE → image → cache → store → format, one module per
 //! seam:
 //!
-//! - [`fuse`]: FUSE requests → image reads, nothing more;
-//! - [`image`]: block number → verified, decoded bytes, with single-flight;
-//! - [`prefetch`]: sequential readahead and boot-profile replay within a
-//!   memory budget;
+//! - the format crate [`zvhd2`]: pure ZVHD2 and `.zvidx` parsing, checking
+//!   and writing (no I/O, no tokio);
+//! - the store crate [`zvstore`]: the `ObjectStore` trait and its file, S3
+//!   and HTTP backends, retries, pinning, the one coalescing planner;
 //! - [`cache`]: decoded-block caches (memory LRU and persistent disk);
-//! - [`daemon`], [`metrics`]: a mount's lifecycle and what it counts;
+//! - [`image`]: block number → verified, decoded bytes, with single-flight;
+//! - [`prefetch`]: sequential readahead and boot-profile replay;
+//! - [`fuse`]: FUSE requests → image reads, nothing more;
+//! - [`daemon`], [`metrics`]: wiring a mount together and counting what it does;
 //! - [`telemetry`]: the stats file and the Prometheus exporter reading those
-//!   counts.
+//!   counts;
+//! - [`cli`]: the flags both binaries share (clap lives there, not below).
+//!
+//! A read walks down, never back up: [`fuse`] → [`image`] (via
+//! [`image::ImageDisk`]) → [`cache`] → the store → the format.
 // Gaps in the docs are counted by `cargo doc` (scripts/test.sh runs it);
 // under clippy's `-D warnings` each one would fail the build instead.
 #![cfg_attr(doc, warn(missing_docs))]
 
 pub mod cache;
+pub mod cli;
 pub mod daemon;
 pub mod fuse;
 pub mod image;

@@ -8,10 +8,9 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use zvmount::cli::{ByteSize, StoreArgs};
 use zvmount::daemon::{MountConfig, SizeMode, run_mount};
 use zvmount::telemetry::MetricsAddr;
-use zvmount::util::parse_size;
-use zvstore::StoreArgs;
 
 /// Mount ZVHD2 disk images from object storage as read-only raw files.
 ///
@@ -52,28 +51,28 @@ struct Cli {
     no_sidecar: bool,
 
     /// Memory for decoded blocks (LRU), e.g. 512MiB, 2GiB.
-    #[arg(long, value_name = "SIZE", default_value = "512MiB", value_parser = parse_size)]
-    mem_cache: u64,
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(MountConfig::default().mem_cache))]
+    mem_cache: ByteSize,
 
     /// Directory for a persistent cache of decoded blocks.
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
 
     /// Size limit of the --cache-dir cache.
-    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size, requires = "cache_dir")]
-    disk_cache: u64,
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(MountConfig::DEFAULT_DISK_CACHE), requires = "cache_dir")]
+    disk_cache: ByteSize,
 
     /// Blocks to fetch ahead of a sequential reader (0 disables).
-    #[arg(long, value_name = "BLOCKS", default_value_t = 4)]
+    #[arg(long, value_name = "BLOCKS", default_value_t = MountConfig::default().readahead)]
     readahead: u32,
 
     /// Memory that readahead and profile prefetch may hold in flight.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
-    prefetch_budget: u64,
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(MountConfig::default().prefetch_budget))]
+    prefetch_budget: ByteSize,
 
     /// Size of the served file: `orig`, the disk that was converted, or
     /// `curr`, rounded up to a whole GiB as Huawei's tools show it.
-    #[arg(long = "size", default_value_t = SizeMode::Orig)]
+    #[arg(long = "size", value_enum, default_value_t = MountConfig::default().size_mode)]
     size_mode: SizeMode,
 
     /// Let other users (and root) read the mount; needs `user_allow_other`
@@ -241,13 +240,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         sources: cli.sources,
         mountpoint: cli.mountpoint,
         names: cli.names,
-        store: cli.store,
+        store: cli.store.to_config(),
         sidecar: cli.sidecar,
         no_sidecar: cli.no_sidecar,
-        mem_cache: cli.mem_cache,
-        disk_cache: cli.cache_dir.map(|dir| (dir, cli.disk_cache)),
+        mem_cache: cli.mem_cache.0,
+        disk_cache: cli.cache_dir.map(|dir| (dir, cli.disk_cache.0)),
         readahead: cli.readahead,
-        prefetch_budget: cli.prefetch_budget,
+        prefetch_budget: cli.prefetch_budget.0,
         allow_other: cli.allow_other,
         size_mode: cli.size_mode,
         record_profile: cli.record_profile,

@@ -32,6 +32,11 @@ macro_rules! counters {
         pub struct Metrics {
             $( $(#[doc = $doc])* pub $name: AtomicU64, )*
             $( $(#[doc = $idoc])* pub $iname: $itype, )*
+            /// Store outages, the time spent in them, the store calls that
+            /// waited for the store to come back and the attempts retried
+            /// (counted by `zvstore`'s breaker; every store of the daemon
+            /// shares this).
+            pub outage: std::sync::Arc<zvstore::outage::OutageStats>,
         }
 
         /// A point-in-time copy of [`Metrics`], as JSON in
@@ -42,6 +47,14 @@ macro_rules! counters {
         pub struct MetricsSnapshot {
             $( $(#[doc = $doc])* pub $name: u64, )*
             $( $(#[doc = $idoc])* pub $iname: $isnap, )*
+            /// Store outages declared (see `zvstore::outage`).
+            pub outages: u64,
+            /// Whole seconds spent in outages, one in progress included.
+            pub outage_seconds: u64,
+            /// Store calls that waited for the store to come back.
+            pub reads_waited: u64,
+            /// Store attempts sent again after a transient failure.
+            pub retries: u64,
         }
 
         impl Metrics {
@@ -50,6 +63,10 @@ macro_rules! counters {
                 MetricsSnapshot {
                     $( $name: self.$name.load(Ordering::Relaxed), )*
                     $( $iname: self.$iname.snapshot(), )*
+                    outages: self.outage.outages.load(Ordering::Relaxed),
+                    outage_seconds: self.outage.outage_seconds(),
+                    reads_waited: self.outage.reads_waited.load(Ordering::Relaxed),
+                    retries: self.outage.retries.load(Ordering::Relaxed),
                 }
             }
         }

@@ -596,3 +596,85 @@ fn a_recorded_boot_profile_is_replayed_by_the_next_mount() {
     assert_eq!(after.cache_misses, 0, "{after:?}");
     assert!(m.stop().success());
 }
+
+/// The budget fix over a real mount: two images whose boot profiles are
+/// each larger than the mount's memory cache. The mount holds at most one
+/// prefetch budget in flight for both, each replay brings in its share
+/// (half the cache, split between the two), and both guests then read
+/// their replayed blocks from the cache.
+#[test]
+fn two_images_replay_within_one_budget_and_cache() {
+    const BLOCKS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let mut raws = Vec::new();
+    for (name, seed) in [("a", 11u64), ("b", 13)] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut raw = vec![0u8; BLOCKS * 2 * MIB];
+        rng.fill(&mut raw[..]);
+        let path = dir.path().join(format!("{name}.zvhd2"));
+        let summary = write_image(
+            &raw[..],
+            raw.len() as u64,
+            File::create(&path).unwrap(),
+            &WriteOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let mut sidecar = summary.sidecar;
+        sidecar.boot_profile = (0..BLOCKS as u64).collect();
+        std::fs::write(
+            dir.path().join(format!("{name}.zvhd2.zvidx")),
+            sidecar.encode(),
+        )
+        .unwrap();
+        raws.push((path, raw));
+    }
+    let budget = 10 * MIB as u64;
+    let m = Mounted::builder()
+        .args([
+            "--readahead",
+            "0",
+            "--mem-cache",
+            "16MiB",
+            "--prefetch-budget",
+            "10MiB",
+        ])
+        .arg(&raws[0].0)
+        .arg(&raws[1].0)
+        .expect_file("a.raw")
+        .expect_file("b.raw")
+        .start();
+    // 16 MiB of cache: 8 MiB for replays, 4 MiB (two blocks) per image.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while m.stats().profile_capped < 2 * (BLOCKS as u64 - 2) || m.stats().blocks_prefetched < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replays did not finish: {:?}",
+            m.stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = m.stats();
+    assert_eq!(before.profile_blocks, 4, "{before:?}");
+    assert!(before.prefetch_bytes_peak > 0, "{before:?}");
+    assert!(
+        before.prefetch_bytes_peak <= budget,
+        "more than the one budget in flight: {before:?}"
+    );
+    for (name, raw) in [("a.raw", &raws[0].1), ("b.raw", &raws[1].1)] {
+        let file = File::open(m.path(name)).unwrap();
+        for b in 0..2usize {
+            let mut buf = vec![0u8; 4096];
+            file.read_exact_at(&mut buf, (b * 2 * MIB) as u64).unwrap();
+            assert_eq!(
+                buf,
+                raw[b * 2 * MIB..b * 2 * MIB + 4096],
+                "{name} block {b}"
+            );
+        }
+    }
+    let after = m.stats();
+    assert_eq!(after.store_requests, before.store_requests, "{after:?}");
+    assert_eq!(after.cache_misses, 0, "{after:?}");
+    assert!(m.stop().success());
+}

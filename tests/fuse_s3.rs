@@ -46,8 +46,10 @@ fn mount_from_s3_survives_the_store_going_away() {
             "us-east-1",
             "--timeout",
             "2s",
-            "--retries",
-            "1",
+            // An outage fails reads once this has passed (it would
+            // wait 120 s by default; tests/fuse_outage.rs covers waiting).
+            "--io-timeout",
+            "1s",
             "--readahead",
             "0",
         ])

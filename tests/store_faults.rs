@@ -20,6 +20,7 @@ fn policy(retries: u32) -> RetryPolicy {
         base_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(5),
         max_concurrent: 16,
+        ..RetryPolicy::default()
     }
 }
 

@@ -18,7 +18,7 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 fn args(timeout_ms: u64, retries: u32) -> StoreArgs {
     StoreArgs {
         timeout: Duration::from_millis(timeout_ms),
-        retries,
+        retries: Some(retries),
         ..StoreArgs::default()
     }
 }

@@ -333,7 +333,7 @@ async fn a_stalled_endpoint_times_out_with_bounded_retries() {
     let mut args = server.store_args();
     args.endpoint_url = Some(endpoint);
     args.timeout = std::time::Duration::from_millis(300);
-    args.retries = 1;
+    args.retries = Some(1);
     let (store, key) = open_source("s3://stalled/img", &args).await.unwrap();
     let err = store.get_range(&key, 0..4096, None).await.unwrap_err();
     assert!(

@@ -48,14 +48,22 @@ impl Opened {
     }
 }
 
-/// Opens every source of `config`, in order, into one mount whose own
-/// (mount-wide) counters are `metrics`; each image counts into its own
-/// [`Metrics`]. Also returns the cache tiers, for the mount's telemetry.
+/// Opens every source of `config`, in order, reading through `cache`, into
+/// one mount whose own (mount-wide) counters are `metrics`; each image
+/// counts into its own [`Metrics`].
 pub(super) async fn open_all(
     config: &MountConfig,
+    cache: Arc<dyn BlockCache>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<(Vec<Opened>, Vec<CacheGauge>)> {
-    let (cache, caches) = build_cache(config)?;
+) -> anyhow::Result<Vec<Opened>> {
+    // Every store counts its outages into the mount's counters.
+    let config = &MountConfig {
+        store: zvstore::StoreArgs {
+            outage_stats: Some(Arc::clone(&metrics.outage)),
+            ..config.store.clone()
+        },
+        ..config.clone()
+    };
     let options = image_options(config);
     // One budget, one set of decode slots and one cache for every image:
     // K images must not hold K budgets in flight.
@@ -115,7 +123,7 @@ pub(super) async fn open_all(
             }
         }
     }
-    Ok((opened, caches))
+    Ok(opened)
 }
 
 /// Whether `source` names a directory or prefix rather than one image.
@@ -206,7 +214,12 @@ fn image_options(config: &MountConfig) -> ImageOptions {
     }
 }
 
-fn build_cache(config: &MountConfig) -> anyhow::Result<(Arc<dyn BlockCache>, Vec<CacheGauge>)> {
+/// The mount's block cache, and a gauge per tier for the mount's
+/// telemetry. Opening a disk cache walks its directory: call it outside
+/// the async runtime.
+pub(super) fn build_cache(
+    config: &MountConfig,
+) -> anyhow::Result<(Arc<dyn BlockCache>, Vec<CacheGauge>)> {
     let mut gauges = Vec::new();
     let memory: Arc<dyn BlockCache> = if config.mem_cache == 0 {
         Arc::new(NoCache)

@@ -12,10 +12,11 @@ use tokio::sync::oneshot;
 use super::{FetchKind, Image};
 use crate::metrics::{Metrics, StoreErrorKind};
 use crate::prefetch::BudgetPermit;
-use zvhd2::verify::{self, VerifyError};
+use zvhd2::verify::{self, VerifyError, VerifyFailure};
 use zvhd2::{BlockLocation, RecordLocation, SidecarEntry};
-use zvstore::StoreError;
 use zvstore::coalesce::{RunLimits, plan_runs};
+use zvstore::outage::Priority;
+use zvstore::{StoreError, StoreResult};
 
 /// Why one block could not be produced. Shared by every reader that waited
 /// for the block; turned into an [`super::ImageError`] naming image, block
@@ -185,10 +186,7 @@ async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
     let m = &image.metrics;
     Metrics::inc(&m.store_requests);
     let sent = Instant::now();
-    let fetched = image
-        .store
-        .get_range(&image.layout.key, start..end, Some(&image.layout.meta))
-        .await;
+    let fetched = get(image, start..end, kind).await;
     m.store_latency.observe(sent.elapsed());
     let bytes = match fetched {
         Ok(bytes) if bytes.len() as u64 == end - start => bytes,
@@ -214,7 +212,26 @@ async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
         let from = (p.loc.offset - start) as usize;
         let record = bytes.slice(from..from + p.loc.size as usize);
         async move {
-            let result = decode(image, p.block, p.loc, record).await;
+            let mut result = decode(image, p.block, p.loc, record).await;
+            // Bytes can be damaged in transit: fetch a record that fails a
+            // check once more before the reader gets EIO (never the bytes).
+            // A sidecar that does not describe the record stays wrong.
+            if let Err(failure) = &result
+                && failure.is_corruption()
+                && !matches!(
+                    &**failure,
+                    BlockFailure::Verify(VerifyError {
+                        failure: VerifyFailure::Placement { .. } | VerifyFailure::SidecarHasData,
+                        ..
+                    })
+                )
+            {
+                tracing::warn!(
+                    "{}; fetching the record once more",
+                    image.block_error(p.block, p.loc, Arc::clone(failure))
+                );
+                result = refetch(image, p.block, p.loc, kind).await;
+            }
             match &result {
                 Ok(_) => {
                     Metrics::inc(&m.blocks_fetched);
@@ -230,6 +247,47 @@ async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
         }
     });
     futures::future::join_all(decodes).await;
+}
+
+/// One range GET of the image. Prefetches go to the store at
+/// [`Priority::Prefetch`]: during an outage they pause behind demand reads.
+async fn get(image: &Image, range: std::ops::Range<u64>, kind: FetchKind) -> StoreResult<Bytes> {
+    let fut = image
+        .store
+        .get_range(&image.layout.key, range, Some(&image.layout.meta));
+    match kind {
+        FetchKind::Demand => fut.await,
+        FetchKind::Readahead | FetchKind::Profile => Priority::Prefetch.scope(fut).await,
+    }
+}
+
+/// The second (and last) try at a record that failed a check.
+async fn refetch(
+    image: &Arc<Image>,
+    block: u64,
+    loc: RecordLocation,
+    kind: FetchKind,
+) -> Result<Bytes, Arc<BlockFailure>> {
+    let m = &image.metrics;
+    Metrics::inc(&m.store_requests);
+    let range = loc.offset..loc.offset + u64::from(loc.size);
+    match get(image, range, kind).await {
+        Ok(record) if record.len() == loc.size as usize => {
+            Metrics::add(&m.store_bytes, record.len() as u64);
+            decode(image, block, loc, record).await
+        }
+        Ok(record) => {
+            Metrics::inc(&m.fetch_errors);
+            Err(Arc::new(BlockFailure::ShortRead {
+                expected: u64::from(loc.size),
+                actual: record.len() as u64,
+            }))
+        }
+        Err(e) => {
+            Metrics::inc(&m.fetch_errors);
+            Err(Arc::new(BlockFailure::Fetch(e)))
+        }
+    }
 }
 
 fn fail_group(image: &Image, group: Vec<Pending>, failure: Arc<BlockFailure>) {

@@ -83,9 +83,23 @@ impl ImageLayout {
 
         let header = ImageHeader::parse(&head, &tail, meta.size).map_err(format_err)?;
 
-        let sidecar = sidecar_bytes
+        let sidecar = match sidecar_bytes
             .map(|bytes| accept_sidecar(&location, &sidecar_name, &bytes, &identity, &header))
-            .transpose()?;
+            .transpose()
+        {
+            Ok(found) => found,
+            // A sidecar found beside the image may be left over from the
+            // image it replaced: it must not make the image unmountable.
+            // One named explicitly stays a hard error.
+            Err(e) if matches!(sidecar, SidecarSource::Auto) => {
+                tracing::warn!(
+                    "{e}; it was found beside the image (not named with --sidecar), so it is \
+                     ignored and the image's own index is used (re-create it with `zvimg index`)"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
 
         let index = match &sidecar {
             Some(sc) => sc.block_index(),
@@ -225,7 +239,8 @@ mod tests {
     use zvstore::file::FileStore;
 
     /// A sidecar whose identity matches but whose geometry disagrees with
-    /// the image's footer is refused, not trusted.
+    /// the image's footer is never trusted: named explicitly it is refused;
+    /// found beside the image it is ignored for the image's own index.
     #[tokio::test]
     async fn sidecar_with_other_geometry_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -255,10 +270,19 @@ mod tests {
             let mut other = summary.sidecar.clone();
             change(&mut other);
             std::fs::write(dir.path().join("img.zvhd2.zvidx"), other.encode()).unwrap();
-            let err = ImageLayout::load(&store, "img.zvhd2", &SidecarSource::Auto)
+            let named = SidecarSource::Object(
+                Arc::new(FileStore::new(dir.path())),
+                "img.zvhd2.zvidx".into(),
+            );
+            let err = ImageLayout::load(&store, "img.zvhd2", &named)
                 .await
                 .unwrap_err();
             assert!(matches!(err, ImageError::Sidecar { .. }), "{err}");
+            let beside = ImageLayout::load(&store, "img.zvhd2", &SidecarSource::Auto)
+                .await
+                .unwrap();
+            assert!(beside.sidecar.is_none());
+            assert_eq!(beside.index.block_count(), layout.index.block_count());
         }
     }
 }

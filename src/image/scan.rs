@@ -59,6 +59,9 @@ impl Default for ScanOptions {
 
 /// Calls `each` for every block of the image, in block order. Stops at the
 /// first error (from the store, the format, verification, or `each`).
+/// `each` may block (write the block to a file): on a multi-threaded
+/// runtime it runs in [`tokio::task::block_in_place`], so the fetches
+/// and decodes in flight keep going on the other workers.
 pub async fn scan_blocks<F, E>(
     store: Arc<dyn ObjectStore>,
     layout: &ImageLayout,
@@ -163,8 +166,15 @@ where
         .buffered(options.parallel.max(1));
     futures::pin_mut!(fetches);
 
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
     while let Some(item) = fetches.next().await {
-        each(item?)?;
+        let block = item?;
+        if multi_thread {
+            tokio::task::block_in_place(|| each(block))?;
+        } else {
+            each(block)?;
+        }
     }
     Ok(())
 }

@@ -62,9 +62,17 @@ pub struct ImageTelemetry {
 }
 
 /// Stats keys that belong to the mount, not to one image (the mount-wide
-/// prefetch budget): counted in the mount's own [`Metrics`], left out of
-/// each image's section.
-pub const MOUNT_KEYS: &[&str] = &["prefetch_bytes_in_flight", "prefetch_bytes_peak"];
+/// prefetch budget; the outage breaker every store of the daemon shares):
+/// counted in the mount's own [`Metrics`], left out of each image's
+/// section.
+pub const MOUNT_KEYS: &[&str] = &[
+    "prefetch_bytes_in_flight",
+    "prefetch_bytes_peak",
+    "outages",
+    "outage_seconds",
+    "reads_waited",
+    "retries",
+];
 
 /// Everything one mount reports: its images' counters, its own and its
 /// caches.

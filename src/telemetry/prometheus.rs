@@ -117,12 +117,6 @@ const FAMILIES: &[Family] = &[
         series: &one("store_bytes"),
     },
     Family {
-        name: "zvmount_store_retries",
-        help: "Store request attempts that were retried.",
-        shape: Shape::Counter,
-        series: &one("retries"),
-    },
-    Family {
         name: "zvmount_blocks_fetched",
         help: "Blocks fetched from the store and decoded (demand and prefetch).",
         shape: Shape::Counter,
@@ -170,31 +164,7 @@ const FAMILIES: &[Family] = &[
         shape: Shape::CounterNsAsSeconds,
         series: &one("decode_ns"),
     },
-    // Outages and hydration: exported once the daemon counts them.
-    Family {
-        name: "zvmount_store_outage",
-        help: "1 while the image's store is unreachable, else 0.",
-        shape: Shape::Gauge,
-        series: &one("outage"),
-    },
-    Family {
-        name: "zvmount_store_outages",
-        help: "Times the image's store became unreachable.",
-        shape: Shape::Counter,
-        series: &one("outages"),
-    },
-    Family {
-        name: "zvmount_store_outage_seconds",
-        help: "Time the image's store was unreachable.",
-        shape: Shape::CounterSeconds,
-        series: &one("outage_seconds"),
-    },
-    Family {
-        name: "zvmount_outage_waited_reads",
-        help: "Reads that waited for the store to come back.",
-        shape: Shape::Counter,
-        series: &one("reads_waited"),
-    },
+    // Hydration: exported once the daemon counts it.
     Family {
         name: "zvmount_hydrate_done_blocks",
         help: "Blocks of the image held in the local cache by hydration.",
@@ -223,18 +193,51 @@ const HISTOGRAMS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The mount's own levels (see [`super::MOUNT_KEYS`]), by stats-file key.
-const MOUNT_GAUGES: &[(&str, &str, &str)] = &[
-    (
-        "prefetch_bytes_in_flight",
-        "zvmount_prefetch_budget_used_bytes",
-        "Bytes of the mount's prefetch budget held now.",
-    ),
-    (
-        "prefetch_bytes_peak",
-        "zvmount_prefetch_budget_peak_bytes",
-        "The most bytes of the mount's prefetch budget ever held at once.",
-    ),
+/// The mount's own figures (see [`super::MOUNT_KEYS`]): series with only
+/// the `mount` label.
+const MOUNT_FAMILIES: &[Family] = &[
+    Family {
+        name: "zvmount_prefetch_budget_used_bytes",
+        help: "Bytes of the mount's prefetch budget held now.",
+        shape: Shape::Gauge,
+        series: &one("prefetch_bytes_in_flight"),
+    },
+    Family {
+        name: "zvmount_prefetch_budget_peak_bytes",
+        help: "The most bytes of the mount's prefetch budget ever held at once.",
+        shape: Shape::Gauge,
+        series: &one("prefetch_bytes_peak"),
+    },
+    Family {
+        name: "zvmount_store_retries",
+        help: "Store request attempts sent again after a transient failure.",
+        shape: Shape::Counter,
+        series: &one("retries"),
+    },
+    Family {
+        name: "zvmount_store_outage",
+        help: "1 while the store is unreachable, else 0.",
+        shape: Shape::Gauge,
+        series: &one("outage"),
+    },
+    Family {
+        name: "zvmount_store_outages",
+        help: "Times the store became unreachable.",
+        shape: Shape::Counter,
+        series: &one("outages"),
+    },
+    Family {
+        name: "zvmount_store_outage_seconds",
+        help: "Time the store was unreachable (whole seconds).",
+        shape: Shape::CounterSeconds,
+        series: &one("outage_seconds"),
+    },
+    Family {
+        name: "zvmount_outage_waited_reads",
+        help: "Store calls that waited for the store to come back.",
+        shape: Shape::Counter,
+        series: &one("reads_waited"),
+    },
 ];
 
 /// A [`Collector`] reading a mount's figures at every scrape.
@@ -379,13 +382,17 @@ impl Collector for MountCollector {
         }
 
         let mount_snap = t.mount_snapshot();
-        for (key, name, help) in MOUNT_GAUGES {
-            let Some(value) = number(&mount_snap, key) else {
+        for family in MOUNT_FAMILIES {
+            let Some(value) = number(&mount_snap, family.series[0].0) else {
                 continue;
             };
-            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            let kind = match family.shape {
+                Shape::Gauge => MetricType::Gauge,
+                _ => MetricType::Counter,
+            };
+            let mut m = encoder.encode_descriptor(family.name, family.help, None, kind)?;
             let l: Labels = vec![("mount", mount.clone())];
-            m.encode_family(&l)?.encode_gauge(&value)?;
+            encode_value(&mut m, &l, family.shape, value)?;
         }
 
         let usage = t.cache_usage();

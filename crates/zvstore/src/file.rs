@@ -125,18 +125,30 @@ impl ObjectStore for FileStore {
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<(String, ObjectMeta)>> {
-        let mut out = Vec::new();
+        // A directory walk blocks: run it off the runtime's workers.
         let dir = self.path(prefix);
-        let rd = std::fs::read_dir(&dir).map_err(|e| self.io_err(prefix, "list", e))?;
-        for entry in rd.flatten() {
-            let md = match entry.metadata() {
-                Ok(md) if md.is_file() => md,
-                _ => continue,
-            };
-            let rel = Path::new(prefix).join(entry.file_name());
-            let key = rel.to_string_lossy().into_owned();
-            out.push((key.clone(), self.meta_of(&key, &md)));
-        }
+        let listed = tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            for entry in std::fs::read_dir(&dir)?.flatten() {
+                if let Ok(md) = entry.metadata()
+                    && md.is_file()
+                {
+                    found.push((entry.file_name(), md));
+                }
+            }
+            Ok::<_, std::io::Error>(found)
+        })
+        .await
+        .map_err(|e| self.io_err(prefix, "list", std::io::Error::other(e)))?
+        .map_err(|e| self.io_err(prefix, "list", e))?;
+        let mut out: Vec<_> = listed
+            .into_iter()
+            .map(|(name, md)| {
+                let key = Path::new(prefix).join(name).to_string_lossy().into_owned();
+                let meta = self.meta_of(&key, &md);
+                (key, meta)
+            })
+            .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
@@ -147,9 +159,23 @@ impl ObjectStore for FileStore {
             std::fs::create_dir_all(parent).map_err(|e| self.io_err(key, "mkdir", e))?;
         }
         // Copy to a temporary name and rename, so a reader never sees half a file.
+        // A whole image: copy on a blocking thread, not a runtime worker.
         let tmp = dest.with_extension(format!("partial-{}", std::process::id()));
-        std::fs::copy(path, &tmp).map_err(|e| self.io_err(key, "copy", e))?;
+        let (from, to) = (path.to_owned(), tmp.clone());
+        tokio::task::spawn_blocking(move || std::fs::copy(from, to))
+            .await
+            .map_err(|e| self.io_err(key, "copy", std::io::Error::other(e)))?
+            .map_err(|e| self.io_err(key, "copy", e))?;
         std::fs::rename(&tmp, &dest).map_err(|e| self.io_err(key, "rename", e))?;
         self.head(key).await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        match std::fs::remove_file(self.path(key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(self.io_err(key, "remove", e))
+            }
+            _ => Ok(()),
+        }
     }
 }

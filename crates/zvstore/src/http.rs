@@ -7,9 +7,20 @@
 //! ETag), and every answer's validator is compared again, for servers that
 //! ignore conditional headers. Query strings and user info never appear in
 //! locations or errors: they may carry credentials.
+//!
+//! Sources that go stale while mounted: a URL that redirects (to a
+//! short-lived signed URL, typically) has its target cached, and when the
+//! target answers 401/403 the original URL is asked once more for a fresh
+//! one. A presigned URL given directly names its expiry (`X-Amz-Date` +
+//! `X-Amz-Expires`) in the error once it has passed, and a warning at open
+//! says when it expires within a day. A `200` whose `Content-Range` is
+//! exactly the range asked for is accepted (P2P proxies answer so).
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,14 +28,19 @@ use reqwest::header::{
     CONTENT_LENGTH, CONTENT_RANGE, ETAG, HeaderMap, IF_MATCH, IF_UNMODIFIED_SINCE, LAST_MODIFIED,
     RANGE,
 };
-use reqwest::{Client, Method, Response, StatusCode, Url};
+use reqwest::{Client, Method, Response, StatusCode, Url, redirect};
 
-use super::source::{StoreArgs, redact_url};
 use super::{ObjectMeta, ObjectStore, StoreError, StoreResult};
+use super::{StoreConfig, redact_url};
 
 /// Prefix marking an [`ObjectMeta::etag`] that is really a `Last-Modified`
 /// value (the server sent no strong ETag).
 const LAST_MODIFIED_TAG: &str = "last-modified:";
+
+/// Redirects followed for one request before giving up (a loop).
+const MAX_REDIRECTS: usize = 10;
+/// A presigned URL expiring sooner than this after open is warned about.
+const EXPIRY_WARNING: Duration = Duration::from_secs(24 * 3600);
 
 /// Objects under one HTTP(S) base URL.
 #[derive(Clone)]
@@ -32,6 +48,8 @@ pub struct HttpStore {
     client: Client,
     /// May hold `user:password@` (reqwest sends it as basic auth): never printed raw.
     base: Url,
+    /// Where each key's URL last redirected to (signed targets: never printed).
+    targets: Arc<Mutex<HashMap<String, Url>>>,
 }
 
 impl std::fmt::Debug for HttpStore {
@@ -44,7 +62,7 @@ impl std::fmt::Debug for HttpStore {
 
 impl HttpStore {
     /// A store for the directory of `url`, and the key of `url` in it.
-    pub fn for_url(url: &str, args: &StoreArgs) -> StoreResult<(HttpStore, String)> {
+    pub fn for_url(url: &str, args: &StoreConfig) -> StoreResult<(HttpStore, String)> {
         let bad = |detail: String| StoreError::Other {
             location: redact_url(url),
             op: "parse URL".into(),
@@ -68,11 +86,34 @@ impl HttpStore {
         base.set_query(None);
         base.set_fragment(None);
         base.set_path(&path[..path.len() - name.len()]);
+        // Redirects are followed here, not by reqwest, so that a signed
+        // target can be cached and renewed (see `send`).
         let client = Client::builder()
             .connect_timeout(args.timeout.min(std::time::Duration::from_secs(10)))
+            .redirect(redirect::Policy::none())
             .build()
             .map_err(|e| bad(e.without_url().to_string()))?;
-        Ok((HttpStore { client, base }, key))
+        if let Some(expiry) = presigned_expiry(&parsed) {
+            let location = redact_url(url);
+            match expiry.duration_since(SystemTime::now()) {
+                Err(_) => tracing::warn!(
+                    "{location}: the presigned URL expired at {}; reads will be refused",
+                    http_time(expiry)
+                ),
+                Ok(left) if left < EXPIRY_WARNING => tracing::warn!(
+                    "{location}: the presigned URL expires at {} (in {:.1} h); reads after that fail",
+                    http_time(expiry),
+                    left.as_secs_f64() / 3600.0
+                ),
+                Ok(_) => {}
+            }
+        }
+        let store = HttpStore {
+            client,
+            base,
+            targets: Arc::default(),
+        };
+        Ok((store, key))
     }
 
     /// `key` resolved against the base. The `./` keeps a name with a colon
@@ -91,6 +132,10 @@ impl HttpStore {
         })
     }
 
+    /// Sends one request for `key`, following redirects: from the cached
+    /// target of an earlier redirect when there is one; when that target
+    /// refuses (401/403: a signed URL that expired), from the original URL
+    /// once more, which redirects to a fresh target.
     async fn send(
         &self,
         key: &str,
@@ -98,18 +143,128 @@ impl HttpStore {
         method: Method,
         headers: HeaderMap,
     ) -> StoreResult<Response> {
-        let url = self.url(key)?;
-        self.client
-            .request(method, url)
-            .headers(headers)
-            .send()
-            .await
-            .map_err(|e| StoreError::Transient {
-                location: self.location(key),
+        let original = self.url(key)?;
+        let cached = self
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        let mut from_cache = cached.is_some();
+        let mut url = cached.unwrap_or_else(|| original.clone());
+        let mut redirected = false;
+        let mut hops = 0;
+        loop {
+            let resp = self
+                .client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone())
+                .send()
+                .await
+                .map_err(|e| self.send_error(key, op, e))?;
+            let status = resp.status();
+            if status.is_redirection()
+                && let Some(next) = header_str(resp.headers(), reqwest::header::LOCATION.as_str())
+                    .and_then(|l| url.join(l).ok())
+            {
+                hops += 1;
+                if hops > MAX_REDIRECTS {
+                    return Err(self.protocol_error(
+                        key,
+                        op,
+                        &format!("more than {MAX_REDIRECTS} redirects (a redirect loop?)"),
+                    ));
+                }
+                url = next;
+                redirected = true;
+                continue;
+            }
+            if from_cache && matches!(status.as_u16(), 401 | 403) {
+                tracing::info!(
+                    location = %self.location(key),
+                    "the cached redirect target refused ({status}); asking the original URL again"
+                );
+                self.forget_target(key);
+                from_cache = false;
+                redirected = false;
+                url = original.clone();
+                continue;
+            }
+            if redirected && status.is_success() {
+                self.targets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.to_string(), url);
+            }
+            return Ok(resp);
+        }
+    }
+
+    fn forget_target(&self, key: &str) {
+        self.targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// A request that got no answer: transient (refused, reset, DNS,
+    /// timeout), unless the request itself could not be built.
+    fn send_error(&self, key: &str, op: &str, e: reqwest::Error) -> StoreError {
+        let location = self.location(key);
+        let builder = e.is_builder();
+        let detail = error_chain(&e.without_url());
+        if builder {
+            return StoreError::Other {
+                location,
                 op: op.into(),
-                attempt: 0,
-                detail: error_chain(&e.without_url()),
-            })
+                detail,
+            };
+        }
+        StoreError::Transient {
+            location,
+            op: op.into(),
+            attempt: 0,
+            detail,
+        }
+    }
+
+    /// The error for a 401/403: an expired presigned URL says when it
+    /// expired (from its own query, or the server's "Request has expired").
+    async fn refused(&self, key: &str, status: StatusCode, resp: Response) -> StoreError {
+        let location = self.location(key);
+        let expiry = self.url(key).ok().and_then(|u| presigned_expiry(&u));
+        if let Some(at) = expiry
+            && at <= SystemTime::now()
+        {
+            return StoreError::Forbidden {
+                location,
+                detail: format!(
+                    "HTTP {status}: the presigned URL expired at {} (X-Amz-Date + X-Amz-Expires); \
+                     mount with a fresh URL",
+                    http_time(at)
+                ),
+            };
+        }
+        let body = resp.text().await.unwrap_or_default();
+        if body.contains("Request has expired")
+            || body.contains("AccessDenied: Request has expired")
+        {
+            return StoreError::Forbidden {
+                location,
+                detail: format!(
+                    "HTTP {status}: the server says \"Request has expired\": the presigned URL \
+                     is no longer valid{}; mount with a fresh URL",
+                    expiry.map_or(String::new(), |at| format!(
+                        " (it says it expires at {})",
+                        http_time(at)
+                    ))
+                ),
+            };
+        }
+        StoreError::Forbidden {
+            location,
+            detail: format!("HTTP {status}"),
+        }
     }
 
     /// The error for a non-success status.
@@ -212,6 +367,9 @@ impl HttpStore {
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 Some(content_range_total(resp.headers()).unwrap_or(0))
             }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(self.refused(key, status, resp).await);
+            }
             _ => return Err(self.status_error(key, "GET 0..1", status, None, None, None)),
         };
         let size = size.ok_or_else(|| {
@@ -312,13 +470,41 @@ impl ObjectStore for HttpStore {
                 self.body(key, &op, resp).await
             }
             StatusCode::OK => {
-                // The server ignored Range: acceptable only when the whole object was wanted.
                 let size = header_u64(&headers, CONTENT_LENGTH.as_str());
+                match content_range(&headers) {
+                    // P2P proxies answer a range with 200 and a
+                    // Content-Range: right when it is exactly the range.
+                    Some((start, end, total)) if start == range.start && end == range.end => {
+                        self.check_pin(key, pin, &meta_from(&headers, total))?;
+                        return self.body(key, &op, resp).await;
+                    }
+                    Some((start, end, _)) => {
+                        return Err(self.protocol_error(
+                            key,
+                            &op,
+                            &format!(
+                                "the server (or a proxy in front of it) answered 200 with bytes \
+                                 {start}..{end} instead of the range asked for"
+                            ),
+                        ));
+                    }
+                    None => {}
+                }
+                // The Range was ignored: acceptable only when the whole
+                // object was wanted.
                 if range.start != 0 || size != Some(range.end) {
-                    return Err(self.protocol_error(key, &op, "the server ignores Range requests"));
+                    return Err(self.protocol_error(
+                        key,
+                        &op,
+                        "the server (or a proxy in front of it) ignores Range requests: it \
+                         answered 200 with the whole object",
+                    ));
                 }
                 self.check_pin(key, pin, &meta_from(&headers, range.end))?;
                 self.body(key, &op, resp).await
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(self.refused(key, status, resp).await)
             }
             _ => Err(self.status_error(
                 key,
@@ -372,6 +558,9 @@ impl ObjectStore for HttpStore {
             }
             // A suffix of an empty object is unsatisfiable.
             StatusCode::RANGE_NOT_SATISFIABLE => Ok((Bytes::new(), self.head(key).await?)),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(self.refused(key, status, resp).await)
+            }
             _ => Err(self.status_error(key, &op, status, None, None, None)),
         }
     }
@@ -392,6 +581,57 @@ impl ObjectStore for HttpStore {
             None => format!("{key}{suffix}"),
         }
     }
+}
+
+/// When a presigned URL stops working: `X-Amz-Date` + `X-Amz-Expires`
+/// (SigV4), or `Expires` (SigV2, seconds since the epoch). `None` for a URL
+/// that is not presigned.
+pub fn presigned_expiry(url: &Url) -> Option<SystemTime> {
+    let mut date = None;
+    let mut expires = None;
+    let mut v2 = None;
+    for (k, v) in url.query_pairs() {
+        match k.to_ascii_lowercase().as_str() {
+            "x-amz-date" => date = Some(v.into_owned()),
+            "x-amz-expires" => expires = v.parse::<u64>().ok(),
+            "expires" => v2 = v.parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    if let (Some(date), Some(expires)) = (date, expires) {
+        return Some(parse_amz_date(&date)? + Duration::from_secs(expires));
+    }
+    v2.map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// `20261130T080000Z` (SigV4's basic ISO 8601) as a time.
+fn parse_amz_date(v: &str) -> Option<SystemTime> {
+    let b = v.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &v[0..4],
+        &v[4..6],
+        &v[6..8],
+        &v[9..11],
+        &v[11..13],
+        &v[13..15]
+    );
+    let t = aws_sdk_s3::primitives::DateTime::from_str(
+        &rfc3339,
+        aws_sdk_s3::primitives::DateTimeFormat::DateTime,
+    )
+    .ok()?;
+    SystemTime::try_from(t).ok()
+}
+
+/// A time as an RFC 3339 UTC string, for messages.
+pub(crate) fn http_time(t: SystemTime) -> String {
+    aws_sdk_s3::primitives::DateTime::from(t)
+        .fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime)
+        .unwrap_or_else(|_| format!("{t:?}"))
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -450,7 +690,7 @@ mod tests {
     fn keys_and_locations() {
         let (s, key) = HttpStore::for_url(
             "https://h.example/a/b/img.zvhd2?X-Amz-Signature=s3cr3t",
-            &StoreArgs::default(),
+            &StoreConfig::default(),
         )
         .unwrap();
         assert_eq!(key, "img.zvhd2?X-Amz-Signature=s3cr3t");
@@ -463,10 +703,11 @@ mod tests {
             s.sibling_key(&key, ".zvidx"),
             "img.zvhd2.zvidx?X-Amz-Signature=s3cr3t"
         );
-        assert!(HttpStore::for_url("https://h.example/dir/", &StoreArgs::default()).is_err());
+        assert!(HttpStore::for_url("https://h.example/dir/", &StoreConfig::default()).is_err());
         // A colon in the name must not turn the key into a URL of its own.
         let (s, key) =
-            HttpStore::for_url("https://h.example/d/disk:1.zvhd2", &StoreArgs::default()).unwrap();
+            HttpStore::for_url("https://h.example/d/disk:1.zvhd2", &StoreConfig::default())
+                .unwrap();
         assert_eq!(
             s.url(&key).unwrap().as_str(),
             "https://h.example/d/disk:1.zvhd2"
@@ -475,10 +716,30 @@ mod tests {
             s.url(&s.sibling_key(&key, ".zvidx")).unwrap().as_str(),
             "https://h.example/d/disk:1.zvhd2.zvidx"
         );
-        let (s, key) =
-            HttpStore::for_url("https://me:pa55word@h.example/x.img", &StoreArgs::default())
-                .unwrap();
+        let (s, key) = HttpStore::for_url(
+            "https://me:pa55word@h.example/x.img",
+            &StoreConfig::default(),
+        )
+        .unwrap();
         assert!(!format!("{s:?} {}", s.location(&key)).contains("pa55word"));
+    }
+
+    #[test]
+    fn presigned_expiry_from_the_query() {
+        let u = Url::parse(
+            "https://h/x?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261130T080000Z&X-Amz-Expires=3600&X-Amz-Signature=s",
+        )
+        .unwrap();
+        let at = presigned_expiry(&u).unwrap();
+        assert_eq!(http_time(at), "2026-11-30T09:00:00Z");
+        let v2 = Url::parse("https://h/x?AWSAccessKeyId=a&Expires=1700000000&Signature=s").unwrap();
+        assert_eq!(
+            presigned_expiry(&v2),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(presigned_expiry(&Url::parse("https://h/x").unwrap()), None);
+        let bad = Url::parse("https://h/x?X-Amz-Date=2026&X-Amz-Expires=60").unwrap();
+        assert_eq!(presigned_expiry(&bad), None);
     }
 
     #[test]

@@ -22,14 +22,23 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod coalesce;
+pub mod config;
+#[cfg(any(test, feature = "testing"))]
 pub mod fault;
 pub mod file;
 pub mod http;
+pub mod outage;
 pub mod resilient;
 pub mod s3;
 pub mod source;
+pub mod units;
 
-pub use source::{StaticCredentials, StoreArgs, open_source};
+pub use config::{StaticCredentials, StoreConfig};
+pub use source::{is_remote, open_source, parse_source};
+
+/// The former name of [`StoreConfig`], kept while callers move to the new
+/// one (the binaries' clap flags are `zvmount::cli::StoreArgs`).
+pub type StoreArgs = StoreConfig;
 
 /// What a store knows about one object; `etag`/`modified` make up its
 /// identity, which reads can be pinned to.
@@ -77,6 +86,18 @@ pub enum StoreError {
         op: String,
         attempt: u32,
         detail: String,
+    },
+    /// The store stayed unreachable (transient failures only) until the
+    /// caller's deadline (`--io-timeout`) passed.
+    #[error(
+        "{location}: {op}: store unreachable, gave up after waiting {waited_secs:.1}s (--io-timeout) and {attempts} attempts; last error: {cause}"
+    )]
+    Unavailable {
+        location: String,
+        op: String,
+        waited_secs: f64,
+        attempts: u32,
+        cause: String,
     },
     #[error("{location}: bucket does not exist")]
     BucketNotFound { location: String },
@@ -173,6 +194,16 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         Ok(meta)
     }
 
+    /// Removes an object; removing one that does not exist succeeds.
+    /// Backends that cannot write (HTTP) say so.
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        Err(StoreError::Other {
+            location: self.location(key),
+            op: "DELETE".into(),
+            detail: "not supported by this kind of store".into(),
+        })
+    }
+
     /// The key of an object stored beside `key` with `suffix` appended to its
     /// name (the sidecar `IMAGE.zvidx`). Backends whose keys carry more than a
     /// name (an HTTP query string) override this.
@@ -254,7 +285,37 @@ impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
     ) -> StoreResult<ObjectMeta> {
         (**self).put_file_with_progress(key, path, progress).await
     }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        (**self).delete(key).await
+    }
     fn sibling_key(&self, key: &str, suffix: &str) -> String {
         (**self).sibling_key(key, suffix)
     }
+}
+
+/// `url` without its query string and user info, which may hold credentials
+/// (presigned signatures, `user:password@`).
+pub fn redact_url(url: &str) -> String {
+    let (base, had_query) = match url.split_once('?') {
+        Some((b, _)) => (b, true),
+        None => (url, false),
+    };
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((authority, path)) => format!("{scheme}://{}/{path}", strip_userinfo(authority)),
+            None => format!("{scheme}://{}", strip_userinfo(rest)),
+        },
+        None => base.to_string(),
+    };
+    if had_query {
+        format!("{base}?…")
+    } else {
+        base
+    }
+}
+
+fn strip_userinfo(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
 }

@@ -1,7 +1,13 @@
 //! Resilience, in one place, around any backend: a timeout per attempt,
-//! retries with exponential backoff and full jitter on retryable failures
-//! only (5xx, throttling, timeouts, resets — never 403/404/changed), a cap on
-//! concurrent requests, and errors stamped with the attempt that failed.
+//! retries on transient failures only (5xx, throttling, timeouts, resets,
+//! short bodies — never 403/404/changed) until the call's deadline
+//! (`--io-timeout`), a store-wide circuit breaker so that an outage costs a
+//! few probes per second however many reads wait ([`crate::outage`]), a cap
+//! on concurrent requests, and errors stamped with the attempt that failed.
+//!
+//! A call that runs out of time during an outage fails with
+//! [`StoreError::Unavailable`], naming how long it waited and the last
+//! cause; a permanent failure fails at once.
 //!
 //! It also checks what backends promise but a broken network or server may
 //! not deliver: a range read returns exactly the bytes asked for (a short
@@ -14,13 +20,13 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rand::Rng;
 use tokio::sync::Semaphore;
 
+use super::outage::{Breaker, DeadlinePassed, OutageStats, Priority, ProbePacing};
 use super::{ObjectMeta, ObjectStore, Progress, StoreError, StoreResult};
 
 /// How hard to try, and how many requests may be in flight.
@@ -28,44 +34,38 @@ use super::{ObjectMeta, ObjectStore, Progress, StoreError, StoreResult};
 pub struct RetryPolicy {
     /// Limit on one attempt (request and body), after which it is abandoned.
     pub timeout: Duration,
-    /// Retries after the first attempt; `0` means try once.
+    /// How long one call keeps retrying transient failures (the store is
+    /// down, throttling, resets) before it fails with
+    /// [`StoreError::Unavailable`]; `None` retries forever, like an NFS hard
+    /// mount. Counted from the start of the call, across attempts.
+    pub io_timeout: Option<Duration>,
+    /// Retries after the first attempt, on top of the deadline; `0` means
+    /// try once, `u32::MAX` leaves it to `io_timeout` alone.
     pub max_retries: u32,
-    /// Backoff before retry `n` (1-based) is uniform in `0..=min(max_delay, base_delay * 2^(n-1))`.
+    /// While the store fails, probe `n` (1-based) waits between half and all
+    /// of `min(max_delay, base_delay * 2^(n-1))`.
     pub base_delay: Duration,
-    /// Upper bound on one backoff sleep.
+    /// Upper bound on one wait between probes: a long outage costs about
+    /// one to two requests per `max_delay`.
     pub max_delay: Duration,
     /// Requests in flight at once through this store.
     pub max_concurrent: usize,
 }
 
+/// How long a read rides out an outage by default: iSCSI's
+/// `replacement_timeout`.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             timeout: Duration::from_secs(30),
-            max_retries: 4,
+            io_timeout: Some(DEFAULT_IO_TIMEOUT),
+            max_retries: u32::MAX,
             base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(5),
+            max_delay: Duration::from_secs(1),
             max_concurrent: 64,
         }
-    }
-}
-
-impl RetryPolicy {
-    /// The sleep before retry `retry` (1-based): exponential, capped, with
-    /// full jitter so many clients failing together don't retry in lockstep.
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let ceiling = self.backoff_ceiling(retry);
-        let nanos =
-            rand::thread_rng().gen_range(0..=ceiling.as_nanos().min(u64::MAX as u128) as u64);
-        Duration::from_nanos(nanos)
-    }
-
-    /// The upper bound of [`RetryPolicy::backoff`] for retry `retry`.
-    pub fn backoff_ceiling(&self, retry: u32) -> Duration {
-        let exp = retry.saturating_sub(1).min(30);
-        self.base_delay
-            .saturating_mul(1u32 << exp)
-            .min(self.max_delay)
     }
 }
 
@@ -82,25 +82,52 @@ pub struct StoreStats {
     pub failures: AtomicU64,
 }
 
-/// Wraps a backend with timeouts, retries and a concurrency cap.
+/// Wraps a backend with timeouts, retries, a circuit breaker and a
+/// concurrency cap.
 #[derive(Debug)]
 pub struct ResilientStore<S> {
     inner: S,
     policy: RetryPolicy,
     permits: Arc<Semaphore>,
     stats: Arc<StoreStats>,
+    breaker: Breaker,
 }
 
 impl<S: ObjectStore> ResilientStore<S> {
-    /// Wraps `inner` with `policy`; the concurrency cap is this wrapper's own.
+    /// Wraps `inner` with `policy`; the concurrency cap and the breaker are
+    /// this wrapper's own.
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
+        Self::with_outage_stats(inner, policy, Arc::default())
+    }
+
+    /// [`ResilientStore::new`], counting outages into `outage_stats` (shared
+    /// with the other stores of a daemon, for its stats file).
+    pub fn with_outage_stats(
+        inner: S,
+        policy: RetryPolicy,
+        outage_stats: Arc<OutageStats>,
+    ) -> Self {
         let permits = Arc::new(Semaphore::new(policy.max_concurrent.max(1)));
+        let pacing = ProbePacing {
+            base: policy.base_delay,
+            max: policy.max_delay,
+        };
+        // The container's location ("s3://bucket/", a directory, a URL
+        // base): an outage is of the store, not of one object.
+        let breaker = Breaker::new(inner.location(""), pacing, outage_stats);
         ResilientStore {
             inner,
             policy,
             permits,
             stats: Arc::new(StoreStats::default()),
+            breaker,
         }
+    }
+
+    /// Whether the store is believed reachable right now (no transient
+    /// failure since its last answer).
+    pub fn is_available(&self) -> bool {
+        self.breaker.is_available()
     }
 
     /// The wrapped backend.
@@ -118,8 +145,9 @@ impl<S: ObjectStore> ResilientStore<S> {
         self.stats.clone()
     }
 
-    /// Runs `attempt` under the policy. `what` names the operation for a
-    /// timeout (`op` text, and the byte range when it is a read).
+    /// Runs `attempt` under the policy: admitted by the breaker, capped in
+    /// concurrency and time, retried on transient failures until the
+    /// deadline. `range` names the bytes for a timeout error.
     async fn run<T, F, Fut>(
         &self,
         key: &str,
@@ -131,36 +159,81 @@ impl<S: ObjectStore> ResilientStore<S> {
         F: FnMut() -> Fut,
         Fut: Future<Output = StoreResult<T>>,
     {
-        let mut n = 1u32;
+        let priority = Priority::current();
+        let started = Instant::now();
+        let deadline = self.policy.io_timeout.map(|t| started + t);
+        let mut n = 0u32;
+        let mut last: Option<StoreError> = None;
+        let mut waited = false;
         loop {
+            let admission = match self.breaker.admit(priority, deadline, &mut waited).await {
+                Ok(a) => a,
+                Err(DeadlinePassed) => return Err(self.give_up(key, op, started, n, last)),
+            };
+            // The permit covers the request only, not the wait for the
+            // store, so a failing request does not hold a slot.
+            let permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| StoreError::Other {
+                    location: self.inner.location(key),
+                    op: op.into(),
+                    detail: "store is shut down".into(),
+                })?;
+            // The store may have failed while this call queued for a slot
+            // (hundreds of reads queue behind the cap): queued calls must
+            // not all try it, only the probe.
+            if !admission.is_probe() && !self.breaker.is_available() {
+                continue;
+            }
+            // Out of time while queued for a slot: an attempt cut to zero
+            // would fail and count against the store, which did nothing.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(self.give_up(key, op, started, n, last));
+            }
+            if n > 0 {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                self.breaker.stats().retries.fetch_add(1, Ordering::Relaxed);
+            }
+            n += 1;
+            // An attempt never outlives the call's deadline.
+            let limit = match deadline {
+                Some(d) => self
+                    .policy
+                    .timeout
+                    .min(d.saturating_duration_since(Instant::now())),
+                None => self.policy.timeout,
+            };
             let result = {
-                // The permit covers the request only, not the backoff sleep,
-                // so a failing request does not hold a slot while it waits.
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .map_err(|_| StoreError::Other {
-                        location: self.inner.location(key),
-                        op: op.into(),
-                        detail: "store is shut down".into(),
-                    })?;
+                let _permit = permit;
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                match tokio::time::timeout(self.policy.timeout, attempt()).await {
+                match tokio::time::timeout(limit, attempt()).await {
                     Ok(r) => r,
-                    Err(_) => Err(self.timeout_error(key, op, range.clone())),
+                    Err(_) => Err(self.timeout_error(key, op, range.clone(), limit)),
                 }
             };
             match result {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && n <= self.policy.max_retries => {
-                    let delay = self.policy.backoff(n);
-                    tracing::debug!(error = %e.with_attempt(n), ?delay, "retrying");
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(delay).await;
-                    n += 1;
+                Ok(v) => {
+                    admission.reachable();
+                    return Ok(v);
+                }
+                Err(e) if e.is_retryable() => {
+                    let e = e.with_attempt(n);
+                    admission.unreachable(&e);
+                    if n > self.policy.max_retries {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    if self.breaker.has_expired() {
+                        return Err(self.give_up(key, op, started, n, Some(e)));
+                    }
+                    tracing::debug!(error = %e, "transient store failure; will retry");
+                    last = Some(e);
                 }
                 Err(e) => {
+                    // Any answer means the store is up, even "not found".
+                    admission.reachable();
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     return Err(e.with_attempt(n));
                 }
@@ -168,9 +241,52 @@ impl<S: ObjectStore> ResilientStore<S> {
         }
     }
 
-    fn timeout_error(&self, key: &str, op: &str, range: Option<Range<u64>>) -> StoreError {
+    /// Ends a call whose deadline passed (or that met an outage already
+    /// past --io-timeout): counted, and the outage marked so later calls
+    /// wait for one probe only.
+    fn give_up(
+        &self,
+        key: &str,
+        op: &str,
+        started: Instant,
+        attempts: u32,
+        last: Option<StoreError>,
+    ) -> StoreError {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.breaker.expire(started.elapsed());
+        self.gave_up(key, op, started, attempts, last)
+    }
+
+    /// The error of a call whose deadline passed while the store failed.
+    fn gave_up(
+        &self,
+        key: &str,
+        op: &str,
+        started: Instant,
+        attempts: u32,
+        last: Option<StoreError>,
+    ) -> StoreError {
+        StoreError::Unavailable {
+            location: self.inner.location(key),
+            op: op.into(),
+            waited_secs: started.elapsed().as_secs_f64(),
+            attempts,
+            cause: last.map_or_else(
+                || "the store has been unreachable for longer than --io-timeout; reads fail after the next probe until it answers again".into(),
+                |e| e.to_string(),
+            ),
+        }
+    }
+
+    fn timeout_error(
+        &self,
+        key: &str,
+        op: &str,
+        range: Option<Range<u64>>,
+        limit: Duration,
+    ) -> StoreError {
         let location = self.inner.location(key);
-        let secs = self.policy.timeout.as_secs_f64();
+        let secs = limit.as_secs_f64();
         match range {
             Some(r) => StoreError::Timeout {
                 location,
@@ -275,6 +391,11 @@ impl<S: ObjectStore> ObjectStore for ResilientStore<S> {
         self.inner.put_file_with_progress(key, path, progress).await
     }
 
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.run(key, "DELETE", None, || self.inner.delete(key))
+            .await
+    }
+
     fn sibling_key(&self, key: &str, suffix: &str) -> String {
         self.inner.sibling_key(key, suffix)
     }
@@ -283,23 +404,6 @@ impl<S: ObjectStore> ObjectStore for ResilientStore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_exponentially_and_is_capped() {
-        let p = RetryPolicy {
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            ..RetryPolicy::default()
-        };
-        assert_eq!(p.backoff_ceiling(1), Duration::from_millis(100));
-        assert_eq!(p.backoff_ceiling(2), Duration::from_millis(200));
-        assert_eq!(p.backoff_ceiling(4), Duration::from_millis(800));
-        assert_eq!(p.backoff_ceiling(5), Duration::from_secs(1));
-        assert_eq!(p.backoff_ceiling(1000), Duration::from_secs(1));
-        for n in 1..10 {
-            assert!(p.backoff(n) <= p.backoff_ceiling(n));
-        }
-    }
 
     #[test]
     fn attempt_is_stamped_on_retryable_errors_only() {

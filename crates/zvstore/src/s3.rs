@@ -2,7 +2,7 @@
 //! aws-sdk-s3.
 //!
 //! Configuration follows the standard chain (env, profile, IMDS/IRSA) with
-//! the explicit overrides of [`StoreArgs`]; path-style addressing is turned
+//! the explicit overrides of [`StoreConfig`]; path-style addressing is turned
 //! on for IP-address and localhost endpoints. The SDK's own retries are off
 //! for reads: [`super::resilient`] owns retries and timeouts. Upload parts,
 //! which that layer does not wrap, use the SDK's standard retries.
@@ -10,6 +10,13 @@
 //! Reads are pinned with `If-Match` and the answer's ETag is compared again
 //! (some S3-compatible servers ignore `If-Match` on GET). Credentials never
 //! reach a location, an error or a `Debug` line: the client is not printed.
+//!
+//! Failures are classified for [`super::resilient`]: transient (no answer,
+//! 5xx, `SlowDown`, throttling, expired credentials — which the provider
+//! chain refreshes) or permanent, with messages that say what to do for the
+//! ones a user can fix: a bucket in another region ("pass --region X"), a
+//! host clock off by more than S3 accepts (`RequestTimeTooSkewed`, retried
+//! once first: the SDK corrects its clock skew from the answer's `Date`).
 
 use std::fmt;
 use std::ops::Range;
@@ -29,13 +36,15 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use super::source::StoreArgs;
+use super::StoreConfig;
 use super::{ObjectMeta, ObjectStore, Progress, StoreError, StoreResult, parse_content_range};
 
 /// Smallest part of a multipart upload; files up to this size go in one PUT.
 pub const PART_SIZE: u64 = 16 << 20;
 /// Parts uploaded at once.
 pub const UPLOAD_PARALLELISM: usize = 4;
+/// Retries of one upload part unless `--retries` says otherwise.
+const DEFAULT_PART_RETRIES: u32 = 4;
 /// S3's limit on parts per upload; the part size grows to stay under it.
 const MAX_PARTS: u64 = 10_000;
 
@@ -58,7 +67,7 @@ impl fmt::Debug for S3Store {
 }
 
 /// Builds an S3 client from the standard chain and `args`.
-pub async fn s3_client(args: &StoreArgs) -> Client {
+pub async fn s3_client(args: &StoreConfig) -> Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(p) = &args.profile {
         loader = loader.profile_name(p);
@@ -121,11 +130,11 @@ fn endpoint_wants_path_style(endpoint: &str) -> bool {
 impl S3Store {
     /// A store for `bucket`, configured from `args` and the standard chain.
     /// Sends no request.
-    pub async fn connect(bucket: &str, args: &StoreArgs) -> StoreResult<S3Store> {
+    pub async fn connect(bucket: &str, args: &StoreConfig) -> StoreResult<S3Store> {
         Ok(S3Store::with_client(
             s3_client(args).await,
             bucket,
-            args.retries + 1,
+            args.retries.unwrap_or(DEFAULT_PART_RETRIES) + 1,
         ))
     }
 
@@ -157,6 +166,8 @@ impl S3Store {
         let detail = DisplayErrorContext(&e).to_string();
         let service = match &e {
             SdkError::ServiceError(_) => true,
+            // A request that cannot be sent as built will not be sent later.
+            SdkError::DispatchFailure(d) if d.is_user() => false,
             SdkError::TimeoutError(_)
             | SdkError::DispatchFailure(_)
             | SdkError::ResponseError(_) => {
@@ -183,7 +194,33 @@ impl S3Store {
             (Some(c), None) => format!("HTTP {status} {c}"),
             _ => format!("HTTP {status}"),
         };
+        if let Some(region) = wrong_region(&e) {
+            return StoreError::Other {
+                location,
+                op: op.into(),
+                detail: format!(
+                    "bucket {} is in {region}: pass --region {region} ({described})",
+                    self.bucket
+                ),
+            };
+        }
+        if code == "RequestTimeTooSkewed" {
+            return StoreError::Forbidden {
+                location,
+                detail: skew_message(&e, &described),
+            };
+        }
         match (status, code) {
+            // The provider chain refreshes expired credentials before the
+            // next attempt signs: a pause, not a failure.
+            (_, "ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired") => {
+                StoreError::Transient {
+                    location,
+                    op: op.into(),
+                    attempt: 0,
+                    detail: format!("{described} (credentials expired; refreshing)"),
+                }
+            }
             (_, "NoSuchBucket") => StoreError::BucketNotFound {
                 location: format!("s3://{}", self.bucket),
             },
@@ -368,6 +405,101 @@ impl S3Store {
     }
 }
 
+/// The first attempt's result, or, when S3 said `RequestTimeTooSkewed`, a
+/// second attempt's: the SDK learnt the server's time from the refusal and
+/// signs the retry with the corrected clock.
+async fn skew_retry<T, E, F, Fut>(
+    first: Result<T, SdkError<E, HttpResponse>>,
+    again: F,
+) -> Result<T, SdkError<E, HttpResponse>>
+where
+    E: ProvideErrorMetadata,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+{
+    match first {
+        Err(e) if e.code() == Some("RequestTimeTooSkewed") => {
+            tracing::info!(
+                "S3 says the request time is too skewed; retrying with the SDK's clock-skew correction"
+            );
+            again().await
+        }
+        other => other,
+    }
+}
+
+/// The region a bucket is really in, when S3 says the request went to the
+/// wrong one: `301 PermanentRedirect` (the `x-amz-bucket-region` header),
+/// or `AuthorizationHeaderMalformed` ("... expecting 'eu-west-1'").
+fn wrong_region<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> Option<String> {
+    let raw = e.raw_response()?;
+    let status = raw.status().as_u16();
+    let code = e.code().unwrap_or("");
+    if !(status == 301
+        || matches!(
+            code,
+            "PermanentRedirect"
+                | "AuthorizationHeaderMalformed"
+                | "IllegalLocationConstraintException"
+        ))
+    {
+        return None;
+    }
+    if let Some(r) = raw.headers().get("x-amz-bucket-region") {
+        return Some(r.to_string());
+    }
+    let quoted = |text: &str| {
+        let rest = &text[text.find("expecting '")? + "expecting '".len()..];
+        Some(rest[..rest.find('\'')?].to_string())
+    };
+    if let Some(r) = e.message().and_then(quoted) {
+        return Some(r);
+    }
+    let body = std::str::from_utf8(raw.body().bytes()?).ok()?;
+    let region = &body[body.find("<Region>")? + "<Region>".len()..];
+    Some(region[..region.find('<')?].to_string())
+}
+
+/// What to say when S3 refuses a request as too skewed even after the SDK
+/// corrected for it: the host clock is off, and by how much (from the
+/// answer's `Date`, or the `ServerTime` S3 puts in the error body).
+fn skew_message<E>(e: &SdkError<E, HttpResponse>, described: &str) -> String {
+    let server = e.raw_response().and_then(|raw| {
+        let text = raw
+            .headers()
+            .get("date")
+            .map(|d| {
+                (
+                    d.to_string(),
+                    aws_sdk_s3::primitives::DateTimeFormat::HttpDate,
+                )
+            })
+            .or_else(|| {
+                let body = std::str::from_utf8(raw.body().bytes()?).ok()?;
+                let t = &body[body.find("<ServerTime>")? + "<ServerTime>".len()..];
+                Some((
+                    t[..t.find('<')?].to_string(),
+                    aws_sdk_s3::primitives::DateTimeFormat::DateTime,
+                ))
+            })?;
+        let t = aws_sdk_s3::primitives::DateTime::from_str(&text.0, text.1).ok()?;
+        SystemTime::try_from(t).ok()
+    });
+    let Some(server) = server else {
+        return format!("{described}: the host clock is off from the store's; fix it (NTP)");
+    };
+    let (sign, off) = match SystemTime::now().duration_since(server) {
+        Ok(ahead) => ("ahead of", ahead),
+        Err(behind) => ("behind", behind.duration()),
+    };
+    format!(
+        "the host clock is {:.0} s {sign} the store's (server time {}); fix the clock (NTP) — \
+         S3 refuses requests signed more than 15 minutes off ({described})",
+        off.as_secs_f64(),
+        super::http::http_time(server)
+    )
+}
+
 /// Reads `len` bytes at `offset` of a local file, off the async threads.
 async fn read_part(path: &Path, offset: u64, len: u64) -> std::io::Result<Bytes> {
     let path = path.to_path_buf();
@@ -393,14 +525,8 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        let out = match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        let req = self.client.head_object().bucket(&self.bucket).key(key);
+        let out = match skew_retry(req.clone().send().await, || req.send()).await {
             Ok(out) => out,
             Err(e) => {
                 return Err(match self.map_err(key, "HEAD", e) {
@@ -451,7 +577,7 @@ impl ObjectStore for S3Store {
         if let Some(tag) = pin.and_then(|p| p.etag.as_deref()) {
             req = req.if_match(tag);
         }
-        let out = match req.send().await {
+        let out = match skew_retry(req.clone().send().await, || req.send()).await {
             Ok(out) => out,
             Err(e) => {
                 return Err(match self.map_err(key, &op, e) {
@@ -513,15 +639,13 @@ impl ObjectStore for S3Store {
         if len == 0 {
             return Ok((Bytes::new(), self.head(key).await?));
         }
-        let out = match self
+        let req = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .range(format!("bytes=-{len}"))
-            .send()
-            .await
-        {
+            .range(format!("bytes=-{len}"));
+        let out = match skew_retry(req.clone().send().await, || req.send()).await {
             Ok(out) => out,
             Err(e) => {
                 let status = e.raw_response().map_or(0, |r| r.status().as_u16());
@@ -612,6 +736,25 @@ impl ObjectStore for S3Store {
     async fn put_file(&self, key: &str, path: &Path) -> StoreResult<ObjectMeta> {
         self.put_file_with_progress(key, path, Arc::new(|_| {}))
             .await
+    }
+
+    /// S3 answers a DELETE of a missing key with success; some compatible
+    /// servers say NoSuchKey, which is success here too.
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match self.map_err(key, "DELETE", e) {
+                StoreError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
     }
 
     /// One PUT up to [`PART_SIZE`], a parallel multipart upload above it

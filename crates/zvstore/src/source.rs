@@ -1,121 +1,23 @@
 //! Turning a source the user typed (a local path, `s3://bucket/key`,
 //! `http(s)://…`) and the shared store flags into a ready store and key.
 //!
-//! Both binaries flatten [`StoreArgs`], so every command accepts every kind
-//! of source with the same flags; [`open_source`] is the one place that
-//! picks a backend and wraps it in [`ResilientStore`].
+//! Every command takes every kind of source with the same
+//! [`StoreConfig`]; [`parse_source`] is the one parser of source strings and
+//! [`open_source`] the one place that picks a backend (the backends take
+//! the config, this module builds them) and wraps it in [`ResilientStore`].
 
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
+pub use crate::redact_url;
+pub use crate::units::parse_duration;
+
+use super::StoreConfig;
 use super::file::FileStore;
 use super::http::HttpStore;
-use super::resilient::{ResilientStore, RetryPolicy};
+use super::resilient::ResilientStore;
 use super::s3::S3Store;
 use super::{ObjectStore, StoreError, StoreResult};
-
-/// Flags shared by every command that reads or writes a store.
-#[derive(clap::Args, Clone, Debug)]
-pub struct StoreArgs {
-    /// S3 region (default: from the environment/profile, else us-east-1).
-    #[arg(long)]
-    pub region: Option<String>,
-    /// S3 endpoint, for S3-compatible stores (OBS, MinIO, Ceph RGW).
-    #[arg(long, env = "AWS_ENDPOINT_URL")]
-    pub endpoint_url: Option<String>,
-    /// Address buckets as ENDPOINT/bucket/key rather than bucket.ENDPOINT/key
-    /// (automatic for IP-address and localhost endpoints).
-    #[arg(long)]
-    pub force_path_style: bool,
-    /// Named profile from ~/.aws/config and ~/.aws/credentials.
-    #[arg(long)]
-    pub profile: Option<String>,
-    /// Send S3 requests unsigned (public buckets).
-    #[arg(long)]
-    pub no_sign_request: bool,
-    /// Limit on one request attempt, e.g. 30s, 500ms, 2m.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// Retries of a failed request (only for retryable failures: 5xx,
-    /// throttling, timeouts, resets).
-    #[arg(long, default_value_t = 4)]
-    pub retries: u32,
-    /// Requests in flight at once per source.
-    #[arg(long, default_value_t = 64)]
-    pub max_requests: usize,
-    /// Explicit credentials, set by programs (tests) rather than flags: the
-    /// standard chain (env, profile, IMDS/IRSA) is used when absent.
-    #[arg(skip)]
-    pub credentials: Option<StaticCredentials>,
-}
-
-impl Default for StoreArgs {
-    fn default() -> Self {
-        StoreArgs {
-            region: None,
-            endpoint_url: None,
-            force_path_style: false,
-            profile: None,
-            no_sign_request: false,
-            timeout: Duration::from_secs(30),
-            retries: 4,
-            max_requests: 64,
-            credentials: None,
-        }
-    }
-}
-
-impl StoreArgs {
-    /// The retry/timeout/concurrency policy these flags ask for.
-    pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            timeout: self.timeout,
-            max_retries: self.retries,
-            max_concurrent: self.max_requests.max(1),
-            ..RetryPolicy::default()
-        }
-    }
-}
-
-/// An access key pair given in code; its `Debug` never shows the secret.
-#[derive(Clone)]
-pub struct StaticCredentials {
-    /// Access key ID (not secret; shown by `Debug`).
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
-}
-
-impl fmt::Debug for StaticCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StaticCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"** redacted **")
-            .finish()
-    }
-}
-
-/// Parses `30s`, `500ms`, `2m`, `1h`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 500ms, 2m"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        other => return Err(format!("invalid duration {text:?}: unknown unit {other:?}")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {text:?}: {e}"))
-}
 
 /// What kind of location a source string names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,56 +70,49 @@ pub fn parse_source(source: &str) -> StoreResult<SourceKind> {
     Ok(SourceKind::File { dir, name })
 }
 
+/// Whether `source` names an object store (S3 or HTTP(S), any letter case)
+/// rather than a local path.
+pub fn is_remote(source: &str) -> bool {
+    matches!(
+        parse_source(source),
+        Ok(SourceKind::S3 { .. } | SourceKind::Http { .. })
+    )
+}
+
 /// Opens `source` with `args`: a local path (a file store rooted at its
 /// directory, key = file name), `s3://bucket/key` or `http(s)://…`, wrapped
 /// in [`ResilientStore`]. Returns the store and the object's key in it.
 /// Nothing is requested yet; the first `head`/read talks to the store.
 pub async fn open_source(
     source: &str,
-    args: &StoreArgs,
+    args: &StoreConfig,
 ) -> StoreResult<(Arc<dyn ObjectStore>, String)> {
     let policy = args.retry_policy();
+    let stats = args.outage_stats.clone().unwrap_or_default();
     Ok(match parse_source(source)? {
         SourceKind::File { dir, name } => (
-            Arc::new(ResilientStore::new(FileStore::new(dir), policy)),
+            Arc::new(ResilientStore::with_outage_stats(
+                FileStore::new(dir),
+                policy,
+                stats,
+            )),
             name,
         ),
         SourceKind::S3 { bucket, key } => {
             let s3 = S3Store::connect(&bucket, args).await?;
-            (Arc::new(ResilientStore::new(s3, policy)), key)
+            (
+                Arc::new(ResilientStore::with_outage_stats(s3, policy, stats)),
+                key,
+            )
         }
         SourceKind::Http { url } => {
             let (http, key) = HttpStore::for_url(&url, args)?;
-            (Arc::new(ResilientStore::new(http, policy)), key)
+            (
+                Arc::new(ResilientStore::with_outage_stats(http, policy, stats)),
+                key,
+            )
         }
     })
-}
-
-/// `url` without its query string and user info, which may hold credentials
-/// (presigned signatures, `user:password@`).
-pub fn redact_url(url: &str) -> String {
-    let (base, had_query) = match url.split_once('?') {
-        Some((b, _)) => (b, true),
-        None => (url, false),
-    };
-    let base = match base.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('/') {
-            Some((authority, path)) => format!("{scheme}://{}/{path}", strip_userinfo(authority)),
-            None => format!("{scheme}://{}", strip_userinfo(rest)),
-        },
-        None => base.to_string(),
-    };
-    if had_query {
-        format!("{base}?…")
-    } else {
-        base
-    }
-}
-
-fn strip_userinfo(authority: &str) -> &str {
-    authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host)
 }
 
 #[cfg(test)]
@@ -260,16 +155,8 @@ mod tests {
             parse_source("HTTPS://h/x").unwrap(),
             SourceKind::Http { .. }
         ));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("-1s").is_err());
+        assert!(is_remote("HTTPS://h/x") && is_remote("s3://b/k"));
+        assert!(!is_remote("dir/https.img"));
     }
 
     #[test]
@@ -279,11 +166,5 @@ mod tests {
             "https://h.example/b/k.img?…"
         );
         assert_eq!(redact_url("http://h:80/x"), "http://h:80/x");
-        let c = StaticCredentials {
-            access_key_id: "AK".into(),
-            secret_access_key: "SECRET".into(),
-            session_token: None,
-        };
-        assert!(!format!("{c:?}").contains("SECRET"));
     }
 }

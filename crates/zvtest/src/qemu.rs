@@ -58,7 +58,7 @@ pub enum QemuError {
     },
     /// QEMU exited without printing the marker.
     #[error(
-        "guest did not print {marker:?} (qemu {status}; {stderr}); serial log {} ends:\n{tail}",
+        "guest did not print {marker:?} (qemu {status}, exit seen {ran:?} after start; {stderr}); serial log {} ({log_bytes} bytes) ends:\n{tail}",
         log.display()
     )]
     NoMarker {
@@ -66,6 +66,10 @@ pub enum QemuError {
         marker: String,
         /// QEMU's (or `timeout`'s) exit status.
         status: ExitStatus,
+        /// When the exit was seen, from QEMU's start.
+        ran: Duration,
+        /// Size of the serial log.
+        log_bytes: u64,
         /// QEMU's stderr.
         stderr: String,
         /// The serial log.
@@ -463,6 +467,8 @@ impl Boot {
             return Err(QemuError::NoMarker {
                 marker: self.marker.clone(),
                 status: self.status,
+                ran: self.ran,
+                log_bytes: std::fs::metadata(&self.log).map_or(0, |m| m.len()),
                 stderr: self.stderr.clone(),
                 log: self.log.clone(),
                 tail: tail(&self.log, TAIL_LINES),

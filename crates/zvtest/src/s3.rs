@@ -311,7 +311,7 @@ impl S3Server {
                 session_token: None,
             }),
             timeout: Duration::from_secs(10),
-            retries: 2,
+            retries: Some(2),
             ..StoreArgs::default()
         }
     }

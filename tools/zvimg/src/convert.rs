@@ -119,7 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 bail!("{}: {fmt:?} input must be a local file", args.input);
             }
             let profile = match &args.boot_profile {
-                Some(p) => Some(crate::inspect::read_profile(p)?),
+                Some(p) => Some(crate::files::read_profile(p)?),
                 None => None,
             };
             let options = ConvertOptions {
@@ -156,7 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Whether `source` names an object store rather than a local path.
 pub fn is_remote(source: &str) -> bool {
-    source.starts_with("s3://") || source.starts_with("http://") || source.starts_with("https://")
+    zvstore::is_remote(source)
 }
 
 /// Detects the format of a local image from its magic bytes.
@@ -209,30 +209,7 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Removes its file when dropped.
-pub struct TempFile(PathBuf);
-impl TempFile {
-    pub fn new(path: PathBuf) -> Self {
-        TempFile(path)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A temporary name beside `dest` (same file system, so rename is atomic).
-pub fn temp_beside(dest: &Path, tag: &str) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
-}
+pub use crate::files::{TempFile, temp_beside};
 
 /// Expands a qcow2/vmdk/vhd/vhdx image to a temporary raw file with
 /// qemu-img. The file is sparse (`-S 4k`, qemu-img's default made explicit):
@@ -247,7 +224,7 @@ fn qemu_img_to_raw(input: &Path, fmt: InputFormat, output: &Path) -> anyhow::Res
         InputFormat::Vhdx => "vhdx",
         InputFormat::Raw | InputFormat::Zvhd2 => unreachable!("not a qemu-img format"),
     };
-    let tmp = TempFile(temp_beside(output, "raw"));
+    let tmp = TempFile::new(temp_beside(output, "raw"));
     let status = std::process::Command::new("qemu-img")
         .args([
             "convert", "-f", fmt_name, "-O", "raw", "-S", "4k", "-t", "unsafe",
@@ -486,7 +463,7 @@ pub fn convert_to_zvhd2(
     let file =
         File::open(&raw_path).with_context(|| format!("{}: cannot open", input.display()))?;
     let size = file.metadata()?.len();
-    let tmp = TempFile(temp_beside(output, "partial"));
+    let tmp = TempFile::new(temp_beside(output, "partial"));
     let out = File::create(tmp.path())
         .with_context(|| format!("{}: cannot create", tmp.path().display()))?;
     let bar = if options.progress {
@@ -509,9 +486,7 @@ pub fn convert_to_zvhd2(
         .finish()
         .with_context(|| format!("{}: cannot sync", tmp.path().display()))?;
     bar.finish_and_clear();
-    std::fs::rename(tmp.path(), output)
-        .with_context(|| format!("{}: cannot rename into place", output.display()))?;
-    std::mem::forget(tmp);
+    tmp.persist(output)?;
     // The rename itself is durable only once the directory is.
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -540,7 +515,7 @@ pub fn convert_to_zvhd2(
         if let Some(p) = &options.boot_profile {
             sidecar.boot_profile = p.clone();
         }
-        crate::inspect::write_atomic(&sidecar_path, &sidecar.encode())?;
+        crate::files::write_atomic(&sidecar_path, &sidecar.encode())?;
     }
     let t = &summary.timings;
     Ok(ConvertReport {
@@ -572,7 +547,7 @@ fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
             SizeChoice::Curr => layout.header.curr_size(),
         };
         let verify = layout.sidecar.clone().map(Arc::new);
-        let tmp = TempFile(temp_beside(&args.output, "partial"));
+        let tmp = TempFile::new(temp_beside(&args.output, "partial"));
         let mut out = File::create(tmp.path())
             .with_context(|| format!("{}: cannot create", tmp.path().display()))?;
         out.set_len(size)?;
@@ -602,8 +577,7 @@ fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
         .await?;
         out.sync_all()?;
         bar.finish_and_clear();
-        std::fs::rename(tmp.path(), &args.output)?;
-        std::mem::forget(tmp);
+        tmp.persist(&args.output)?;
         println!(
             "{}: {} raw disk from {}",
             args.output.display(),

@@ -4,12 +4,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use zvstore::StoreArgs;
+use clap::{Parser, Subcommand};
+use zvmount::cli::StoreArgs;
 
 mod bench;
+mod check;
 mod convert;
-mod inspect;
+mod files;
+mod index;
+mod info;
 mod progress;
 mod stats;
 mod transfer;
@@ -32,25 +35,20 @@ struct Cli {
     command: Command,
 }
 
-/// Which size a raw disk has: the converted disk's (`orig`) or rounded up to
-/// a whole GiB as Huawei's reader reports it (`curr`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum SizeChoice {
-    #[default]
-    Orig,
-    Curr,
-}
+/// Which size a raw disk has (the one definition is
+/// [`zvmount::image::SizeMode`]; this name is what `convert` calls it).
+pub use zvmount::image::SizeMode as SizeChoice;
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Convert a disk image: raw/qcow2/vmdk/vhd/vhdx → ZVHD2, or ZVHD2 → raw.
     Convert(convert::Args),
     /// Build the `.zvidx` sidecar index of a ZVHD2 image.
-    Index(inspect::IndexArgs),
+    Index(index::IndexArgs),
     /// Show an image's sizes, blocks, compression and footer fields.
-    Info(inspect::InfoArgs),
+    Info(info::InfoArgs),
     /// Decode every block (and verify it against the sidecar); exit 1 at the first fault.
-    Check(inspect::CheckArgs),
+    Check(check::CheckArgs),
     /// Upload an image and its sidecar to S3 (parallel multipart).
     Push(transfer::PushArgs),
     /// Download an image (and its sidecar, if any) from any source to a local file.
@@ -101,9 +99,9 @@ fn main() -> ExitCode {
     let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Convert(a) => convert::run(a),
-        Command::Index(a) => inspect::index(a),
-        Command::Info(a) => inspect::info(a),
-        Command::Check(a) => inspect::check(a),
+        Command::Index(a) => index::index(a),
+        Command::Info(a) => info::info(a),
+        Command::Check(a) => check::check(a),
         Command::Push(a) => transfer::push(a),
         Command::Pull(a) => transfer::pull(a),
         Command::Stats(a) => ok(stats::run(a)),

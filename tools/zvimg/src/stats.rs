@@ -58,7 +58,7 @@ const ROWS: &[(&str, &str, Unit)] = &[
     ("store requests", "store_requests", Unit::Count),
     ("store bytes", "store_bytes", Unit::Bytes),
     ("store errors", "fetch_errors", Unit::Count),
-    ("store retries", "retries", Unit::Count),
+    ("store retries (mount)", "retries", Unit::Count),
     ("store request (mean)", "store_latency", Unit::Mean),
     ("demand-miss wait (mean)", "miss_wait", Unit::Mean),
     ("decode time", "decode_ns", Unit::Nanos),

@@ -11,7 +11,8 @@ use futures::StreamExt;
 use zvmount::image::open::sidecar_key;
 use zvstore::{ObjectStore, StoreError, open_source};
 
-use crate::convert::{TempFile, human, temp_beside};
+use crate::convert::human;
+use crate::files::{TempFile, temp_beside};
 use crate::{SourceArgs, default_sidecar_path, progress, runtime};
 
 #[derive(clap::Args, Debug)]
@@ -69,12 +70,17 @@ pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
             size as f64 / secs.max(1e-9) / 1e6,
             meta.etag.as_deref().unwrap_or("-")
         );
+        let sc_key = sidecar_key(store.as_ref(), &key);
         if with_sidecar {
-            let sc_key = sidecar_key(store.as_ref(), &key);
             store.put_file(&sc_key, &sidecar).await?;
             println!("{}: sidecar uploaded", store.location(&sc_key));
-        } else if !args.no_sidecar {
-            println!("note: no sidecar at {}; `zvimg index` builds one (mounts then need one GET to open)", sidecar.display());
+        } else {
+            // A sidecar at the destination describes the image this push
+            // replaced: left there, mounts would find a stale index.
+            store.delete(&sc_key).await?;
+            if !args.no_sidecar {
+                println!("note: no sidecar at {}; `zvimg index` builds one (mounts then need one GET to open)", sidecar.display());
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -146,16 +152,21 @@ pub async fn download(
             }
         })
         .buffer_unordered(parallel.max(1));
+    let file = std::sync::Arc::new(file);
     while let Some(item) = gets.next().await {
         let (offset, bytes) = item?;
-        file.write_all_at(&bytes, offset)
+        let len = bytes.len() as u64;
+        // A chunk is megabytes: write it on a blocking thread, not a
+        // runtime worker.
+        let f = std::sync::Arc::clone(&file);
+        tokio::task::spawn_blocking(move || f.write_all_at(&bytes, offset))
+            .await?
             .with_context(|| format!("{}: write failed", tmp.path().display()))?;
-        bar.inc(bytes.len() as u64);
+        bar.inc(len);
     }
-    file.sync_all()?;
+    let f = std::sync::Arc::clone(&file);
+    tokio::task::spawn_blocking(move || f.sync_all()).await??;
     bar.finish_and_clear();
-    std::fs::rename(tmp.path(), dest)
-        .with_context(|| format!("{}: cannot rename into place", dest.display()))?;
-    std::mem::forget(tmp);
+    tmp.persist(dest)?;
     Ok(meta.size)
 }

@@ -123,3 +123,60 @@ fn missing_objects_and_buckets_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn push_without_a_sidecar_removes_the_stale_remote_one() {
+    let server = S3Server::start();
+    let bucket = s3::unique_bucket("zvimg-stale");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(server.create_bucket(&bucket));
+    let dir = tempfile::tempdir().unwrap();
+    convert_sample(dir.path());
+    let url = format!("s3://{bucket}/disk.zvhd2");
+    ok(
+        server,
+        &[
+            "push",
+            dir.path().join("disk.zvhd2").to_str().unwrap(),
+            &url,
+        ],
+    );
+
+    // Another image, with no sidecar, pushed over the first.
+    std::fs::write(dir.path().join("other.raw"), vec![7u8; 5 << 20]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zvimg"))
+        .arg("convert")
+        .arg(dir.path().join("other.raw"))
+        .arg(dir.path().join("other.zvhd2"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("other.zvhd2.zvidx").exists());
+    ok(
+        server,
+        &[
+            "push",
+            dir.path().join("other.zvhd2").to_str().unwrap(),
+            &url,
+        ],
+    );
+
+    let head = rt.block_on(async {
+        server
+            .client()
+            .await
+            .head_object()
+            .bucket(&bucket)
+            .key("disk.zvhd2.zvidx")
+            .send()
+            .await
+    });
+    assert!(head.is_err(), "the old image's sidecar is still there");
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(server, &["info", "--json", &url])).unwrap();
+    assert_eq!(info["disk_size"], 5 << 20, "{info}");
+}

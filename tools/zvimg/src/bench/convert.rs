@@ -292,8 +292,7 @@ pub fn make_real_mix(dir: &Path) -> anyhow::Result<PathBuf> {
     let random = File::open("/dev/urandom")?;
     std::io::copy(&mut random.take(RANDOM_BYTES), &mut out)?;
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(tmp.path(), &path)?;
-    std::mem::forget(tmp);
+    tmp.persist(&path)?;
     Ok(path)
 }
 

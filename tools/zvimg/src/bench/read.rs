@@ -30,8 +30,8 @@ use anyhow::{Context, bail};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use zvmount::cli::StoreArgs;
 use zvmount::metrics::MetricsSnapshot;
-use zvstore::StoreArgs;
 
 /// Flags of `zvimg bench read`.
 #[derive(clap::Args, Debug)]

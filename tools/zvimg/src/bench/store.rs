@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rand::Rng;
 use serde::Serialize;
+use zvmount::cli::StoreArgs;
 use zvmount::util::parse_size;
-use zvstore::{ObjectStore, StoreArgs, open_source};
+use zvstore::{ObjectStore, open_source};
 
 /// Flags of `zvimg bench store`.
 #[derive(clap::Args, Debug, Clone)]

@@ -209,7 +209,7 @@ impl Bench<'_> {
 
         // 5. A sidecar with the recorded profile replaces the plain one in
         // the store; a fresh daemon replays it.
-        let blocks = crate::inspect::read_profile(&profile)
+        let blocks = crate::files::read_profile(&profile)
             .context("the cold daemon's --record-profile output")?;
         if blocks.is_empty() {
             bail!(
