@@ -43,9 +43,12 @@ pub struct MountConfig {
     pub no_sidecar: bool,
     /// Bytes of decoded blocks kept in memory.
     pub mem_cache: u64,
-    /// Persistent cache directory and its size limit in bytes
+    /// Host cache directory and its size cap in bytes
     /// ([`MountConfig::DEFAULT_DISK_CACHE`] unless told).
     pub disk_cache: Option<(PathBuf, u64)>,
+    /// Hydrate every image into the host cache in the background, at most
+    /// this many store bytes per second (0: unlimited); `None`: don't.
+    pub hydrate: Option<u64>,
     /// Blocks of sequential readahead (0 = none).
     pub readahead: u32,
     /// Bytes prefetch may hold in flight.
@@ -82,6 +85,7 @@ impl Default for MountConfig {
             no_sidecar: false,
             mem_cache: 512 << 20,
             disk_cache: None,
+            hydrate: None,
             readahead: u32::try_from(image.readahead_blocks).unwrap_or(u32::MAX),
             prefetch_budget: image.prefetch_budget_bytes,
             allow_other: false,
@@ -264,7 +268,7 @@ impl Mount {
     /// Mounts `fs` on `mountpoint` and serves it from a background thread.
     pub fn start(fs: ZvFs, mountpoint: &Path, allow_other: bool) -> anyhow::Result<Mount> {
         let options = crate::fuse::mount_options(allow_other);
-        let mut session = fuser::Session::new(fs, mountpoint, &options).map_err(|e| {
+        let session = fuser::Session::new(fs, mountpoint, &options).map_err(|e| {
             let hint = match e.raw_os_error() {
                 Some(libc::EPERM) | Some(libc::EACCES) => {
                     " (is fuse3 installed, /dev/fuse accessible, and for --allow-other `user_allow_other` in /etc/fuse.conf?)"
@@ -388,6 +392,10 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
     tracing::info!(mountpoint = %config.mountpoint.display(), "mounted");
     if let Some(ready) = config.on_ready {
         ready();
+    }
+
+    if let Some(rate) = config.hydrate {
+        wiring::start_hydration(&runtime, &opened, rate);
     }
 
     let stopped_by_signal = runtime.block_on(wait_for_stop(&mount))?;

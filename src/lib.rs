@@ -18,7 +18,8 @@
 //!   and writing (no I/O, no tokio);
 //! - the store crate [`zvstore`]: the `ObjectStore` trait and its file, S3
 //!   and HTTP backends, retries, pinning, the one coalescing planner;
-//! - [`cache`]: decoded-block caches (memory LRU and persistent disk);
+//! - [`cache`]: decoded-block caches (memory LRU and the host-wide image cache);
+//! - [`hydrate`]: background filling of the host cache until an image is local;
 //! - [`image`]: block number → verified, decoded bytes, with single-flight;
 //! - [`prefetch`]: sequential readahead and boot-profile replay;
 //! - [`fuse`]: FUSE requests → image reads, nothing more;
@@ -37,6 +38,7 @@ pub mod cache;
 pub mod cli;
 pub mod daemon;
 pub mod fuse;
+pub mod hydrate;
 pub mod image;
 pub mod metrics;
 pub mod prefetch;

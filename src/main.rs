@@ -54,13 +54,20 @@ struct Cli {
     #[arg(long, value_name = "SIZE", default_value_t = ByteSize(MountConfig::default().mem_cache))]
     mem_cache: ByteSize,
 
-    /// Directory for a persistent cache of decoded blocks.
+    /// Host-wide image cache, shared by every zvmount on the host (default
+    /// for root: /var/cache/zvmount, or $ZVMOUNT_CACHE_DIR; `none`: no cache).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
 
-    /// Size limit of the --cache-dir cache.
-    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(MountConfig::DEFAULT_DISK_CACHE), requires = "cache_dir")]
+    /// Size cap of the host cache (whole images are evicted, least
+    /// recently used first; 5% of its file system is always kept free).
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(MountConfig::DEFAULT_DISK_CACHE))]
     disk_cache: ByteSize,
+
+    /// Fetch every block into the host cache in the background, at the
+    /// lowest priority, at most RATE MB/s (default: unlimited).
+    #[arg(long, value_name = "RATE", num_args = 0..=1, require_equals = true, default_missing_value = "0")]
+    hydrate: Option<f64>,
 
     /// Blocks to fetch ahead of a sequential reader (0 disables).
     #[arg(long, value_name = "BLOCKS", default_value_t = MountConfig::default().readahead)]
@@ -244,7 +251,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         sidecar: cli.sidecar,
         no_sidecar: cli.no_sidecar,
         mem_cache: cli.mem_cache.0,
-        disk_cache: cli.cache_dir.map(|dir| (dir, cli.disk_cache.0)),
+        disk_cache: cache_dir(cli.cache_dir).map(|dir| (dir, cli.disk_cache.0)),
+        hydrate: cli.hydrate.map(|mb| (mb.max(0.0) * 1e6) as u64),
         readahead: cli.readahead,
         prefetch_budget: cli.prefetch_budget.0,
         allow_other: cli.allow_other,
@@ -254,6 +262,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         on_ready,
         metrics_addr: cli.metrics_addr,
     })
+}
+
+/// The host cache directory: `--cache-dir`, else `$ZVMOUNT_CACHE_DIR`, else
+/// /var/cache/zvmount for root (others must ask for one); `none` (or an
+/// empty variable) means no cache.
+fn cache_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
+    const DEFAULT_FOR_ROOT: &str = "/var/cache/zvmount";
+    let chosen = flag
+        .or_else(|| std::env::var_os("ZVMOUNT_CACHE_DIR").map(PathBuf::from))
+        .or_else(|| is_root().then(|| PathBuf::from(DEFAULT_FOR_ROOT)))?;
+    (!chosen.as_os_str().is_empty() && chosen.as_os_str() != "none").then_some(chosen)
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 /// `--daemon`: run the mount in a child without `--daemon`, relay its

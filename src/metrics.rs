@@ -123,6 +123,11 @@ counters! {
     decode_ns,
     /// FUSE reads answered with EIO.
     fuse_read_errors,
+    /// Blocks with data present in the host cache, of `hydrate_total`
+    /// (levels, not counters: moved by hydration, summed over images).
+    hydrate_done,
+    /// Blocks with data in the images being hydrated.
+    hydrate_total,
     ;
     /// Of `fetch_errors`, by kind (keyed by [`StoreErrorKind::label`]).
     store_errors: ErrorKindCounts => BTreeMap<String, u64>,

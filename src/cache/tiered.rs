@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{BlockCache, BlockKey, CacheTier};
+use super::{BlockCache, BlockKey, CacheTier, FillClaim, Lookup};
 
 /// Two caches composed: `front` (fast, e.g. [`super::MemoryCache`]) and
 /// `back` (large, e.g. [`super::DiskCache`]).
@@ -53,29 +53,61 @@ impl BlockCache for TieredCache {
         self.front.put(key, block.clone());
         self.back.put(key, block);
     }
+
+    fn lookup(&self, key: &BlockKey, wait: bool) -> Lookup {
+        if let Some(hit) = self.front.get(key) {
+            return Lookup::Hit(hit.0, hit.1);
+        }
+        let found = self.back.lookup(key, wait);
+        if let Lookup::Hit(bytes, _) = &found {
+            self.front.put(key, bytes.clone());
+        }
+        found
+    }
+
+    fn fill(&self, key: &BlockKey, block: Bytes, claim: Option<FillClaim>, to_memory: bool) {
+        self.front.fill(key, block.clone(), None, to_memory);
+        self.back.fill(key, block, claim, to_memory);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{DiskCache, MemoryCache};
+    use crate::cache::host::EntrySpec;
+    use crate::cache::{HostCache, MemoryCache};
 
     #[test]
-    fn disk_hit_is_promoted_to_memory() {
-        let dir = tempfile::tempdir().unwrap();
+    fn host_hit_is_promoted_to_memory() {
+        let dir = crate::cache::host::tests::test_dir();
+        let spec = EntrySpec {
+            id: "img".into(),
+            source: "test".into(),
+            block_size: 8192,
+            block_count: 8,
+            data_len: 8 * 8192,
+            records: vec![true; 8],
+            hashes: None,
+            layout: Vec::new(),
+        };
         let key = BlockKey::new(Arc::from("img"), 5);
         let data = Bytes::from(vec![9u8; 8192]);
         {
-            let disk = DiskCache::open(dir.path(), 1 << 20).unwrap();
-            disk.put(&key, data.clone());
-            disk.flush();
+            let host = HostCache::open(dir.path(), 1 << 20).unwrap();
+            host.attach(&spec).unwrap();
+            let Lookup::Miss(Some(claim)) = host.lookup(&key, false) else {
+                panic!("a claimable miss")
+            };
+            host.fill(&key, data.clone(), Some(claim), true);
+            host.flush();
         }
         let mem = Arc::new(MemoryCache::new(1 << 20));
-        let disk = Arc::new(DiskCache::open(dir.path(), 1 << 20).unwrap());
-        let tiered = TieredCache::new(mem.clone(), disk);
+        let host = Arc::new(HostCache::open(dir.path(), 1 << 20).unwrap());
+        host.attach(&spec).unwrap();
+        let tiered = TieredCache::new(mem.clone(), host);
         assert!(tiered.may_block());
         assert!(tiered.get_fast(&key).is_none());
-        assert_eq!(tiered.get(&key).unwrap(), (data.clone(), CacheTier::Disk));
+        assert!(matches!(tiered.lookup(&key, false), Lookup::Hit(b, CacheTier::Disk) if b == data));
         assert_eq!(tiered.get_fast(&key).unwrap(), data);
         assert_eq!(tiered.get(&key).unwrap().1, CacheTier::Memory);
         assert!(mem.contains(&key));

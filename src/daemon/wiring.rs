@@ -8,10 +8,12 @@ use std::time::SystemTime;
 use anyhow::{Context, anyhow, bail};
 
 use super::{MountConfig, default_name};
-use crate::cache::{BlockCache, DiskCache, MemoryCache, NoCache, TieredCache};
+use crate::cache::host::CacheEntry;
+use crate::cache::{BlockCache, HostCache, MemoryCache, NoCache, TieredCache};
 use crate::fuse::{DiskFile, RawFileDisk, ServedFile, StatsSource};
 use crate::image::{
-    Image, ImageDisk, ImageLayout, ImageOptions, MountContext, MountLimits, SidecarSource,
+    Image, ImageDisk, ImageError, ImageLayout, ImageOptions, MountContext, MountLimits,
+    SidecarSource,
 };
 use crate::metrics::Metrics;
 use crate::telemetry::{CacheGauge, CacheUsage, ImageTelemetry, MountTelemetry};
@@ -21,6 +23,8 @@ use zvstore::{ObjectStore, open_source};
 pub(super) struct Opened {
     pub served: ServedFile,
     pub image: Option<Arc<Image>>,
+    /// The image's entry in the host cache, when there is one.
+    pub cached: Option<(Arc<HostCache>, Arc<CacheEntry>)>,
     /// What the stats file says about it.
     pub summary: serde_json::Value,
 }
@@ -53,7 +57,7 @@ impl Opened {
 /// counts into its own [`Metrics`].
 pub(super) async fn open_all(
     config: &MountConfig,
-    cache: Arc<dyn BlockCache>,
+    (cache, host): Caches,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Vec<Opened>> {
     // Every store counts its outages into the mount's counters.
@@ -85,6 +89,7 @@ pub(super) async fn open_all(
                 summary: serde_json::json!({ "name": name, "origin": source, "size": disk.size(), "raw": true }),
                 served: ServedFile { name, disk: Arc::new(disk), mtime, origin: source.clone(), metrics: Arc::default() },
                 image: None,
+                cached: None,
             });
             continue;
         }
@@ -102,7 +107,16 @@ pub(super) async fn open_all(
         };
         for key in keys {
             let name = names.next().cloned().unwrap_or_else(|| default_name(&key));
-            let one = open_image(config, &store, &key, name, &mount, options.clone()).await?;
+            let one = open_image(
+                config,
+                &store,
+                &key,
+                name,
+                &mount,
+                options.clone(),
+                host.clone(),
+            )
+            .await?;
             opened.push(one);
         }
     }
@@ -152,6 +166,7 @@ async fn open_image(
     name: String,
     mount: &Arc<MountContext>,
     options: ImageOptions,
+    host: Option<Arc<HostCache>>,
 ) -> anyhow::Result<Opened> {
     let sidecar = if config.no_sidecar {
         SidecarSource::Ignore
@@ -164,9 +179,31 @@ async fn open_image(
         SidecarSource::Auto
     };
     let location = store.location(key);
-    let layout = ImageLayout::load(store.as_ref(), key, &sidecar)
-        .await
-        .with_context(|| format!("cannot open image {location}"))?;
+    let layout = match ImageLayout::load(store.as_ref(), key, &sidecar).await {
+        Ok(layout) => layout,
+        Err(e) => match host
+            .as_deref()
+            .and_then(|h| cached_layout(h, &location, &e))
+        {
+            Some(layout) => layout,
+            None => return Err(e).with_context(|| format!("cannot open image {location}")),
+        },
+    };
+    let cached = match &host {
+        Some(h) => match h.attach(&crate::image::persist::cache_spec(&layout)) {
+            Ok(entry) => Some((Arc::clone(h), entry)),
+            Err(e) => {
+                tracing::warn!(image = %location, "not using the host cache for this image: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    if layout.requests == 0 && !cached.as_ref().is_some_and(|(_, e)| e.is_complete()) {
+        bail!(
+            "cannot open image {location}: the store is unreachable and the host cache does not hold all of it"
+        );
+    }
     tracing::info!(
         image = %location,
         sidecar = layout.sidecar.is_some(),
@@ -190,17 +227,97 @@ async fn open_image(
         options,
         Arc::clone(&metrics),
     );
+    // A complete entry cached by an earlier run: check it against the
+    // sidecar in the background, after which new opens use passthrough.
+    if let Some((_, entry)) = &cached
+        && entry.is_complete()
+        && !entry.is_local()
+    {
+        let entry = Arc::clone(entry);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = entry.verify_present() {
+                tracing::warn!(image = %entry.id(), "cannot check the host cache entry: {e}");
+            }
+        });
+    }
     Ok(Opened {
         served: ServedFile {
             name,
-            disk: Arc::new(ImageDisk::new(Arc::clone(&image))),
+            disk: Arc::new(match &cached {
+                Some((_, entry)) => {
+                    ImageDisk::with_cache_entry(Arc::clone(&image), Arc::clone(entry))
+                }
+                None => ImageDisk::new(Arc::clone(&image)),
+            }),
             mtime,
             origin: location,
             metrics,
         },
         image: Some(image),
+        cached,
         summary,
     })
+}
+
+/// The layout the host cache kept for `location`, when the store could not
+/// be reached to load it (`error`): a fully cached image then still mounts.
+fn cached_layout(host: &HostCache, location: &str, error: &ImageError) -> Option<ImageLayout> {
+    let ImageError::Store(e) = error else {
+        return None;
+    };
+    // Only "could not reach it": a missing or forbidden object is an answer.
+    if e.is_not_found()
+        || matches!(
+            e,
+            zvstore::StoreError::Forbidden { .. } | zvstore::StoreError::Changed { .. }
+        )
+    {
+        return None;
+    }
+    let (id, bytes) = host.find_by_source(location)?;
+    let layout = crate::image::persist::decode(&bytes)?;
+    if layout.cache_id() != id {
+        return None;
+    }
+    tracing::warn!(
+        image = %location,
+        cache_id = %id,
+        "store unreachable ({e}); opening the image from the host cache without rechecking its identity"
+    );
+    Some(layout)
+}
+
+/// Starts background hydration of every image that has a host-cache entry.
+pub(super) fn start_hydration(runtime: &tokio::runtime::Runtime, opened: &[Opened], rate: u64) {
+    let mut any = false;
+    for o in opened {
+        let (Some(image), Some((host, entry))) = (&o.image, &o.cached) else {
+            continue;
+        };
+        any = true;
+        let options = if rate > 0 {
+            // Capped: one block at a time keeps the rate smooth.
+            crate::hydrate::HydrateOptions {
+                rate: Some(rate),
+                run_blocks: 1,
+                concurrency: 1,
+                ..Default::default()
+            }
+        } else {
+            crate::hydrate::HydrateOptions::default()
+        };
+        tracing::info!(image = %image.name(), missing = entry.record_blocks() - entry.present_blocks(), "hydrating in the background");
+        runtime.spawn(crate::hydrate::hydrate(
+            Arc::clone(image),
+            Arc::clone(host),
+            Arc::clone(entry),
+            options,
+            |_| {},
+        ));
+    }
+    if !any {
+        tracing::warn!("--hydrate needs a host cache (--cache-dir); nothing to hydrate into");
+    }
 }
 
 /// How every image of the mount reads, per the mount's flags.
@@ -214,12 +331,17 @@ fn image_options(config: &MountConfig) -> ImageOptions {
     }
 }
 
-/// The mount's block cache, and a gauge per tier for the mount's
-/// telemetry. Opening a disk cache walks its directory: call it outside
-/// the async runtime.
-pub(super) fn build_cache(
-    config: &MountConfig,
-) -> anyhow::Result<(Arc<dyn BlockCache>, Vec<CacheGauge>)> {
+/// The mount's caches: memory in front of the host cache (when there is
+/// one), and the host cache itself (images attach to it).
+pub(super) type Caches = (Arc<dyn BlockCache>, Option<Arc<HostCache>>);
+
+/// The mount's block caches. Opening the host cache only creates its
+/// directories and reads their list (no walk over blocks), but call it
+/// outside the async runtime all the same.
+///
+/// Also returns a usage gauge per tier for the mount's telemetry (memory
+/// only: the host cache is shared by every process of the host).
+pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<(Caches, Vec<CacheGauge>)> {
     let mut gauges = Vec::new();
     let memory: Arc<dyn BlockCache> = if config.mem_cache == 0 {
         Arc::new(NoCache)
@@ -238,28 +360,21 @@ pub(super) fn build_cache(
         });
         memory
     };
-    let cache: Arc<dyn BlockCache> = match &config.disk_cache {
-        None => memory,
+    let caches = match &config.disk_cache {
+        None => (memory, None),
         Some((dir, size)) => {
-            let disk =
-                Arc::new(DiskCache::open(dir, *size).map_err(|e| {
-                    anyhow!("cannot open the disk cache in {}: {e}", dir.display())
+            let host =
+                Arc::new(HostCache::open(dir, *size).map_err(|e| {
+                    anyhow!("cannot open the host cache in {}: {e}", dir.display())
                 })?);
-            let probe = Arc::clone(&disk);
-            gauges.push(CacheGauge {
-                tier: "disk",
-                usage: Arc::new(move || {
-                    let s = probe.stats();
-                    CacheUsage {
-                        bytes: s.bytes,
-                        capacity: s.capacity,
-                    }
-                }),
-            });
-            Arc::new(TieredCache::new(memory, disk))
+            let tiered: Arc<dyn BlockCache> = Arc::new(TieredCache::new(
+                memory,
+                Arc::clone(&host) as Arc<dyn BlockCache>,
+            ));
+            (tiered, Some(host))
         }
     };
-    Ok((cache, gauges))
+    Ok((caches, gauges))
 }
 
 /// What the mount reports: each served file's counters and summary, the

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use fuser::consts::{FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE};
 use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyData,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 
@@ -60,7 +60,7 @@ const IMMUTABLE_TTL: Duration = Duration::from_secs(3600);
 /// The stats file changes on every read of the disks: never cache it.
 const VOLATILE_TTL: Duration = Duration::ZERO;
 
-const ROOT_INO: u64 = fuser::FUSE_ROOT_ID;
+const ROOT_INO: u64 = 1;
 const STATS_INO: u64 = 2;
 /// Inode of the first disk; disk `i` is `FIRST_DISK_INO + i`.
 const FIRST_DISK_INO: u64 = 3;
@@ -102,6 +102,14 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
     ) -> Option<Bytes> {
         None
     }
+
+    /// A local file holding exactly this disk's bytes (same size), when
+    /// there is one: new opens are then served by FUSE passthrough, so
+    /// reads never reach the daemon. Called at each open; `None` (the
+    /// default) keeps reads in the daemon.
+    fn backing_file(&self) -> Option<std::fs::File> {
+        None
+    }
 }
 
 /// One file in the mount's root directory.
@@ -120,6 +128,20 @@ pub struct ServedFile {
     pub metrics: Arc<Metrics>,
 }
 
+/// Open flags of a passthrough handle: the kernel refuses any but
+/// `FOPEN_DIRECT_IO`/`NOFLUSH`/`PARALLEL_DIRECT_WRITES` with passthrough
+/// (the page cache is the backing file's own then).
+const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::empty();
+
+/// How the open handles of one disk inode are served.
+#[derive(Default)]
+struct OpenModes {
+    /// Handles whose reads the daemon serves.
+    cached: u64,
+    /// The backing file of the passthrough handles, and their count.
+    backing: Option<(BackingId, u64)>,
+}
+
 /// Produces the content of the stats file each time it is opened.
 pub type StatsSource = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
 
@@ -135,6 +157,13 @@ pub struct ZvFs {
     /// Reader streams of open disk handles (one sequential detector each).
     disk_handles: Mutex<HashMap<u64, Arc<ReaderStream>>>,
     next_fh: AtomicU64,
+    /// Whether the kernel accepted FUSE passthrough at init.
+    passthrough: bool,
+    /// Per disk inode: open handles served by the daemon, and the backing
+    /// file shared by its passthrough handles with their count (the kernel
+    /// refuses mixing the two modes on one inode, and wants one backing id
+    /// per inode).
+    modes: Mutex<HashMap<u64, OpenModes>>,
     uid: u32,
     gid: u32,
     mounted_at: SystemTime,
@@ -206,6 +235,8 @@ impl ZvFs {
             stats_handles: Mutex::new(HashMap::new()),
             disk_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            passthrough: false,
+            modes: Mutex::new(HashMap::new()),
             uid,
             gid,
             mounted_at: SystemTime::now(),
@@ -219,7 +250,7 @@ impl ZvFs {
 
     fn attr(&self, ino: u64) -> Option<(FileAttr, Duration)> {
         let base = FileAttr {
-            ino,
+            ino: INodeNo(ino),
             size: 0,
             blocks: 0,
             atime: self.mounted_at,
@@ -280,6 +311,54 @@ impl ZvFs {
         }
     }
 
+    /// Opens a disk: by passthrough to its backing file when there is one
+    /// and no handle of the inode is served by the daemon, else through
+    /// the daemon.
+    fn open_disk(&self, ino: u64, fh: u64, file: &ServedFile, reply: ReplyOpen) {
+        let mut modes = self.modes.lock().unwrap_or_else(|e| e.into_inner());
+        let m = modes.entry(ino).or_default();
+        if self.passthrough && m.cached == 0 {
+            if let Some((id, n)) = &mut m.backing {
+                *n += 1;
+                reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, id);
+                return;
+            }
+            if let Some(backing) = file.disk.backing_file() {
+                match reply.open_backing(&backing) {
+                    Ok(id) => {
+                        tracing::info!(file = %file.name, "serving by FUSE passthrough to the local copy");
+                        reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &id);
+                        m.backing = Some((id, 1));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %file.name, "FUSE passthrough refused ({e}); serving reads from the daemon");
+                    }
+                }
+            }
+        }
+        if let Some((id, n)) = &mut m.backing {
+            // Passthrough handles are open: the kernel would refuse a
+            // daemon-served one, so this open shares their backing file.
+            *n += 1;
+            reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, id);
+            return;
+        }
+        m.cached += 1;
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn release_disk(&self, ino: u64) {
+        let mut modes = self.modes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = modes.get_mut(&ino) else { return };
+        match &mut m.backing {
+            Some((_, n)) if *n > 1 => *n -= 1,
+            // The last passthrough handle: close the backing id.
+            Some(_) => m.backing = None,
+            None => m.cached = m.cached.saturating_sub(1),
+        }
+    }
+
     fn read_stats(&self, fh: u64, offset: u64, size: u32, reply: ReplyData) {
         let doc = self
             .stats_handles
@@ -297,10 +376,12 @@ impl ZvFs {
 }
 
 /// Mount options of a zvmount mount: read-only, kernel permission checks,
-/// no devices or setuid; `allow_other` (and then `auto_unmount`, which
-/// fusermount3 only accepts together with it) only when asked.
-pub fn mount_options(allow_other: bool) -> Vec<MountOption> {
-    let mut options = vec![
+/// no devices or setuid; other users (`allow_other`, and then
+/// `auto_unmount`, which fusermount3 only accepts together with it) only
+/// when asked.
+pub fn mount_options(allow_other: bool) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
         MountOption::RO,
         MountOption::DefaultPermissions,
         MountOption::NoDev,
@@ -309,10 +390,10 @@ pub fn mount_options(allow_other: bool) -> Vec<MountOption> {
         MountOption::Subtype("zvmount".into()),
     ];
     if allow_other {
-        options.push(MountOption::AllowOther);
-        options.push(MountOption::AutoUnmount);
+        config.acl = fuser::SessionACL::All;
+        config.mount_options.push(MountOption::AutoUnmount);
     }
-    options
+    config
 }
 
 fn check_name(name: &str) -> Result<(), &'static str> {
@@ -348,7 +429,7 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Filesystem for ZvFs {
-    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Each setter answers with the nearest accepted value when the kernel
         // refuses ours; retrying with that value is always right.
         if let Err(nearest) = config.set_max_readahead(MAX_READ) {
@@ -360,41 +441,52 @@ impl Filesystem for ZvFs {
         }
         let _ = config.set_max_background(MAX_BACKGROUND);
         let _ = config.set_congestion_threshold(CONGESTION_THRESHOLD);
-        tracing::debug!(?config, "FUSE session initialised");
+        // Passthrough (Linux >= 6.9, root): a fully local disk is then read
+        // by the kernel straight from the cache file. One level of stacking
+        // lets the cache live on an overlay-free file system only.
+        self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        tracing::debug!(
+            ?config,
+            passthrough = self.passthrough,
+            "FUSE session initialised"
+        );
         Ok(())
     }
 
-    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        if parent != ROOT_INO {
-            return reply.error(libc::ENOENT);
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent.0 != ROOT_INO {
+            return reply.error(Errno::ENOENT);
         }
         let ino = match name.to_str() {
             Some(STATS_FILE_NAME) => STATS_INO,
             Some(n) => match self.by_name.get(n) {
                 Some(&ino) => ino,
-                None => return reply.error(libc::ENOENT),
+                None => return reply.error(Errno::ENOENT),
             },
-            None => return reply.error(libc::ENOENT),
+            None => return reply.error(Errno::ENOENT),
         };
         match self.attr(ino) {
-            Some((attr, ttl)) => reply.entry(&ttl, &attr, 0),
-            None => reply.error(libc::ENOENT),
+            Some((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match self.attr(ino) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino.0) {
             Some((attr, ttl)) => reply.attr(&ttl, &attr),
-            None => reply.error(libc::ENOENT),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let flags = flags.0;
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return reply.error(libc::EROFS);
+            return reply.error(Errno::EROFS);
         }
+        let ino = ino.0;
         match ino {
-            ROOT_INO => reply.error(libc::EISDIR),
+            ROOT_INO => reply.error(Errno::EISDIR),
             STATS_INO => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 let doc = Arc::new((self.stats)());
@@ -402,7 +494,7 @@ impl Filesystem for ZvFs {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(fh, doc);
-                reply.opened(fh, FOPEN_DIRECT_IO);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
             }
             _ => match self.file(ino) {
                 Some(file) => {
@@ -413,32 +505,29 @@ impl Filesystem for ZvFs {
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(fh, stream);
                     }
-                    reply.opened(fh, FOPEN_KEEP_CACHE)
+                    self.open_disk(ino, fh, file, reply)
                 }
-                None => reply.error(libc::ENOENT),
+                None => reply.error(Errno::ENOENT),
             },
         }
     }
 
     fn read(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
         size: u32,
-        _flags: i32,
-        _lock_owner: Option<u64>,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Ok(offset) = u64::try_from(offset) else {
-            return reply.error(libc::EINVAL);
-        };
-        if ino == STATS_INO {
-            return self.read_stats(fh, offset, size, reply);
+        if ino.0 == STATS_INO {
+            return self.read_stats(fh.0, offset, size, reply);
         }
-        let Some(file) = self.file(ino) else {
-            return reply.error(libc::ENOENT);
+        let Some(file) = self.file(ino.0) else {
+            return reply.error(Errno::ENOENT);
         };
         let disk_size = file.disk.size();
         if offset >= disk_size || size == 0 {
@@ -449,7 +538,7 @@ impl Filesystem for ZvFs {
             .disk_handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&fh)
+            .get(&fh.0)
             .cloned();
         // A read the memory cache can answer is answered here: handing it
         // to a runtime worker (spawn, wake-up, reply from another thread)
@@ -487,7 +576,7 @@ impl Filesystem for ZvFs {
                         "read returned a short buffer; answering EIO"
                     );
                     Metrics::inc(&metrics.fuse_read_errors);
-                    reply.error(libc::EIO);
+                    reply.error(Errno::EIO);
                 }
                 Err(err) => {
                     tracing::error!(
@@ -499,56 +588,69 @@ impl Filesystem for ZvFs {
                         error_chain(err.as_ref())
                     );
                     Metrics::inc(&metrics.fuse_read_errors);
-                    reply.error(libc::EIO);
+                    reply.error(Errno::EIO);
                 }
             }
         });
     }
 
     fn release(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        fh: u64,
-        _flags: i32,
-        _lock_owner: Option<u64>,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if ino == STATS_INO {
+        if ino.0 == STATS_INO {
             self.stats_handles
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&fh);
-        } else {
+                .remove(&fh.0);
+        } else if self.file(ino.0).is_some() {
             self.disk_handles
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&fh);
+                .remove(&fh.0);
+            self.release_disk(ino.0);
         }
         reply.ok();
     }
 
-    fn opendir(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        if ino != ROOT_INO {
-            return reply.error(libc::ENOTDIR);
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Read-only: nothing to flush.
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if ino.0 != ROOT_INO {
+            return reply.error(Errno::ENOTDIR);
         }
-        if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(libc::EROFS);
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
         }
-        reply.opened(0, 0);
+        reply.opened(FileHandle(0), FopenFlags::empty());
     }
 
     fn readdir(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        if ino != ROOT_INO {
-            return reply.error(libc::ENOTDIR);
+        if ino.0 != ROOT_INO {
+            return reply.error(Errno::ENOTDIR);
         }
         let fixed = [
             (ROOT_INO, FileType::Directory, "."),
@@ -565,15 +667,15 @@ impl Filesystem for ZvFs {
                 )
             }));
         // An entry's offset is the cookie of the entry after it.
-        for (i, (ino, kind, name)) in entries.enumerate().skip(offset.max(0) as usize) {
-            if reply.add(ino, i as i64 + 1, kind, name) {
+        for (i, (ino, kind, name)) in entries.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         const BSIZE: u64 = 4096;
         let blocks: u64 = self
             .files
@@ -600,13 +702,13 @@ mod tests {
 
     #[test]
     fn allow_other_brings_auto_unmount() {
-        assert!(!mount_options(false).contains(&MountOption::AllowOther));
-        assert!(!mount_options(false).contains(&MountOption::AutoUnmount));
-        let opts = mount_options(true);
-        assert!(
-            opts.contains(&MountOption::AllowOther) && opts.contains(&MountOption::AutoUnmount)
-        );
-        assert!(mount_options(false).contains(&MountOption::RO));
+        let own = mount_options(false);
+        assert_eq!(own.acl, fuser::SessionACL::Owner);
+        assert!(!own.mount_options.contains(&MountOption::AutoUnmount));
+        assert!(own.mount_options.contains(&MountOption::RO));
+        let all = mount_options(true);
+        assert_eq!(all.acl, fuser::SessionACL::All);
+        assert!(all.mount_options.contains(&MountOption::AutoUnmount));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::Image;
+use crate::cache::host::CacheEntry;
 use crate::fuse::{DiskFile, DiskReadError};
 use crate::prefetch::ReaderStream;
 
@@ -15,12 +16,26 @@ use crate::prefetch::ReaderStream;
 #[derive(Debug)]
 pub struct ImageDisk {
     image: Arc<Image>,
+    /// Its host-cache entry: once the whole disk is there (and checked),
+    /// the entry's data file is the disk, for FUSE passthrough.
+    cached: Option<Arc<CacheEntry>>,
 }
 
 impl ImageDisk {
     /// Serves `image`.
     pub fn new(image: Arc<Image>) -> ImageDisk {
-        ImageDisk { image }
+        ImageDisk {
+            image,
+            cached: None,
+        }
+    }
+
+    /// Serves `image`, whose host-cache entry is `entry`.
+    pub fn with_cache_entry(image: Arc<Image>, entry: Arc<CacheEntry>) -> ImageDisk {
+        ImageDisk {
+            image,
+            cached: Some(entry),
+        }
     }
 
     /// The image served.
@@ -64,5 +79,15 @@ impl DiskFile for ImageDisk {
             Some(s) => self.image.try_read_cached_in(offset, len, s),
             None => self.image.try_read_cached(offset, len),
         }
+    }
+
+    fn backing_file(&self) -> Option<std::fs::File> {
+        let entry = self.cached.as_ref()?;
+        // Same length as the served file (not with --size curr, whose
+        // zero tail the data file does not hold), all there and checked.
+        if entry.data_len() != self.image.size() || !entry.is_local() {
+            return None;
+        }
+        std::fs::File::open(entry.data_path()).ok()
     }
 }

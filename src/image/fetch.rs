@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{FetchKind, Image};
+use crate::cache::{FillClaim, Lookup};
 use crate::metrics::{Metrics, StoreErrorKind};
 use crate::prefetch::BudgetPermit;
 use zvhd2::verify::{self, VerifyError, VerifyFailure};
@@ -53,6 +54,11 @@ pub(super) struct Pending {
     pub(super) block: u64,
     pub(super) loc: RecordLocation,
     tx: Option<oneshot::Sender<Result<Bytes, Arc<BlockFailure>>>>,
+    /// The cache's claim to fill this block, from a missed lookup; handed
+    /// back with the block, or dropped (released) if the fetch fails.
+    claim: Option<FillClaim>,
+    /// Whether the block goes to memory levels too (not for hydration).
+    to_memory: bool,
 }
 
 impl Pending {
@@ -67,7 +73,15 @@ impl Pending {
             block,
             loc,
             tx: Some(tx),
+            claim: None,
+            to_memory: true,
         }
+    }
+
+    /// Keeps the block out of memory caches (background hydration).
+    pub(super) fn cold(mut self) -> Pending {
+        self.to_memory = false;
+        self
     }
 
     /// Hands `result` to every waiter. A fetched block is cached first and
@@ -75,9 +89,12 @@ impl Pending {
     /// of the two places (see `Image::claim`).
     fn complete(mut self, result: Result<Bytes, Arc<BlockFailure>>, cache_it: bool) {
         if let (Ok(bytes), true) = (&result, cache_it) {
-            self.image
-                .cache
-                .put(&self.image.cache_key(self.block), bytes.clone());
+            self.image.cache.fill(
+                &self.image.cache_key(self.block),
+                bytes.clone(),
+                self.claim.take(),
+                self.to_memory,
+            );
         }
         self.finish(result);
     }
@@ -105,6 +122,10 @@ impl Drop for Pending {
 /// Produces every block of `pending`: from the lower cache levels when they
 /// have it, else from the store in coalesced runs. Holds `permit` (the
 /// prefetch budget) until all are done.
+///
+/// A block another process sharing the cache is filling right now is
+/// waited for only after this task's own fetches are under way, one block
+/// at a time, so that two processes never wait on each other.
 pub(super) async fn run(
     image: Arc<Image>,
     pending: Vec<Pending>,
@@ -112,52 +133,80 @@ pub(super) async fn run(
     permit: BudgetPermit,
 ) {
     let _permit = permit;
-    let demand = kind == FetchKind::Demand;
-    let mut remaining = Vec::with_capacity(pending.len());
-    if image.cache.may_block() {
-        let cache = Arc::clone(&image.cache);
-        let keys: Vec<_> = pending.iter().map(|p| image.cache_key(p.block)).collect();
-        let looked = tokio::task::spawn_blocking(move || {
-            keys.iter()
-                .map(|k| cache.get(k).map(|(bytes, _)| bytes))
-                .collect::<Vec<_>>()
-        })
-        .await;
-        match looked {
-            Ok(hits) => {
-                for (p, hit) in pending.into_iter().zip(hits) {
-                    match hit {
-                        Some(bytes) if bytes.len() as u64 == image.block_size => {
-                            if demand {
-                                Metrics::inc(&image.metrics.disk_cache_hits);
-                            }
-                            // The cache has it already (and promoted it).
-                            p.complete(Ok(bytes), false);
-                        }
-                        // A miss, or an entry of the wrong length (never
-                        // handed out): fetch it again.
-                        _ => remaining.push(p),
-                    }
-                }
-            }
-            // A panicking cache lookup is a miss, not a failed read.
-            Err(_) => remaining = pending,
-        }
-    } else {
-        remaining = pending;
-    }
-    if remaining.is_empty() {
+    if !image.cache.may_block() {
+        fetch_all(&image, pending, kind).await;
         return;
     }
-    if demand {
-        Metrics::add(&image.metrics.cache_misses, remaining.len() as u64);
+    let (remaining, busy) = lookup_all(&image, pending, kind, false).await;
+    let own = fetch_all(&image, remaining, kind);
+    let others = async {
+        for p in busy {
+            let (remaining, _) = lookup_all(&image, vec![p], kind, true).await;
+            fetch_all(&image, remaining, kind).await;
+        }
+    };
+    futures::future::join(own, others).await;
+}
+
+/// Looks `pending` up in the cache (claiming misses for filling): hits are
+/// completed, misses returned to fetch, and blocks another process is
+/// filling returned apart (never with `wait`).
+async fn lookup_all(
+    image: &Arc<Image>,
+    pending: Vec<Pending>,
+    kind: FetchKind,
+    wait: bool,
+) -> (Vec<Pending>, Vec<Pending>) {
+    let demand = kind == FetchKind::Demand;
+    let cache = Arc::clone(&image.cache);
+    let keys: Vec<_> = pending.iter().map(|p| image.cache_key(p.block)).collect();
+    let looked = tokio::task::spawn_blocking(move || {
+        keys.iter()
+            .map(|k| cache.lookup(k, wait))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let Ok(found) = looked else {
+        // A panicking cache lookup is a miss, not a failed read.
+        return (pending, Vec::new());
+    };
+    let mut remaining = Vec::with_capacity(pending.len());
+    let mut busy = Vec::new();
+    for (mut p, lookup) in pending.into_iter().zip(found) {
+        match lookup {
+            Lookup::Hit(bytes, _) if bytes.len() as u64 == image.block_size => {
+                if demand {
+                    Metrics::inc(&image.metrics.disk_cache_hits);
+                }
+                // The cache has it already (and promoted it).
+                p.complete(Ok(bytes), false);
+            }
+            // An entry of the wrong length is never handed out: fetch it again.
+            Lookup::Hit(..) => remaining.push(p),
+            Lookup::Miss(claim) => {
+                p.claim = claim;
+                remaining.push(p);
+            }
+            Lookup::Busy => busy.push(p),
+        }
+    }
+    (remaining, busy)
+}
+
+/// Fetches `pending` from the store in coalesced runs.
+async fn fetch_all(image: &Arc<Image>, pending: Vec<Pending>, kind: FetchKind) {
+    if pending.is_empty() {
+        return;
+    }
+    if kind == FetchKind::Demand {
+        Metrics::add(&image.metrics.cache_misses, pending.len() as u64);
     }
     let groups = coalesce(
-        remaining,
+        pending,
         image.options.coalesce_gap,
         image.options.max_coalesce_bytes,
     );
-    futures::future::join_all(groups.into_iter().map(|g| fetch_group(&image, g, kind))).await;
+    futures::future::join_all(groups.into_iter().map(|g| fetch_group(image, g, kind))).await;
 }
 
 /// Groups pending blocks into runs of neighbouring records (sorted by
@@ -257,7 +306,9 @@ async fn get(image: &Image, range: std::ops::Range<u64>, kind: FetchKind) -> Sto
         .get_range(&image.layout.key, range, Some(&image.layout.meta));
     match kind {
         FetchKind::Demand => fut.await,
-        FetchKind::Readahead | FetchKind::Profile => Priority::Prefetch.scope(fut).await,
+        FetchKind::Readahead | FetchKind::Profile | FetchKind::Hydrate => {
+            Priority::Prefetch.scope(fut).await
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod disk;
 pub mod error;
 mod fetch;
 pub mod open;
+pub mod persist;
 pub mod scan;
 
 use std::collections::HashMap;
@@ -225,6 +226,8 @@ pub(crate) enum FetchKind {
     Demand,
     Readahead,
     Profile,
+    /// Background hydration: lower cache levels only, lowest priority.
+    Hydrate,
 }
 
 /// Most blocks fetched in one coalesced GET.
@@ -259,6 +262,9 @@ pub struct Image {
     /// The reader stream of reads that come without one of their own.
     stream: ReaderStream,
     recorder: Option<Arc<AccessRecorder>>,
+    /// Demand reads waiting for a fetch right now (background hydration
+    /// holds back while any are).
+    demand_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl fmt::Debug for Image {
@@ -345,6 +351,7 @@ impl Image {
             inflight: Mutex::new(HashMap::new()),
             stream: ReaderStream::new(options.readahead_blocks),
             recorder,
+            demand_waiting: std::sync::atomic::AtomicUsize::new(0),
             layout,
             options,
         })
@@ -566,6 +573,32 @@ impl Image {
         tokio::spawn(crate::prefetch::replay::run(image, profile, cap))
     }
 
+    /// Fetches `blocks` into the lower cache levels (not memory: a
+    /// background fill must not evict what readers use) and waits for
+    /// them; zero blocks are skipped. For [`crate::hydrate`]. The first
+    /// failure is returned once every block has finished.
+    pub async fn hydrate_blocks(self: &Arc<Self>, blocks: &[u64]) -> Result<(), ImageError> {
+        let wanted: Vec<(u64, RecordLocation)> = blocks
+            .iter()
+            .filter_map(|&b| match self.layout.index.lookup(b)? {
+                BlockLocation::Record(loc) => Some((b, loc)),
+                BlockLocation::Zero => None,
+            })
+            .collect();
+        let (waits, _) = self.claim(&wanted, FetchKind::Hydrate, BudgetPermit::none());
+        let results = futures::future::join_all(waits.into_iter().map(|(_, w)| w)).await;
+        for ((b, loc), r) in wanted.into_iter().zip(results) {
+            r.map_err(|f| self.block_error(b, loc, f))?;
+        }
+        Ok(())
+    }
+
+    /// Demand reads waiting for a fetch at this moment.
+    pub fn demand_waiting(&self) -> usize {
+        self.demand_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     // ---- internals -------------------------------------------------------
 
     fn locate(&self, block: u64) -> Result<BlockLocation, ImageError> {
@@ -651,6 +684,7 @@ impl Image {
             BlockWait::Ready(bytes) => Ok(bytes),
             BlockWait::Fetch(loc, fut) => {
                 let started = Instant::now();
+                let _waiting = DemandWaiting::new(&self.demand_waiting);
                 let result = fut.await;
                 let waited = started.elapsed();
                 Metrics::add(&self.metrics.miss_wait_ns, waited.as_nanos() as u64);
@@ -741,7 +775,12 @@ impl Image {
                     .shared();
                 map.insert(block, fut.clone());
                 waits.push((block, fut));
-                started.push(fetch::Pending::new(Arc::clone(self), block, loc, tx));
+                let pending = fetch::Pending::new(Arc::clone(self), block, loc, tx);
+                started.push(if kind == FetchKind::Hydrate {
+                    pending.cold()
+                } else {
+                    pending
+                });
             }
         }
         let n = started.len();
@@ -842,6 +881,22 @@ impl Image {
             }
         }
         started
+    }
+}
+
+/// Counts a demand read as waiting while alive.
+struct DemandWaiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> DemandWaiting<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        DemandWaiting(counter)
+    }
+}
+
+impl Drop for DemandWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

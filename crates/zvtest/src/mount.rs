@@ -234,6 +234,9 @@ impl MountBuilder {
         if !self.envs.iter().any(|(k, _)| k == "RUST_LOG") {
             cmd.env("RUST_LOG", DEFAULT_LOG);
         }
+        // As root the daemon caches in /var/cache/zvmount by default: mounts
+        // share no host cache unless they pass --cache-dir (or set this).
+        cmd.env("ZVMOUNT_CACHE_DIR", "none");
         for key in &self.env_removes {
             cmd.env_remove(key);
         }

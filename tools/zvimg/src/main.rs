@@ -8,9 +8,11 @@ use clap::{Parser, Subcommand};
 use zvmount::cli::StoreArgs;
 
 mod bench;
+mod cache;
 mod check;
 mod convert;
 mod files;
+mod hydrate;
 mod index;
 mod info;
 mod progress;
@@ -56,6 +58,10 @@ enum Command {
     /// A running mount's figures (reads, cache hits, store traffic, latency)
     /// per image, from its stats file; `--watch` adds rates.
     Stats(stats::Args),
+    /// Fill the host cache with a whole image, without mounting it.
+    Hydrate(hydrate::Args),
+    /// The host cache: ls, rm, gc.
+    Cache(cache::Args),
     /// Benchmarks: convert, store, read, boot.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -105,6 +111,8 @@ fn main() -> ExitCode {
         Command::Push(a) => transfer::push(a),
         Command::Pull(a) => transfer::pull(a),
         Command::Stats(a) => ok(stats::run(a)),
+        Command::Hydrate(a) => ok(hydrate::run(a)),
+        Command::Cache(a) => ok(cache::run(a)),
         Command::Bench(BenchCommand::Convert(a)) => bench_convert::run(a),
         Command::Bench(BenchCommand::Store(a)) => {
             runtime().and_then(|rt| ok(rt.block_on(bench_store::run(a))))

@@ -1,0 +1,238 @@
+//! Background hydration: fetch every block of an image that the host cache
+//! does not hold yet, behind the guest, until the image is local.
+//!
+//! It runs at the lowest priority: it holds back whenever a demand read is
+//! waiting for a fetch, keeps at most a few runs in flight, may be capped
+//! in bytes per second, and keeps its blocks out of the memory cache. A
+//! failing store pauses it (with growing back-off) instead of spinning.
+//! The host cache's map is its only state, so after a restart it resumes
+//! with what is still missing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use crate::cache::HostCache;
+use crate::cache::host::CacheEntry;
+use crate::image::Image;
+use crate::metrics::Metrics;
+use zvhd2::BlockLocation;
+
+/// How hydration runs.
+#[derive(Clone, Debug)]
+pub struct HydrateOptions {
+    /// Store bytes per second at most (`None`: as fast as the store goes).
+    pub rate: Option<u64>,
+    /// Blocks per fetch (neighbouring records come in one GET).
+    pub run_blocks: usize,
+    /// Fetches in flight at once.
+    pub concurrency: usize,
+    /// How often progress is logged.
+    pub log_every: Duration,
+}
+
+impl Default for HydrateOptions {
+    fn default() -> Self {
+        HydrateOptions {
+            rate: None,
+            run_blocks: 4,
+            concurrency: 2,
+            log_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where hydration stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HydrateProgress {
+    /// Blocks with data present in the host cache.
+    pub done: u64,
+    /// Blocks with data in the image.
+    pub total: u64,
+    /// Store bytes this run fetched.
+    pub bytes: u64,
+}
+
+/// Longest pause after failed fetches (a store outage).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often to look again whether demand reads are still waiting.
+const YIELD_POLL: Duration = Duration::from_millis(2);
+
+/// Fills `entry` (the host-cache entry of `image`) with every block it
+/// lacks and returns once the image is complete. Updates
+/// `hydrate_done`/`hydrate_total` in the image's metrics and calls
+/// `progress` after each fetch. Never gives up: a store outage pauses it.
+pub async fn hydrate(
+    image: Arc<Image>,
+    host: Arc<HostCache>,
+    entry: Arc<CacheEntry>,
+    options: HydrateOptions,
+    progress: impl Fn(HydrateProgress),
+) -> HydrateProgress {
+    let started = Instant::now();
+    let metrics = Arc::clone(image.metrics());
+    let total = entry.record_blocks();
+    let mut state = HydrateProgress {
+        done: 0,
+        total,
+        bytes: 0,
+    };
+    Metrics::add(&metrics.hydrate_total, total);
+    let mut backoff = Duration::ZERO;
+    let mut last_log = Instant::now();
+    let mut paused = false;
+    let mut launched = 0u64;
+    loop {
+        let e = Arc::clone(&entry);
+        let missing = match tokio::task::spawn_blocking(move || e.missing_blocks()).await {
+            Ok(Ok(m)) => m,
+            other => {
+                tracing::warn!(image = %image.name(), "hydration cannot read the cache map ({other:?}); stopping");
+                return state;
+            }
+        };
+        let done = total - missing.len() as u64;
+        publish(&metrics, &mut state, done, total);
+        progress(state);
+        if missing.is_empty() {
+            // Blocks cached by earlier runs are checked against the sidecar
+            // before the image counts as local; any that fail go back to
+            // the list.
+            let e = Arc::clone(&entry);
+            if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || e.verify_present()).await
+                && n > 0
+            {
+                continue;
+            }
+            tracing::info!(
+                image = %image.name(),
+                blocks = total,
+                fetched_bytes = state.bytes,
+                secs = started.elapsed().as_secs_f64(),
+                "hydration complete: the image is local"
+            );
+            return state;
+        }
+        let before = done;
+        let mut runs = missing
+            .chunks(options.run_blocks.max(1))
+            .map(<[u64]>::to_vec);
+        let mut inflight = FuturesUnordered::new();
+        loop {
+            while inflight.len() < options.concurrency.max(1) {
+                let Some(run) = runs.next() else { break };
+                if !backoff.is_zero() {
+                    tokio::time::sleep(backoff).await;
+                }
+                // Demand reads first: hold back while any waits on a fetch.
+                while image.demand_waiting() > 0 {
+                    tokio::time::sleep(YIELD_POLL).await;
+                }
+                let bytes = store_bytes(&image, &run);
+                if let Some(rate) = options.rate.filter(|r| *r > 0) {
+                    // Paced by bytes started, so the cap holds from the
+                    // first fetch on.
+                    let due = Duration::from_secs_f64(launched as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                launched += bytes;
+                let img = Arc::clone(&image);
+                inflight.push(async move { (img.hydrate_blocks(&run).await, run.len(), bytes) });
+            }
+            let Some((result, n, bytes)) = inflight.next().await else {
+                break;
+            };
+            match result {
+                Ok(()) => {
+                    if paused {
+                        tracing::info!(image = %image.name(), "store reachable again; hydration resumed");
+                        paused = false;
+                    }
+                    backoff = Duration::ZERO;
+                    state.bytes += bytes;
+                    let done = state.done + n as u64;
+                    publish(&metrics, &mut state, done, total);
+                    progress(state);
+                }
+                Err(e) => {
+                    if !paused {
+                        tracing::warn!(image = %image.name(), "hydration paused, the store failed: {e}");
+                        paused = true;
+                    }
+                    backoff = (backoff * 2).clamp(Duration::from_millis(250), MAX_BACKOFF);
+                }
+            }
+            if last_log.elapsed() >= options.log_every {
+                last_log = Instant::now();
+                log_progress(&image, &state, started.elapsed());
+            }
+        }
+        // What was fetched is durable (and in the map) before we look again.
+        let h = Arc::clone(&host);
+        let _ = tokio::task::spawn_blocking(move || h.flush()).await;
+        let e = Arc::clone(&entry);
+        let _ = tokio::task::spawn_blocking(move || e.refresh_present()).await;
+        if entry.present_blocks() <= before && backoff.is_zero() {
+            let present = entry.present_blocks();
+            publish(&metrics, &mut state, present, total);
+            // No progress without a store error: the cache is not keeping
+            // blocks (full or stopped). Nothing more to gain.
+            tracing::warn!(image = %image.name(), "hydration stopped: the host cache is not keeping blocks (full, or its disk failed)");
+            return state;
+        }
+    }
+}
+
+/// Moves `hydrate_done` by this image's change (several images add up).
+fn publish(metrics: &Metrics, state: &mut HydrateProgress, done: u64, total: u64) {
+    use std::sync::atomic::Ordering;
+    let done = done.min(total);
+    if done >= state.done {
+        metrics
+            .hydrate_done
+            .fetch_add(done - state.done, Ordering::Relaxed);
+    } else {
+        metrics
+            .hydrate_done
+            .fetch_sub(state.done - done, Ordering::Relaxed);
+    }
+    state.done = done;
+}
+
+fn log_progress(image: &Image, state: &HydrateProgress, elapsed: Duration) {
+    let rate = state.bytes as f64 / elapsed.as_secs_f64().max(1e-3);
+    let left = state.total.saturating_sub(state.done);
+    let per_block = if state.done > 0 {
+        state.bytes as f64 / state.done.max(1) as f64
+    } else {
+        image.block_size() as f64
+    };
+    let eta = if rate > 0.0 {
+        left as f64 * per_block / rate
+    } else {
+        f64::INFINITY
+    };
+    tracing::info!(
+        image = %image.name(),
+        done = state.done,
+        total = state.total,
+        fetched_mb = state.bytes as f64 / 1e6,
+        mb_per_s = rate / 1e6,
+        eta_s = eta.round(),
+        "hydrating"
+    );
+}
+
+/// Store bytes the records of `run` take.
+fn store_bytes(image: &Image, run: &[u64]) -> u64 {
+    run.iter()
+        .filter_map(|&b| match image.layout().index.lookup(b)? {
+            BlockLocation::Record(loc) => Some(u64::from(loc.size)),
+            BlockLocation::Zero => None,
+        })
+        .sum()
+}

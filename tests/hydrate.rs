@@ -1,0 +1,145 @@
+//! Background hydration over a real FUSE mount and a real S3 server:
+//! killed with SIGKILL at random moments and restarted on the same cache,
+//! it never serves a wrong byte and ends with the whole disk local.
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::mount::{MountBuilder, Mounted};
+use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, unique_bucket};
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+use zvhd2::{WriteOptions, write_image};
+use zvmount::cache::host::gc;
+
+const MIB: usize = 1 << 20;
+
+/// A directory for a host cache: in /dev/shm when there is one, so that
+/// the cache's 5% free-space floor depends on memory, not on how full the
+/// build machine's disk happens to be.
+fn cache_tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}
+
+fn upload(server: &S3Server, mib: usize, seed: u64) -> (Vec<u8>, String) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut raw = vec![0u8; mib * MIB];
+    rng.fill(&mut raw[..]);
+    // Some zero blocks: hydration must skip them.
+    raw[4 * MIB..8 * MIB].fill(0);
+    let mut image = Vec::new();
+    let summary = write_image(
+        &raw[..],
+        raw.len() as u64,
+        &mut image,
+        &WriteOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let bucket = unique_bucket("hydrate");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        server.create_bucket(&bucket).await;
+        server.put_bytes(&bucket, "disk.zvhd2", image).await;
+        server
+            .put_bytes(&bucket, "disk.zvhd2.zvidx", summary.sidecar.encode())
+            .await;
+    });
+    (raw, format!("s3://{bucket}/disk.zvhd2"))
+}
+
+fn builder(server: &S3Server, url: &str, cache: &Path, extra: &[&str]) -> MountBuilder {
+    Mounted::builder()
+        .args(extra)
+        .args(["--force-path-style", "--region", "us-east-1"])
+        .args(["--timeout", "5s", "--retries", "1"])
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg(url)
+        .env("AWS_ENDPOINT_URL", server.endpoint())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .expect_file("disk.raw")
+}
+
+fn present(cache: &Path) -> u64 {
+    gc::list(cache).first().map_or(0, |s| s.blocks_present)
+}
+
+#[test]
+fn hydration_killed_at_random_moments_ends_with_the_exact_disk() {
+    let server = S3Server::start();
+    let (raw, url) = upload(server, 160, 21);
+    let cache = cache_tempdir();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let mut checked_reads = 0;
+    let mut kills = 0;
+    let mut progress = Vec::new();
+    // Slow enough (4 MB/s, a block every half second) that every kill
+    // lands mid-hydration.
+    while kills < 20 {
+        let mut m = builder(server, &url, cache.path(), &["--hydrate=4"]).start();
+        let f = File::open(m.path("disk.raw")).unwrap();
+        // A demand read while hydrating: every byte must be right.
+        for _ in 0..1 {
+            let len = rng.gen_range(1..=64 << 10);
+            let off = rng.gen_range(0..raw.len() - len);
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, off as u64).unwrap();
+            assert!(buf[..] == raw[off..off + len], "wrong bytes at {off}+{len}");
+            checked_reads += 1;
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..600)));
+        drop(f);
+        m.crash();
+        kills += 1;
+        progress.push(present(cache.path()));
+    }
+    let total = gc::list(cache.path())[0].blocks_total;
+    assert_eq!(total, 78, "80 blocks, 2 of them zero");
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "blocks present never go down: {progress:?}"
+    );
+    assert!(
+        *progress.last().unwrap() < total,
+        "the kills should land before the end: {progress:?}"
+    );
+
+    // Last life: hydrate to the end, then the whole disk.
+    let m = builder(
+        server,
+        &url,
+        cache.path(),
+        &["--hydrate", "--mem-cache", "0"],
+    )
+    .start();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = m.stats();
+        if s.hydrate_total == total && s.hydrate_done == total {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:?}\n{}", m.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let all = std::fs::read(m.path("disk.raw")).unwrap();
+    assert_eq!(Sha256::digest(&all), Sha256::digest(&raw));
+    assert!(m.stop().success());
+    assert_eq!(present(cache.path()), total);
+    // The cache file itself is now the raw disk.
+    let id = &gc::list(cache.path())[0].id;
+    let data = std::fs::read(cache.path().join("images").join(id).join("data")).unwrap();
+    assert_eq!(Sha256::digest(&data), Sha256::digest(&raw));
+    eprintln!("{kills} kills, {checked_reads} checked reads, present after each: {progress:?}");
+}

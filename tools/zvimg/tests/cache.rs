@@ -1,0 +1,140 @@
+//! `zvimg hydrate` and `zvimg cache ls|rm|gc` on local files, as a user runs them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use rand::{RngCore, SeedableRng};
+
+const MIB: usize = 1 << 20;
+
+/// A directory for a host cache: in /dev/shm when there is one, so that
+/// the cache's 5% free-space floor depends on memory, not on how full the
+/// build machine's disk happens to be.
+fn cache_tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}
+
+fn zvimg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zvimg"))
+        .args(args)
+        .env_remove("ZVMOUNT_CACHE_DIR")
+        .output()
+        .expect("run zvimg")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = zvimg(args);
+    assert!(
+        out.status.success(),
+        "zvimg {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `blocks` 2 MiB blocks, random except block 1 (zero), converted.
+fn image(dir: &Path, name: &str, blocks: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut raw = vec![0u8; blocks * 2 * MIB];
+    rng.fill_bytes(&mut raw);
+    raw[2 * MIB..4 * MIB].fill(0);
+    let raw_path = dir.join(format!("{name}.raw"));
+    std::fs::write(&raw_path, &raw).unwrap();
+    let img = dir.join(format!("{name}.zvhd2"));
+    ok(&["convert", s(&raw_path), s(&img)]);
+    ok(&["index", s(&img)]);
+    raw
+}
+
+fn ls(cache: &Path) -> Vec<serde_json::Value> {
+    let out = ok(&["cache", "--cache-dir", s(cache), "ls", "--json"]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn hydrate_fills_the_cache_then_ls_rm_gc_manage_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = cache_tempdir();
+    let cache = cache_dir.path().join("cache");
+    let a = image(dir.path(), "a", 4, 1);
+    image(dir.path(), "b", 3, 2);
+
+    let out = ok(&[
+        "hydrate",
+        "--cache-dir",
+        s(&cache),
+        s(&dir.path().join("a.zvhd2")),
+    ]);
+    assert!(out.contains("3/3 blocks"), "{out}");
+    // Again: nothing left to fetch.
+    let again = ok(&[
+        "hydrate",
+        "--cache-dir",
+        s(&cache),
+        s(&dir.path().join("a.zvhd2")),
+    ]);
+    assert!(
+        again.contains("3/3 blocks") && again.contains("(0 B fetched"),
+        "{again}"
+    );
+
+    let listed = ls(&cache);
+    assert_eq!(listed.len(), 1);
+    let a_id = listed[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(listed[0]["blocks_present"], 3);
+    assert_eq!(listed[0]["blocks_total"], 3);
+    assert_eq!(listed[0]["in_use"], false);
+    // The entry's data file is the raw disk.
+    let data = std::fs::read(cache.join("images").join(&a_id).join("data")).unwrap();
+    assert!(
+        data == a,
+        "the hydrated cache file differs from the raw disk"
+    );
+
+    ok(&[
+        "hydrate",
+        "--cache-dir",
+        s(&cache),
+        s(&dir.path().join("b.zvhd2")),
+    ]);
+    assert_eq!(ls(&cache).len(), 2);
+    let table = ok(&["cache", "--cache-dir", s(&cache), "ls"]);
+    assert!(
+        table.contains(&a_id) && table.contains("2 images"),
+        "{table}"
+    );
+
+    // gc down to one image's worth: the least recently used (a) goes.
+    let out = ok(&[
+        "cache",
+        "--cache-dir",
+        s(&cache),
+        "gc",
+        "--max-size",
+        "5MiB",
+    ]);
+    assert!(out.contains(&format!("evicted {a_id}")), "{out}");
+    let left = ls(&cache);
+    assert_eq!(left.len(), 1);
+    let b_id = left[0]["id"].as_str().unwrap().to_owned();
+
+    ok(&["cache", "--cache-dir", s(&cache), "rm", &b_id]);
+    assert!(ls(&cache).is_empty());
+    let out = zvimg(&["cache", "--cache-dir", s(&cache), "rm", &b_id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no image"));
+}
