@@ -40,18 +40,26 @@ pub enum MetricsAddr {
 /// Why `--metrics-addr` cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsServerError {
+    /// The address is neither `IP:PORT` nor a socket path.
     #[error(
         "--metrics-addr {0:?}: expected IP:PORT (e.g. 127.0.0.1:9917) or a unix socket path (containing '/')"
     )]
     BadAddr(String),
+    /// Binding or setting up the listener failed (port taken, no permission).
     #[error("cannot listen on {addr} for metrics: {source}")]
     Bind {
+        /// The address, as `http://IP:PORT/metrics` or `unix:PATH`.
         addr: String,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
+    /// A live process answers on the unix socket already.
     #[error("cannot listen on {addr} for metrics: another process is serving on that socket")]
-    SocketInUse { addr: String },
+    SocketInUse {
+        /// The socket, as `unix:PATH`.
+        addr: String,
+    },
 }
 
 impl FromStr for MetricsAddr {
