@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{BlockCache, BlockKey, CacheTier, FillClaim, Lookup};
 
 /// Two caches composed: `front` (fast, e.g. [`super::MemoryCache`]) and
-/// `back` (large, e.g. [`super::DiskCache`]).
+/// `back` (large, e.g. [`super::HostCache`]).
 #[derive(Debug)]
 pub struct TieredCache {
     front: Arc<dyn BlockCache>,

@@ -4,7 +4,7 @@
 //! (`file`, `s3`, `http`). A store addresses objects by key inside one
 //! "container" (a directory, a bucket, an HTTP base). Retries, timeouts and
 //! concurrency caps live in [`resilient`], once, around any backend; faults
-//! for tests come from [`fault`].
+//! for tests come from `fault` (behind the `testing` feature).
 //!
 //! Nothing here knows about ZVHD2: a store moves bytes. In the workspace
 //! (`docs/ARCHITECTURE.md`) it sits below the `zvmount` read path and
