@@ -22,6 +22,8 @@ command -v cpio >/dev/null || need_apt+=(cpio)
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
+# promtool validates the /metrics exposition in tests/metrics.rs.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 
 qemu_missing=0

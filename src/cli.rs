@@ -263,6 +263,16 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Log line format: `human` (default) or `json`, one object per line
+    /// for log shippers.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Serve Prometheus metrics on /metrics at ADDR: IP:PORT (e.g.
+    /// 127.0.0.1:9917) or a unix socket path. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<crate::telemetry::MetricsAddr>,
+
     /// Serve each SOURCE as a plain raw file, without decoding (to measure
     /// the FUSE path on its own).
     #[arg(long, hide = true)]
@@ -293,6 +303,15 @@ impl Cli {
     pub fn mountpoint(&self) -> Option<PathBuf> {
         self.paths.last().map(PathBuf::from)
     }
+}
+
+/// How `zvmount` writes log lines (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines: time, level, message, fields.
+    Human,
+    /// One JSON object per line (timestamp, level, fields, message).
+    Json,
 }
 
 #[cfg(test)]

@@ -457,6 +457,7 @@ impl MountSettings {
             None => None,
         };
         Ok(MountConfig {
+            metrics_addr: None,
             sources,
             mountpoint,
             store,

@@ -16,6 +16,7 @@ use anyhow::{Context, anyhow, bail};
 
 use crate::fuse::{ServedFile, ZvFs};
 use crate::metrics::Metrics;
+use crate::telemetry::{MetricsAddr, MetricsServer};
 
 pub mod notify;
 mod stale;
@@ -77,6 +78,8 @@ pub struct MountConfig {
     pub raw_passthrough: bool,
     /// Called once the mount is up and serving (used by `--daemon`).
     pub on_ready: Option<fn()>,
+    /// Serve Prometheus metrics here (`--metrics-addr`); off when `None`.
+    pub metrics_addr: Option<MetricsAddr>,
 }
 
 impl MountConfig {
@@ -102,6 +105,7 @@ impl Default for MountConfig {
             record_profile: None,
             raw_passthrough: false,
             on_ready: None,
+            metrics_addr: None,
         }
     }
 }
@@ -376,14 +380,16 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
         let _runtime = runtime.enter();
         StopSignals::listen()?
     };
-    let metrics = Arc::new(Metrics::default());
 
+    // The mount's own counters (its prefetch budget, its stores' outages);
+    // each image counts its reads apart.
+    let mount_metrics = Arc::new(Metrics::default());
     // Opening a disk cache walks its directory: done here, on the calling
     // thread, rather than inside the runtime.
-    let cache = wiring::build_cache(&config)?;
+    let (cache, caches) = wiring::build_cache(&config)?;
     let opened = runtime.block_on(async {
         tokio::select! {
-            opened = wiring::open_all(&config, cache, Arc::clone(&metrics)) => opened,
+            opened = wiring::open_all(&config, cache, Arc::clone(&mount_metrics)) => opened,
             () = stop_signals.recv() => Err(anyhow!("stopped by a signal before mounting")),
         }
     })?;
@@ -393,8 +399,23 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
     }
 
     let served = files.len();
-    let stats = wiring::stats_source(Arc::clone(&metrics), &opened);
-    let fs = ZvFs::new(files, runtime.handle().clone(), Arc::clone(&metrics), stats)?;
+    let telemetry = Arc::new(wiring::telemetry(
+        &config.mountpoint,
+        &opened,
+        mount_metrics,
+        caches,
+    ));
+    // Bound before mounting: a taken port fails the start, not a later scrape.
+    let _exporter = match &config.metrics_addr {
+        Some(addr) => {
+            let server = MetricsServer::start(addr, Arc::clone(&telemetry), runtime.handle())?;
+            tracing::info!(addr = %server.addr(), "serving Prometheus metrics");
+            Some(server)
+        }
+        None => None,
+    };
+    let stats = wiring::stats_source(telemetry);
+    let fs = ZvFs::new(files, runtime.handle().clone(), stats)?;
     let mount = Mount::start(fs, &config.mountpoint, config.allow_other)?;
     raise_kernel_readahead(&config.mountpoint);
     notify::probe_mount(&config.mountpoint).with_context(|| {

@@ -27,6 +27,8 @@
 //! - [`cli`]: the flags both binaries share and `zvmount`'s command line
 //!   (clap lives there, not below); [`config`]: the `--config` file, merged
 //!   with them.
+//! - [`telemetry`]: the stats file and the Prometheus exporter reading those
+//!   counts;
 //!
 //! A read walks down, never back up: [`fuse`] → [`image`] (via
 //! [`image::ImageDisk`]) → [`cache`] → the store → the format.
@@ -43,4 +45,5 @@ pub mod hydrate;
 pub mod image;
 pub mod metrics;
 pub mod prefetch;
+pub mod telemetry;
 pub mod util;

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 use zvmount::cli::Cli;
+use zvmount::cli::LogFormat;
 use zvmount::config::MountSettings;
 use zvmount::daemon::run_mount;
 
@@ -35,7 +36,12 @@ fn main() -> ExitCode {
         print!("{}", settings.to_toml());
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = init_logging(cli.verbose, settings.log_file.as_deref(), cli.daemon_child) {
+    if let Err(e) = init_logging(
+        cli.verbose,
+        settings.log_file.as_deref(),
+        cli.daemon_child,
+        cli.log_format,
+    ) {
         eprintln!("zvmount: error: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -76,8 +82,14 @@ fn tune_allocator() {
     }
 }
 
-fn init_logging(verbose: u8, log_file: Option<&Path>, daemon_child: bool) -> anyhow::Result<()> {
+fn init_logging(
+    verbose: u8,
+    log_file: Option<&Path>,
+    daemon_child: bool,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let default = match verbose {
         // fuser logs a spurious "Unmount failed" after every clean unmount
         // (its is-mounted check is inverted in 0.15): keep it quiet unless
@@ -87,25 +99,28 @@ fn init_logging(verbose: u8, log_file: Option<&Path>, daemon_child: bool) -> any
         _ => "debug,zvmount=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
     // A detached child logs to stderr, which it points at the log file once
     // the mount is up (see `detach_stdio`).
-    match (log_file, daemon_child) {
+    let (writer, ansi): (BoxMakeWriter, bool) = match (log_file, daemon_child) {
         (Some(path), false) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
-        (_, true) => builder.with_ansi(false).with_writer(std::io::stderr).init(),
-        (None, false) => builder.with_writer(std::io::stderr).init(),
+        (_, true) => (BoxMakeWriter::new(std::io::stderr), false),
+        (None, false) => (BoxMakeWriter::new(std::io::stderr), true),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(writer);
+    match log_format {
+        LogFormat::Human => builder.with_ansi(ansi).init(),
+        // Fields at the top level, so shippers index them without unwrapping.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     Ok(())
 }
@@ -114,6 +129,7 @@ fn run(cli: &Cli, settings: MountSettings) -> anyhow::Result<()> {
     let log_file = settings.log_file.clone();
     let mut config = settings.into_mount_config()?;
     config.raw_passthrough = cli.raw_passthrough;
+    config.metrics_addr = cli.metrics_addr.clone();
     if cli.daemon_child {
         let _ = LOG_FILE.set(log_file);
         config.on_ready = Some(detach_stdio);

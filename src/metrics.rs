@@ -5,21 +5,33 @@
 //! The image layer (`crate::image`) counts store traffic, cache outcomes,
 //! fetches, prefetches and waits; the FUSE layer counts its own reads.
 //!
+//! Each served image has its own [`Metrics`]; the mount's totals are their
+//! sum ([`crate::telemetry`]).
+//!
 //! Every counter is listed once, in the `counters!` invocation below:
 //! it declares the atomic field of [`Metrics`], the plain field of
 //! [`MetricsSnapshot`] (serialized under the same name) and the copy
-//! between them.
+//! between them. Instruments that are more than one number (a histogram,
+//! counts by kind) follow the `;` with their type and snapshot type.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use crate::telemetry::error_kind::{ErrorKindCounts, StoreErrorKind};
+pub use crate::telemetry::histogram::{HistogramSnapshot, LatencyHistogram};
 
 /// Declares [`Metrics`] and [`MetricsSnapshot`] from one list of fields.
 macro_rules! counters {
-    ($( $(#[doc = $doc:literal])* $name:ident, )*) => {
-        /// Monotonic counters (and two gauges), shared by every part of one
-        /// daemon.
+    (
+        $( $(#[doc = $doc:literal])* $name:ident, )*
+        ;
+        $( $(#[doc = $idoc:literal])* $iname:ident: $itype:ty => $isnap:ty, )*
+    ) => {
+        /// Monotonic counters (and two gauges) of one served image.
         #[derive(Debug, Default)]
         pub struct Metrics {
             $( $(#[doc = $doc])* pub $name: AtomicU64, )*
+            $( $(#[doc = $idoc])* pub $iname: $itype, )*
             /// Store outages, the time spent in them, the store calls that
             /// waited for the store to come back and the attempts retried
             /// (counted by `zvstore`'s breaker; every store of the daemon
@@ -34,6 +46,7 @@ macro_rules! counters {
         #[serde(default)]
         pub struct MetricsSnapshot {
             $( $(#[doc = $doc])* pub $name: u64, )*
+            $( $(#[doc = $idoc])* pub $iname: $isnap, )*
             /// Store outages declared (see `zvstore::outage`).
             pub outages: u64,
             /// Whole seconds spent in outages, one in progress included.
@@ -49,6 +62,7 @@ macro_rules! counters {
             pub fn snapshot(&self) -> MetricsSnapshot {
                 MetricsSnapshot {
                     $( $name: self.$name.load(Ordering::Relaxed), )*
+                    $( $iname: self.$iname.snapshot(), )*
                     outages: self.outage.outages.load(Ordering::Relaxed),
                     outage_seconds: self.outage.outage_seconds(),
                     reads_waited: self.outage.reads_waited.load(Ordering::Relaxed),
@@ -107,11 +121,22 @@ counters! {
     /// Total nanoseconds from handing fetched records to the decode threads
     /// until they were checked and decoded (queueing included).
     decode_ns,
+    /// FUSE reads answered with EIO.
+    fuse_read_errors,
     /// Blocks with data present in the host cache, of `hydrate_total`
     /// (levels, not counters: moved by hydration, summed over images).
     hydrate_done,
     /// Blocks with data in the images being hydrated.
     hydrate_total,
+    ;
+    /// Of `fetch_errors`, by kind (keyed by [`StoreErrorKind::label`]).
+    store_errors: ErrorKindCounts => BTreeMap<String, u64>,
+    /// Duration of each store GET as the image layer waits for it (the
+    /// store's retries and backoff included).
+    store_latency: LatencyHistogram => HistogramSnapshot,
+    /// How long each demand read of a block not in memory waited for it
+    /// (the distribution behind `miss_wait_ns`).
+    miss_wait: LatencyHistogram => HistogramSnapshot,
 }
 
 impl Metrics {

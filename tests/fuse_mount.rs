@@ -141,7 +141,7 @@ fn mounted_file_equals_the_raw_disk() {
     let stats = m.stats();
     assert!(stats.fuse_reads > 0, "{stats:?}");
     let json = m.stats_json();
-    assert_eq!(json["images"][0]["sidecar"], true, "{json}");
+    assert_eq!(json["images"]["disk.raw"]["sidecar"], true, "{json}");
     // An open file keeps a busy mount alive (lazily detached) until closed.
     drop(file);
     let status = m.stop();
@@ -156,7 +156,7 @@ fn without_sidecar_the_image_index_is_used() {
         sha256_file(&m.path("vm.img")),
         Sha256::digest(&img.raw).to_vec()
     );
-    assert_eq!(m.stats_json()["images"][0]["sidecar"], false);
+    assert_eq!(m.stats_json()["images"]["vm.img"]["sidecar"], false);
 }
 
 #[test]

@@ -61,7 +61,7 @@ fn mount_from_s3_survives_the_store_going_away() {
         .env("AWS_REGION", "us-east-1")
         .expect_file("disk.raw")
         .start();
-    assert_eq!(m.stats_json()["images"][0]["sidecar"], true);
+    assert_eq!(m.stats_json()["images"]["disk.raw"]["sidecar"], true);
     let file = File::open(m.path("disk.raw")).unwrap();
     let mut buf = vec![0u8; 4096];
     // Blocks 0..3 through the mount; block 4 stays unfetched.

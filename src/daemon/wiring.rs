@@ -16,6 +16,7 @@ use crate::image::{
     SidecarSource,
 };
 use crate::metrics::Metrics;
+use crate::telemetry::{CacheGauge, CacheUsage, ImageTelemetry, MountTelemetry};
 use zvstore::{ObjectStore, open_source};
 
 /// One source, opened.
@@ -51,13 +52,15 @@ impl Opened {
     }
 }
 
-/// Opens every source of `config`, in order, reading through `cache`.
+/// Opens every source of `config`, in order, reading through `cache`, into
+/// one mount whose own (mount-wide) counters are `metrics`; each image
+/// counts into its own [`Metrics`].
 pub(super) async fn open_all(
     config: &MountConfig,
     (cache, host): Caches,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Vec<Opened>> {
-    // Every store counts its outages into the daemon's stats file.
+    // Every store counts its outages into the mount's counters.
     let config = &MountConfig {
         store: zvstore::StoreArgs {
             outage_stats: Some(Arc::clone(&metrics.outage)),
@@ -81,7 +84,7 @@ pub(super) async fn open_all(
                 .unwrap_or_else(|_| SystemTime::now());
             opened.push(Opened {
                 summary: serde_json::json!({ "name": name, "origin": source, "size": disk.size(), "raw": true }),
-                served: ServedFile { name, disk: Arc::new(disk), mtime, origin: source.clone() },
+                served: ServedFile { name, disk: Arc::new(disk), mtime, origin: source.clone(), metrics: Arc::default() },
                 image: None,
                 cached: None,
             });
@@ -227,7 +230,15 @@ async fn open_image(
         "sidecar": layout.sidecar.is_some(),
         "open_requests": layout.requests,
     });
-    let image = Image::in_mount(Arc::clone(store), layout, mount, options);
+    // Each image counts on its own; the mount's totals are sums.
+    let metrics = Arc::new(Metrics::default());
+    let image = Image::in_mount_counting(
+        Arc::clone(store),
+        layout,
+        mount,
+        options,
+        Arc::clone(&metrics),
+    );
     // A complete entry cached by an earlier run: check it against the
     // sidecar in the background, after which new opens use passthrough.
     if let Some((_, entry)) = &cached
@@ -252,6 +263,7 @@ async fn open_image(
             }),
             mtime,
             origin: location,
+            metrics,
         },
         image: Some(image),
         cached,
@@ -338,13 +350,29 @@ pub(super) type Caches = (Arc<dyn BlockCache>, Option<Arc<HostCache>>);
 /// The mount's block caches. Opening the host cache only creates its
 /// directories and reads their list (no walk over blocks), but call it
 /// outside the async runtime all the same.
-pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<Caches> {
+///
+/// Also returns a usage gauge per tier for the mount's telemetry (memory
+/// only: the host cache is shared by every process of the host).
+pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<(Caches, Vec<CacheGauge>)> {
+    let mut gauges = Vec::new();
     let memory: Arc<dyn BlockCache> = if config.mem_cache == 0 {
         Arc::new(NoCache)
     } else {
-        Arc::new(MemoryCache::new(config.mem_cache))
+        let memory = Arc::new(MemoryCache::new(config.mem_cache));
+        let probe = Arc::clone(&memory);
+        gauges.push(CacheGauge {
+            tier: "memory",
+            usage: Arc::new(move || {
+                let s = probe.stats();
+                CacheUsage {
+                    bytes: s.bytes,
+                    capacity: s.capacity,
+                }
+            }),
+        });
+        memory
     };
-    Ok(match &config.disk_cache {
+    let caches = match &config.disk_cache {
         None => (memory, None),
         Some((dir, size)) => {
             let host =
@@ -357,20 +385,30 @@ pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<Caches> {
             ));
             (tiered, Some(host))
         }
-    })
+    };
+    Ok((caches, gauges))
 }
 
-/// Renders the stats file: the counters at the top level (so they parse as
-/// a [`crate::metrics::MetricsSnapshot`]) plus a list of what is served.
-pub(super) fn stats_source(metrics: Arc<Metrics>, opened: &[Opened]) -> StatsSource {
-    let images: Vec<serde_json::Value> = opened.iter().map(|o| o.summary.clone()).collect();
-    Arc::new(move || {
-        let mut doc = serde_json::to_value(metrics.snapshot()).unwrap_or_default();
-        if let Some(map) = doc.as_object_mut() {
-            map.insert("images".into(), serde_json::Value::Array(images.clone()));
-        }
-        let mut text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-        text.push(b'\n');
-        text
-    })
+/// What the mount reports: each served file's counters and summary, the
+/// mount-wide counters (`mount`: the prefetch budget) and the cache tiers.
+pub(super) fn telemetry(
+    mountpoint: &Path,
+    opened: &[Opened],
+    mount: Arc<Metrics>,
+    caches: Vec<CacheGauge>,
+) -> MountTelemetry {
+    let images = opened
+        .iter()
+        .map(|o| ImageTelemetry {
+            name: o.served.name.clone(),
+            metrics: Arc::clone(&o.served.metrics),
+            summary: o.summary.as_object().cloned().unwrap_or_default(),
+        })
+        .collect();
+    MountTelemetry::new(mountpoint.display().to_string(), images, caches).with_mount_metrics(mount)
+}
+
+/// Renders the stats file from the mount's telemetry each time it is read.
+pub(super) fn stats_source(telemetry: Arc<MountTelemetry>) -> StatsSource {
+    Arc::new(move || telemetry.stats_file())
 }

@@ -123,6 +123,9 @@ pub struct ServedFile {
     pub mtime: SystemTime,
     /// Printable origin for log lines (`s3://bucket/key.zvhd2`).
     pub origin: String,
+    /// This file's counters (FUSE reads here; the image layer counts the
+    /// rest into the same [`Metrics`]).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Open flags of a passthrough handle: the kernel refuses any but
@@ -147,7 +150,6 @@ pub struct ZvFs {
     files: Vec<ServedFile>,
     by_name: HashMap<String, u64>,
     runtime: tokio::runtime::Handle,
-    metrics: Arc<Metrics>,
     stats: StatsSource,
     /// Stats snapshots of open handles, so reads at any offset of one open
     /// see one consistent document.
@@ -198,11 +200,10 @@ pub enum FsError {
 
 impl ZvFs {
     /// A file system serving `files`; reads run on `runtime`, counters go to
-    /// `metrics`, and `stats` renders the stats file.
+    /// each file's [`ServedFile::metrics`], and `stats` renders the stats file.
     pub fn new(
         files: Vec<ServedFile>,
         runtime: tokio::runtime::Handle,
-        metrics: Arc<Metrics>,
         stats: StatsSource,
     ) -> Result<ZvFs, FsError> {
         if files.is_empty() {
@@ -230,7 +231,6 @@ impl ZvFs {
             files,
             by_name,
             runtime,
-            metrics,
             stats,
             stats_handles: Mutex::new(HashMap::new()),
             disk_handles: Mutex::new(HashMap::new()),
@@ -549,14 +549,14 @@ impl Filesystem for ZvFs {
             if let Some(bytes) = file.disk.try_read_now(offset, len, stream.as_deref())
                 && bytes.len() == len
             {
-                Metrics::add(&self.metrics.fuse_reads, 1);
-                Metrics::add(&self.metrics.fuse_read_bytes, len as u64);
+                Metrics::add(&file.metrics.fuse_reads, 1);
+                Metrics::add(&file.metrics.fuse_read_bytes, len as u64);
                 return reply.data(&bytes);
             }
         }
         let disk = Arc::clone(&file.disk);
         let name = file.name.clone();
-        let metrics = Arc::clone(&self.metrics);
+        let metrics = Arc::clone(&file.metrics);
         self.runtime.spawn(async move {
             let started = Instant::now();
             let result = disk.read_at(offset, len, stream.as_deref()).await;
@@ -575,6 +575,7 @@ impl Filesystem for ZvFs {
                         got = bytes.len(),
                         "read returned a short buffer; answering EIO"
                     );
+                    Metrics::inc(&metrics.fuse_read_errors);
                     reply.error(Errno::EIO);
                 }
                 Err(err) => {
@@ -586,6 +587,7 @@ impl Filesystem for ZvFs {
                         "read failed (EIO): {}",
                         error_chain(err.as_ref())
                     );
+                    Metrics::inc(&metrics.fuse_read_errors);
                     reply.error(Errno::EIO);
                 }
             }

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::{FetchKind, Image};
 use crate::cache::{FillClaim, Lookup};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreErrorKind};
 use crate::prefetch::BudgetPermit;
 use zvhd2::verify::{self, VerifyError, VerifyFailure};
 use zvhd2::{BlockLocation, RecordLocation, SidecarEntry};
@@ -234,11 +234,14 @@ async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
     let end = last.offset + u64::from(last.size);
     let m = &image.metrics;
     Metrics::inc(&m.store_requests);
+    let sent = Instant::now();
     let fetched = get(image, start..end, kind).await;
+    m.store_latency.observe(sent.elapsed());
     let bytes = match fetched {
         Ok(bytes) if bytes.len() as u64 == end - start => bytes,
         Ok(bytes) => {
             Metrics::inc(&m.fetch_errors);
+            m.store_errors.inc(StoreErrorKind::ShortRead);
             let failure = Arc::new(BlockFailure::ShortRead {
                 expected: end - start,
                 actual: bytes.len() as u64,
@@ -248,6 +251,7 @@ async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
         }
         Err(e) => {
             Metrics::inc(&m.fetch_errors);
+            m.store_errors.inc(StoreErrorKind::of(&e));
             fail_group(image, group, Arc::new(BlockFailure::Fetch(e)));
             return;
         }

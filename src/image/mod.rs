@@ -302,6 +302,20 @@ impl Image {
         mount: &Arc<MountContext>,
         options: ImageOptions,
     ) -> Arc<Image> {
+        let metrics = Arc::clone(&mount.metrics);
+        Image::in_mount_counting(store, layout, mount, options, metrics)
+    }
+
+    /// Like [`Image::in_mount`], but the image counts its reads, fetches
+    /// and waits into `metrics` of its own (the mount's counters keep what
+    /// is the mount's: its prefetch budget).
+    pub fn in_mount_counting(
+        store: Arc<dyn ObjectStore>,
+        layout: ImageLayout,
+        mount: &Arc<MountContext>,
+        options: ImageOptions,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Image> {
         mount.images.fetch_add(1, Ordering::Relaxed);
         let block_size = u64::from(layout.index.block_size());
         let block_count = layout.index.block_count();
@@ -326,7 +340,7 @@ impl Image {
             cache_id: Arc::from(layout.cache_id()),
             store,
             cache: Arc::clone(&mount.cache),
-            metrics: Arc::clone(&mount.metrics),
+            metrics,
             decode_limit: Arc::clone(&mount.decode_limit),
             mount: Arc::clone(mount),
             block_size,
@@ -672,10 +686,9 @@ impl Image {
                 let started = Instant::now();
                 let _waiting = DemandWaiting::new(&self.demand_waiting);
                 let result = fut.await;
-                Metrics::add(
-                    &self.metrics.miss_wait_ns,
-                    started.elapsed().as_nanos() as u64,
-                );
+                let waited = started.elapsed();
+                Metrics::add(&self.metrics.miss_wait_ns, waited.as_nanos() as u64);
+                self.metrics.miss_wait.observe(waited);
                 result.map_err(|failure| self.block_error(block, loc, failure))
             }
         }

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use crate::bench::{
     boot as bench_boot, convert as bench_convert, read as bench_read, store as bench_store,
 };
-use crate::{cache, check, convert, hydrate, index, info, transfer};
+use crate::{cache, check, convert, hydrate, index, info, stats, transfer};
 
 /// `zvimg [-v] COMMAND ...`.
 #[derive(Parser, Debug)]
@@ -38,6 +38,9 @@ pub enum Command {
     Push(transfer::PushArgs),
     /// Download an image (and its sidecar, if any) from any source to a local file.
     Pull(transfer::PullArgs),
+    /// A running mount's figures (reads, cache hits, store traffic, latency)
+    /// per image, from its stats file; `--watch` adds rates.
+    Stats(stats::Args),
     /// Fill the host cache with a whole image, without mounting it.
     Hydrate(hydrate::Args),
     /// The host cache: ls, rm, gc.

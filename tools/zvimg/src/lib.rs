@@ -18,6 +18,7 @@ pub mod hydrate;
 pub mod index;
 pub mod info;
 pub mod progress;
+pub mod stats;
 pub mod transfer;
 
 /// Which size a raw disk has (the one definition is

@@ -8,7 +8,7 @@ use zvimg::bench::{
     boot as bench_boot, convert as bench_convert, read as bench_read, store as bench_store,
 };
 use zvimg::cli::{BenchCommand, Cli, Command};
-use zvimg::{cache, check, convert, hydrate, index, info, runtime, transfer};
+use zvimg::{cache, check, convert, hydrate, index, info, runtime, stats, transfer};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Check(a) => check::check(a),
         Command::Push(a) => transfer::push(a),
         Command::Pull(a) => transfer::pull(a),
+        Command::Stats(a) => ok(stats::run(a)),
         Command::Hydrate(a) => ok(hydrate::run(a)),
         Command::Cache(a) => ok(cache::run(a)),
         Command::Bench(BenchCommand::Convert(a)) => bench_convert::run(a),
