@@ -86,7 +86,7 @@ region = "us-east-1"
     let db = read_at(&m.path("db.raw"), 2 * BLOCK as usize - 5000, 10_000);
     assert!(db == remote.raw_bytes[2 * BLOCK as usize - 5000..][..10_000]);
     let stats = m.stats_json();
-    assert_eq!(stats["images"].as_array().unwrap().len(), 2, "{stats}");
+    assert_eq!(stats["images"].as_object().unwrap().len(), 2, "{stats}");
     assert!(stats["store_bytes"].as_u64().unwrap() > 0, "{stats}");
     m.stop();
 }

@@ -216,7 +216,7 @@ fn a_stale_sidecar_beside_a_replaced_image_is_ignored_with_a_warning() {
         .arg(&image)
         .expect_file("disk.raw")
         .start();
-    assert_eq!(m.stats_json()["images"][0]["sidecar"], false);
+    assert_eq!(m.stats_json()["images"]["disk.raw"]["sidecar"], false);
     let got = std::fs::read(m.path("disk.raw")).unwrap();
     assert!(got == new, "the mount serves the new image's bytes");
     let log = m.stderr();
