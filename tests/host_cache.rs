@@ -10,11 +10,12 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::images::zvhd2_image;
 use common::mount::{MountBuilder, Mounted};
 use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, unique_bucket};
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use zvhd2::{WriteOptions, write_image};
+use zvhd2::DEFAULT_BLOCK_SIZE;
 use zvmount::cache::host::gc;
 
 const MIB: usize = 1 << 20;
@@ -37,15 +38,7 @@ fn upload(server: &S3Server, mib: usize, seed: u64) -> (Vec<u8>, String) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut raw = vec![0u8; mib * MIB];
     rng.fill(&mut raw[..]);
-    let mut image = Vec::new();
-    let summary = write_image(
-        &raw[..],
-        raw.len() as u64,
-        &mut image,
-        &WriteOptions::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let (image, summary) = zvhd2_image(&raw, DEFAULT_BLOCK_SIZE);
     let bucket = unique_bucket("hostcache");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

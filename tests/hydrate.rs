@@ -9,11 +9,12 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::images::zvhd2_image;
 use common::mount::{MountBuilder, Mounted};
 use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, unique_bucket};
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use zvhd2::{WriteOptions, write_image};
+use zvhd2::DEFAULT_BLOCK_SIZE;
 use zvmount::cache::host::gc;
 
 const MIB: usize = 1 << 20;
@@ -36,15 +37,7 @@ fn upload(server: &S3Server, mib: usize, seed: u64) -> (Vec<u8>, String) {
     rng.fill(&mut raw[..]);
     // Some zero blocks: hydration must skip them.
     raw[4 * MIB..8 * MIB].fill(0);
-    let mut image = Vec::new();
-    let summary = write_image(
-        &raw[..],
-        raw.len() as u64,
-        &mut image,
-        &WriteOptions::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let (image, summary) = zvhd2_image(&raw, DEFAULT_BLOCK_SIZE);
     let bucket = unique_bucket("hydrate");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
