@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! The ZVHD2 image format and the `.zvidx` sidecar index: parse, validate,
 //! lay out, encode. Pure: no I/O beyond byte slices and `std::io::{Read, Write}`,
 //! no tokio. Every length and offset read from a file is checked before use.
@@ -16,7 +17,6 @@
 //! 3. [`verify_record`] (or [`decode_record`] without a sidecar) on the bytes
 //!    of one record, for each block wanted: every check a reader makes of a
 //!    block lives in [`verify`].
-#![deny(missing_docs)]
 
 pub mod footer;
 pub mod index;
