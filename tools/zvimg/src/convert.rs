@@ -470,6 +470,18 @@ pub fn convert_to_zvhd2(
     let file =
         File::open(&raw_path).with_context(|| format!("{}: cannot open", input.display()))?;
     let size = file.metadata()?.len();
+    if let Some(profile) = &options.boot_profile {
+        // The same rule `zvimg index` and every sidecar reader apply: a
+        // profile naming a block past the disk makes the sidecar unreadable,
+        // so refuse it before any output is written.
+        let blocks = size.div_ceil(u64::from(options.write.block_size));
+        if let Some(&bad) = profile.iter().find(|&&b| b >= blocks) {
+            bail!(
+                "boot profile names block {bad}, the disk {} has {blocks} blocks",
+                input.display()
+            );
+        }
+    }
     let tmp = TempFile::new(temp_beside(output, "partial"));
     let out = File::create(tmp.path())
         .with_context(|| format!("{}: cannot create", tmp.path().display()))?;

@@ -157,6 +157,34 @@ fn index_rebuilds_the_same_sidecar_and_embeds_a_profile() {
         s(&rebuilt),
     ]);
     assert!(err.contains("block 99"), "{err}");
+
+    // convert applies the same rule before writing anything: zvimg never
+    // writes a sidecar that a reader refuses.
+    let fresh = dir.path().join("fresh.zvhd2");
+    let err = fails(&[
+        "convert",
+        "--sidecar",
+        "--boot-profile",
+        s(&profile),
+        s(&raw_path),
+        s(&fresh),
+    ]);
+    assert!(err.contains("block 99"), "{err}");
+    assert!(!fresh.exists(), "no image written for a bad profile");
+    assert!(!dir.path().join("fresh.zvhd2.zvidx").exists());
+    // The last block (the disk has 5) is accepted.
+    std::fs::write(&profile, "4\n0\n").unwrap();
+    ok(&[
+        "convert",
+        "--sidecar",
+        "--boot-profile",
+        s(&profile),
+        s(&raw_path),
+        s(&fresh),
+    ]);
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["info", "--json", s(&fresh)])).unwrap();
+    assert_eq!(info["boot_profile_blocks"], 2);
 }
 
 #[test]
