@@ -235,6 +235,13 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value_t = ByteSize(MountConfig::default().prefetch_budget))]
     pub prefetch_budget: ByteSize,
 
+    /// Widen every store GET to whole SIZE slices of the image (e.g. 4MiB),
+    /// so hosts behind a caching tier (nginx slice, a CDN, Dragonfly) ask
+    /// for the same ranges and share them; 0 (the default) is off. Blocks
+    /// that come along are cached. See docs/FLEET.md.
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(0))]
+    pub fetch_align: ByteSize,
+
     /// Size of the served file: `orig`, the disk that was converted, or
     /// `curr`, rounded up to a whole GiB as Huawei's tools show it.
     #[arg(long = "size", value_enum, default_value_t = MountConfig::default().size_mode)]

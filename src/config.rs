@@ -236,6 +236,9 @@ pub struct MountSettings {
     /// Prefetch memory in flight (`--prefetch-budget`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefetch_budget: Option<ByteSize>,
+    /// Slice size store GETs are widened to; 0 is off (`--fetch-align`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_align: Option<ByteSize>,
     /// `orig` or `curr` (`--size`).
     #[serde(
         default,
@@ -369,6 +372,7 @@ impl MountSettings {
                 cli.prefetch_budget,
                 file.prefetch_budget,
             ),
+            fetch_align: pick(typed("fetch_align"), cli.fetch_align, file.fetch_align),
             size: pick(typed("size_mode"), cli.size_mode, file.size),
             allow_other: pick(typed("allow_other"), cli.allow_other, file.allow_other),
             no_sidecar: pick(typed("no_sidecar"), cli.no_sidecar, file.no_sidecar),
@@ -467,6 +471,7 @@ impl MountSettings {
             hydrate: self.hydrate.map(|mb| (mb.max(0.0) * 1e6) as u64),
             readahead: required(self.readahead, "readahead")?,
             prefetch_budget: required(self.prefetch_budget, "prefetch_budget")?.0,
+            fetch_align: required(self.fetch_align, "fetch_align")?.0,
             allow_other: required(self.allow_other, "allow_other")?,
             size_mode: required(self.size, "size")?,
             record_profile: self.record_profile,

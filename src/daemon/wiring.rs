@@ -338,6 +338,7 @@ fn image_options(config: &MountConfig) -> ImageOptions {
         size_mode: config.size_mode,
         readahead_blocks: config.readahead as usize,
         prefetch_budget_bytes: config.prefetch_budget,
+        fetch_align: config.fetch_align,
         record_access: config.record_profile.is_some(),
         ..ImageOptions::default()
     }

@@ -100,6 +100,11 @@ pub struct ImageOptions {
     pub coalesce_gap: u64,
     /// Upper bound on the bytes of one coalesced GET.
     pub max_coalesce_bytes: u64,
+    /// Widen every GET to whole slices of this many bytes of the image,
+    /// aligned to multiples of it (0: off), so that hosts behind a caching
+    /// tier ask for the same ranges; the records that come along are
+    /// decoded and cached too. Costs bytes (the rest of each slice).
+    pub fetch_align: u64,
     /// Blocks decoded at once (0: one per CPU); mount-wide like
     /// `prefetch_budget_bytes`.
     pub decode_threads: usize,
@@ -117,6 +122,7 @@ impl Default for ImageOptions {
             prefetch_concurrency: 4,
             coalesce_gap: 64 << 10,
             max_coalesce_bytes: 8 << 20,
+            fetch_align: 0,
             decode_threads: 0,
             record_access: false,
         }
@@ -265,6 +271,8 @@ pub struct Image {
     /// Demand reads waiting for a fetch right now (background hydration
     /// holds back while any are).
     demand_waiting: std::sync::atomic::AtomicUsize,
+    /// Records by offset, for aligned fetches (see `fetch`).
+    record_order: std::sync::OnceLock<Vec<(u64, u32, u64)>>,
 }
 
 impl fmt::Debug for Image {
@@ -352,6 +360,7 @@ impl Image {
             stream: ReaderStream::new(options.readahead_blocks),
             recorder,
             demand_waiting: std::sync::atomic::AtomicUsize::new(0),
+            record_order: std::sync::OnceLock::new(),
             layout,
             options,
         })

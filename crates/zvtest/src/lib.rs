@@ -9,6 +9,7 @@
 //! | [`http`] | a tiny HTTP/1.1 range server that can misbehave on demand |
 //! | [`images`] | raw disks of chosen block kinds, ZVHD2 images and sidecars written from them |
 //! | [`qemu`] | a QEMU guest booting from a qcow2 overlay, timed to its serial-console marker |
+//! | [`nginx`] | a real nginx as a caching tier, configured by `examples/nginx-slice-cache.conf` |
 //! | [`proxy`] | a TCP proxy adding first-byte latency and a bandwidth cap, with per-request timings |
 //!
 //! Not a mock of anything: every fixture is the real program or protocol.
@@ -21,6 +22,7 @@
 pub mod http;
 pub mod images;
 pub mod mount;
+pub mod nginx;
 pub mod proxy;
 pub mod qemu;
 pub mod s3;
