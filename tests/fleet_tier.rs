@@ -38,7 +38,15 @@ const READ: usize = 64 << 10;
 /// varying number of records and records straddle slice boundaries.
 fn disk(blocks: usize, seed: u64) -> (Vec<u8>, Vec<u8>, Sidecar) {
     use BlockKind::*;
-    let cycle = [Random, Compressible, Compressible, Random, Zero, Compressible, Random];
+    let cycle = [
+        Random,
+        Compressible,
+        Compressible,
+        Random,
+        Zero,
+        Compressible,
+        Random,
+    ];
     let kinds: Vec<BlockKind> = (0..blocks).map(|i| cycle[i % cycle.len()]).collect();
     let raw = raw_from_kinds(&kinds, DEFAULT_BLOCK_SIZE, seed);
     let (image, summary) = zvhd2_image(&raw, DEFAULT_BLOCK_SIZE);
@@ -147,7 +155,12 @@ fn origin(image: &[u8], sidecar: &Sidecar) -> (tokio::runtime::Runtime, HttpServ
     let server = rt.block_on(HttpServer::start());
     server.put("images/disk.zvhd2", image.to_vec());
     server.put("images/disk.zvhd2.zvidx", sidecar.encode());
-    let addr: SocketAddr = server.url("").trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    let addr: SocketAddr = server
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
     let counter = ShapingProxy::start(
         addr,
         Shaping {
@@ -383,7 +396,10 @@ fn both_backends_go_through_http_proxy_unless_no_proxy_says_otherwise() {
     read_all(&m, &raw);
     drop(m);
     let through_http = proxy.requests();
-    assert!(through_http >= 3, "HTTP backend bypassed the proxy ({through_http} requests)");
+    assert!(
+        through_http >= 3,
+        "HTTP backend bypassed the proxy ({through_http} requests)"
+    );
 
     let cache = cache_tempdir();
     let m = host(&url, cache.path(), None)
@@ -392,7 +408,11 @@ fn both_backends_go_through_http_proxy_unless_no_proxy_says_otherwise() {
         .start();
     read_all(&m, &raw);
     drop(m);
-    assert_eq!(proxy.requests(), through_http, "NO_PROXY ignored by the HTTP backend");
+    assert_eq!(
+        proxy.requests(),
+        through_http,
+        "NO_PROXY ignored by the HTTP backend"
+    );
 
     // S3 backend (aws-sdk with the proxy connector).
     let s3 = S3Server::start();
@@ -401,7 +421,8 @@ fn both_backends_go_through_http_proxy_unless_no_proxy_says_otherwise() {
     rt.block_on(async {
         s3.create_bucket(&bucket).await;
         s3.put_bytes(&bucket, "disk.zvhd2", image.clone()).await;
-        s3.put_bytes(&bucket, "disk.zvhd2.zvidx", sidecar.encode()).await;
+        s3.put_bytes(&bucket, "disk.zvhd2.zvidx", sidecar.encode())
+            .await;
     });
     let s3_host = |no_proxy: Option<&str>| {
         let cache = cache_tempdir();
@@ -431,8 +452,15 @@ fn both_backends_go_through_http_proxy_unless_no_proxy_says_otherwise() {
     let before = proxy.requests();
     s3_host(None);
     let through_s3 = proxy.requests() - before;
-    assert!(through_s3 >= 3, "S3 backend bypassed the proxy ({through_s3} requests)");
+    assert!(
+        through_s3 >= 3,
+        "S3 backend bypassed the proxy ({through_s3} requests)"
+    );
     let before = proxy.requests();
     s3_host(Some("127.0.0.1"));
-    assert_eq!(proxy.requests(), before, "NO_PROXY ignored by the S3 backend");
+    assert_eq!(
+        proxy.requests(),
+        before,
+        "NO_PROXY ignored by the S3 backend"
+    );
 }

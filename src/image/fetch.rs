@@ -448,7 +448,12 @@ impl Image {
     /// arriving now waits for them rather than fetching them again) and
     /// returned to be decoded from the bytes already fetched. `cold` keeps
     /// them out of memory levels.
-    fn came_along(self: &Arc<Self>, span: &Range<u64>, group: &[Pending], cold: bool) -> Vec<Pending> {
+    fn came_along(
+        self: &Arc<Self>,
+        span: &Range<u64>,
+        group: &[Pending],
+        cold: bool,
+    ) -> Vec<Pending> {
         use futures::FutureExt;
         let records = self.records_by_offset();
         let from = records.partition_point(|&(offset, _, _)| offset < span.start);

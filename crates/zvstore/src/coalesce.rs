@@ -298,7 +298,10 @@ mod tests {
         // Straddling a boundary takes both slices.
         assert_eq!(align_span(a - 1..a + 1, a, 100 * mib), 0..2 * a);
         // The last slice is short: capped at the object's end.
-        assert_eq!(align_span(9 * mib..9 * mib + 1, a, 10 * mib), 2 * a..10 * mib);
+        assert_eq!(
+            align_span(9 * mib..9 * mib + 1, a, 10 * mib),
+            2 * a..10 * mib
+        );
         // No alignment, or nothing to fetch: as given.
         assert_eq!(align_span(3..7, 0, 100), 3..7);
         assert_eq!(align_span(7..7, 4, 100), 7..7);

@@ -117,11 +117,19 @@ pub fn measure(args: &Args) -> anyhow::Result<Report> {
     if args.hosts == 0 || args.blocks == 0 {
         bail!("--hosts and --blocks must be at least 1");
     }
-    if args.slice == 0 || args.slice % 1024 != 0 {
+    if args.slice == 0 || !args.slice.is_multiple_of(1024) {
         bail!("--slice must be a non-zero multiple of 1 KiB");
     }
     use BlockKind::*;
-    let cycle = [Random, Compressible, Compressible, Random, Zero, Compressible, Random];
+    let cycle = [
+        Random,
+        Compressible,
+        Compressible,
+        Random,
+        Zero,
+        Compressible,
+        Random,
+    ];
     let kinds: Vec<BlockKind> = (0..args.blocks).map(|i| cycle[i % cycle.len()]).collect();
     let raw = raw_from_kinds(&kinds, DEFAULT_BLOCK_SIZE, 42);
     let (image, summary) = zvhd2_image(&raw, DEFAULT_BLOCK_SIZE);
@@ -248,7 +256,14 @@ fn run_setup(
         .iter()
         .map(|c| {
             let mut b = Mounted::builder()
-                .args(["--timeout", "10s", "--readahead", "0", "--prefetch-budget", "0"])
+                .args([
+                    "--timeout",
+                    "10s",
+                    "--readahead",
+                    "0",
+                    "--prefetch-budget",
+                    "0",
+                ])
                 .env_remove("HTTP_PROXY")
                 .env_remove("http_proxy");
             if let Some(a) = align {
