@@ -74,8 +74,11 @@ pub struct Args {
 /// One setup's figures.
 #[derive(Debug, Serialize)]
 pub struct SetupReport {
+    /// `direct`, `tier` or `tier+align`.
     pub setup: String,
+    /// Requests the origin answered (counted at the origin's proxy).
     pub origin_requests: u64,
+    /// Bytes the origin sent (headers included).
     pub origin_bytes: u64,
     /// Origin bytes over the stored bytes of the boot set's records.
     pub origin_vs_set: f64,
@@ -90,14 +93,23 @@ pub struct SetupReport {
 /// Everything `bench fleet` measured.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// Hosts (daemons) that read at once.
     pub hosts: usize,
+    /// Size of the stored image.
     pub image_bytes: u64,
+    /// Blocks in the boot set.
     pub set_blocks: usize,
+    /// Stored bytes of the boot set's records.
     pub set_record_bytes: u64,
+    /// Bytes of the slices those records touch (what a slicing tier fetches once).
     pub set_slice_bytes: u64,
+    /// Slice size in bytes.
     pub slice: u64,
+    /// First-byte latency the origin added, in milliseconds.
     pub latency_ms: f64,
+    /// The origin's bandwidth cap, bytes per second (0: none).
     pub bandwidth: u64,
+    /// One entry per setup, in the order run.
     pub setups: Vec<SetupReport>,
 }
 
