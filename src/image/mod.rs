@@ -21,6 +21,8 @@ mod fetch;
 pub mod open;
 pub mod persist;
 pub mod scan;
+#[cfg(test)]
+mod testing;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -36,10 +36,6 @@ pub mod units;
 pub use config::{StaticCredentials, StoreConfig};
 pub use source::{is_remote, open_source, parse_source};
 
-/// The former name of [`StoreConfig`], kept while callers move to the new
-/// one (the binaries' clap flags are `zvmount::cli::StoreArgs`).
-pub type StoreArgs = StoreConfig;
-
 /// What a store knows about one object; `etag`/`modified` make up its
 /// identity, which reads can be pinned to.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -559,7 +559,7 @@ pub fn convert_to_zvhd2(
 fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, key) = open_source(&args.input, &args.source.store).await?;
+        let (store, key) = open_source(&args.input, &args.source.store.to_config()).await?;
         let layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Auto).await?;
         let size = match args.size {
             SizeChoice::Orig => layout.header.disk_size(),

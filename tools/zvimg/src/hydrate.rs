@@ -37,7 +37,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let (store, key) = open_source(&args.image, &args.source.store).await?;
+        let (store, key) = open_source(&args.image, &args.source.store.to_config()).await?;
         let sidecar = if args.no_sidecar {
             SidecarSource::Ignore
         } else {

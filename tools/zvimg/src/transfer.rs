@@ -51,7 +51,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let sidecar = default_sidecar_path(&args.image);
     let with_sidecar = !args.no_sidecar && sidecar.exists();
     runtime()?.block_on(async {
-        let (store, key) = open_source(&args.dest, &args.source.store).await?;
+        let (store, key) = open_source(&args.dest, &args.source.store.to_config()).await?;
         let bar = progress::bytes_bar(size, "upload");
         let started = std::time::Instant::now();
         let progress_bar = bar.clone();
@@ -91,7 +91,7 @@ pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
         bail!("--chunk must be positive");
     }
     runtime()?.block_on(async {
-        let (store, key) = open_source(&args.source_url, &args.source.store).await?;
+        let (store, key) = open_source(&args.source_url, &args.source.store.to_config()).await?;
         let started = std::time::Instant::now();
         let size = download(
             store.as_ref(),

@@ -82,7 +82,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     if args.count == 0 || args.parallel == 0 || args.size == 0 || args.probe_size == 0 {
         bail!("--count, --parallel, --size and --probe-size must be positive");
     }
-    let (store, key) = open_source(&args.source, &args.store)
+    let (store, key) = open_source(&args.source, &args.store.to_config())
         .await
         .with_context(|| format!("opening {}", args.source))?;
     let t = Instant::now();
