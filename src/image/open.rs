@@ -25,13 +25,17 @@ pub enum SidecarSource {
 /// Everything known about an image once it is open: no block data yet.
 #[derive(Clone, Debug)]
 pub struct ImageLayout {
+    /// The image's key in its store.
     pub key: String,
     /// Printable location of the image (for messages).
     pub location: String,
     /// Size and identity at open; every later read is pinned to it.
     pub meta: ObjectMeta,
+    /// The parsed footers: geometry (block size, disk sizes), compression.
     pub header: ImageHeader,
+    /// What a sidecar or cache entry must match to belong to this image.
     pub identity: ImageIdentity,
+    /// Where each block's record is (or that it is a zero block).
     pub index: BlockIndex,
     /// The sidecar, when one was found and matched.
     pub sidecar: Option<Sidecar>,

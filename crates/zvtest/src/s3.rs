@@ -12,7 +12,7 @@
 //! rather than panic (the boot benchmark), with their own binary and data
 //! directory.
 //!
-//! Configuration goes through [`S3Server::store_args`] (explicit endpoint,
+//! Configuration goes through [`S3Server::store_config`] (explicit endpoint,
 //! region and credentials), never through environment variables, which
 //! parallel tests would race on.
 

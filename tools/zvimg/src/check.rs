@@ -24,6 +24,7 @@ pub struct CheckArgs {
     /// Records fetched and decoded at once.
     #[arg(long, default_value_t = ScanOptions::default().parallel)]
     pub parallel: usize,
+    /// Where the image is and how to reach it.
     #[command(flatten)]
     pub source: SourceArgs,
     /// The image: a local path, s3://bucket/key or an https:// URL.

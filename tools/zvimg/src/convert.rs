@@ -28,22 +28,33 @@ use zvstore::open_source;
 
 use crate::{SizeChoice, SourceArgs, default_sidecar_path, progress, runtime};
 
+/// What a `convert` input is (`-f`); detected from magic bytes by default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
+    /// A raw disk: the bytes of the disk, holes read as zeros.
     Raw,
+    /// A ZVHD2 image (decoded and re-encoded, or written out raw).
     Zvhd2,
+    /// QEMU copy-on-write v2 (through `qemu-img`).
     Qcow2,
+    /// VMware disk (through `qemu-img`).
     Vmdk,
+    /// Virtual PC / Azure VHD (through `qemu-img`).
     Vpc,
+    /// Hyper-V VHDX (through `qemu-img`).
     Vhdx,
 }
 
+/// What `convert` writes (`-O`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
+    /// A ZVHD2 image and its `.zvidx` sidecar.
     Zvhd2,
+    /// A raw disk (sparse where the image has zero blocks).
     Raw,
 }
 
+/// Flags of `zvimg convert`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Input format (default: detected from the file's magic bytes).
@@ -73,6 +84,7 @@ pub struct Args {
     /// Print what was done as JSON (sizes, bytes read, where the time went).
     #[arg(long)]
     pub json: bool,
+    /// Store settings, for a remote ZVHD2 input.
     #[command(flatten)]
     pub source: SourceArgs,
     /// Input: a local file, or (ZVHD2 only) s3://bucket/key or an https:// URL.
@@ -91,6 +103,7 @@ fn parse_block_size(text: &str) -> Result<u32, String> {
     Ok(n as u32)
 }
 
+/// Runs `zvimg convert`: an error names the input and what in it is wrong.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let local = !is_remote(&args.input);
     let input_format = match args.input_format {
@@ -311,7 +324,7 @@ impl DiskSource for SparseFile {
 const WRITEBACK_STEP: u64 = 64 << 20;
 
 /// The output file, with its writeback running behind the writer: every
-/// [`WRITEBACK_STEP`] bytes a background thread `fdatasync`s what is written
+/// `WRITEBACK_STEP` (64 MiB) bytes a background thread `fdatasync`s what is written
 /// so far, so the disk works while the cores compress and the final sync
 /// finds little left. (`sync_file_range` would do it without a thread, but
 /// neither rustix nor nix offers it safely.) Errors of those syncs are kept

@@ -19,6 +19,7 @@ pub struct InfoArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Where the image is and how to reach it.
     #[command(flatten)]
     pub source: SourceArgs,
     /// The image: a local path, s3://bucket/key or an https:// URL.

@@ -83,6 +83,7 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Store settings for `--baseline`.
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -90,24 +91,38 @@ pub struct Args {
 /// Latency and throughput of one pass.
 #[derive(Debug, Serialize)]
 pub struct PassResult {
+    /// `rand4k`, `rand1m`, `seq` or `miss`.
     pub pattern: String,
+    /// `cold`, `daemon` or `warm`.
     pub pass: String,
+    /// Reads done.
     pub ops: usize,
+    /// Bytes read.
     pub bytes: u64,
+    /// Wall time of the pass, in seconds.
     pub seconds: f64,
+    /// Reads per second.
     pub iops: f64,
+    /// Throughput in MB/s (10^6 bytes).
     pub mb_per_s: f64,
+    /// Median read latency, µs.
     pub p50_us: f64,
+    /// 90th percentile read latency, µs.
     pub p90_us: f64,
+    /// 99th percentile read latency, µs.
     pub p99_us: f64,
+    /// 99.9th percentile read latency, µs.
     pub p999_us: f64,
+    /// Slowest read, µs.
     pub max_us: f64,
     /// Store requests/bytes during the pass (inside a mount).
     pub store_requests: Option<u64>,
+    /// Bytes fetched from the store during the pass (inside a mount).
     pub store_bytes: Option<u64>,
     /// Daemon time per block fetched during the pass (inside a mount):
     /// verify + decode, and demand reads' wait for missing blocks.
     pub decode_us_per_block: Option<f64>,
+    /// Demand reads' wait for missing blocks per block fetched, µs (inside a mount).
     pub miss_wait_us_per_block: Option<f64>,
 }
 
