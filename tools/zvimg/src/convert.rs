@@ -9,7 +9,7 @@
 //! long wait for the disk at the end.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -405,6 +405,104 @@ impl Drop for WritebackFile {
     }
 }
 
+/// Bytes handed to the output thread at a time.
+const OUTPUT_CHUNK: usize = 1 << 20;
+/// Chunks that may wait for the output thread: 64 MiB of slack, so a
+/// `write` held up by writeback (stable pages, a running `fdatasync`) does
+/// not stall the thread that feeds the compression workers.
+const OUTPUT_QUEUE: usize = 64;
+
+/// A [`WritebackFile`] written by a thread of its own. The converting thread
+/// both reads the input and writes records in order; when a `write` blocks
+/// behind the disk, the workers run dry. This writer copies into 1 MiB
+/// chunks and queues them (bounded: memory stays at most
+/// `OUTPUT_QUEUE` x 1 MiB); a write error stops the thread and is returned
+/// by the next `write` or by [`OutputThread::finish`].
+pub struct OutputThread {
+    chunk: Vec<u8>,
+    full: Option<mpsc::SyncSender<Vec<u8>>>,
+    empty: mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<WritebackFile>>>,
+}
+
+impl OutputThread {
+    /// Starts the thread that writes to `file`.
+    pub fn new(mut file: WritebackFile) -> std::io::Result<Self> {
+        let (full, chunks) = mpsc::sync_channel::<Vec<u8>>(OUTPUT_QUEUE);
+        let (recycle, empty) = mpsc::channel::<Vec<u8>>();
+        let thread = std::thread::Builder::new()
+            .name("zvimg-output".into())
+            .spawn(move || -> std::io::Result<WritebackFile> {
+                for mut chunk in chunks {
+                    file.write_all(&chunk)?;
+                    chunk.clear();
+                    // The converting thread may have finished already.
+                    let _ = recycle.send(chunk);
+                }
+                Ok(file)
+            })?;
+        Ok(OutputThread {
+            chunk: Vec::with_capacity(OUTPUT_CHUNK),
+            full: Some(full),
+            empty,
+            thread: Some(thread),
+        })
+    }
+
+    fn send_chunk(&mut self) -> std::io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let next = self
+            .empty
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(OUTPUT_CHUNK));
+        let chunk = std::mem::replace(&mut self.chunk, next);
+        let sent = self.full.as_ref().map(|tx| tx.send(chunk));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The thread stopped: its error is the one to report.
+            _ => Err(self
+                .stop()
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("the output thread stopped"))),
+        }
+    }
+
+    fn stop(&mut self) -> std::io::Result<WritebackFile> {
+        drop(self.full.take());
+        match self.thread.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(std::io::Error::other("the output thread panicked")),
+            None => Err(std::io::Error::other("the output thread already stopped")),
+        }
+    }
+
+    /// Writes what is queued, then syncs the file as
+    /// [`WritebackFile::finish`] does; returns the same figures.
+    pub fn finish(mut self) -> std::io::Result<(Duration, u32)> {
+        self.send_chunk()?;
+        self.stop()?.finish()
+    }
+}
+
+impl Write for OutputThread {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(OUTPUT_CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == OUTPUT_CHUNK {
+            self.send_chunk()?;
+        }
+        Ok(n)
+    }
+
+    /// Hands the partial chunk to the thread; it is on disk only after
+    /// [`OutputThread::finish`].
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_chunk()
+    }
+}
+
 /// How to convert to ZVHD2.
 pub struct ConvertOptions {
     /// Block size, zstd level, threads.
@@ -503,7 +601,7 @@ pub fn convert_to_zvhd2(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut writer = BufWriter::with_capacity(1 << 20, WritebackFile::new(out)?);
+    let mut writer = OutputThread::new(WritebackFile::new(out)?)?;
     let summary = zvhd2::write_image_from(
         &mut SparseFile::new(file),
         size,
@@ -513,8 +611,7 @@ pub fn convert_to_zvhd2(
     )
     .with_context(|| format!("converting {}", input.display()))?;
     drop(expanded);
-    let out = writer.into_inner().map_err(|e| e.into_error())?;
-    let (final_sync, writeback_syncs) = out
+    let (final_sync, writeback_syncs) = writer
         .finish()
         .with_context(|| format!("{}: cannot sync", tmp.path().display()))?;
     bar.finish_and_clear();
@@ -633,5 +730,50 @@ pub fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_thread_writes_everything_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut w =
+            OutputThread::new(WritebackFile::new(File::create(&path).unwrap()).unwrap()).unwrap();
+        let mut want = Vec::new();
+        for i in 0..5000u32 {
+            // Odd sizes, so pieces straddle chunk boundaries.
+            let piece = vec![(i % 251) as u8; 1 + (i as usize * 7919) % 3000];
+            w.write_all(&piece).unwrap();
+            want.extend_from_slice(&piece);
+        }
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+    }
+
+    #[test]
+    fn output_thread_reports_a_full_disk() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut w = OutputThread::new(WritebackFile::new(full).unwrap()).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        // The error surfaces at a later write or at finish, never not at all.
+        let mut err = None;
+        for _ in 0..(OUTPUT_QUEUE + 4) {
+            if let Err(e) = w.write_all(&chunk) {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = match err {
+            Some(e) => e,
+            None => w.finish().unwrap_err(),
+        };
+        assert_eq!(err.raw_os_error(), Some(28), "ENOSPC: {err}");
     }
 }
