@@ -12,6 +12,9 @@
 //! | [`nginx`] | a real nginx as a caching tier, configured by `examples/nginx-slice-cache.conf` |
 //! | [`proxy`] | a TCP proxy adding first-byte latency and a bandwidth cap, with per-request timings |
 //!
+//! [`shm_tempdir`] gives host-cache tests a directory whose free space does
+//! not depend on the build disk.
+//!
 //! Not a mock of anything: every fixture is the real program or protocol.
 //! Fixtures for tests panic with a message naming what failed (a fixture
 //! failure is not a test result); the ones a benchmark also uses have
@@ -26,3 +29,16 @@ pub mod nginx;
 pub mod proxy;
 pub mod qemu;
 pub mod s3;
+
+/// A temporary directory for a host cache: in `/dev/shm` when there is
+/// one, so that the cache's 5% free-space floor depends on memory, not on
+/// how full the build machine's disk happens to be. Removed on drop.
+pub fn shm_tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    };
+    dir.expect("create a temporary directory")
+}
