@@ -38,8 +38,8 @@ use zvstore::StoreConfig;
 use zvstore::units::{parse_duration, parse_size};
 
 use crate::cli::{ByteSize, Cli, HumanDuration, LogFormat};
-use crate::telemetry::MetricsAddr;
 use crate::daemon::{MountConfig, SizeMode, SourceSpec};
+use crate::telemetry::MetricsAddr;
 
 /// Why a configuration cannot be used. Every variant names the file (when
 /// there is one) and what in it is wrong.

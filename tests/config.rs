@@ -177,10 +177,7 @@ fn every_mount_option_has_a_key_and_flags_still_win() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let has = |text: &str, line: &str| {
-        assert!(
-            text.lines().any(|l| l == line),
-            "no {line:?} in:\n{text}"
-        )
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}")
     };
     let from_file = printed(&[]);
     has(&from_file, "metrics_addr = \"127.0.0.1:9917\"");

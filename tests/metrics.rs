@@ -500,8 +500,8 @@ fn outage_retry_kinds_and_disk_cache_gauges_move() {
     };
 
     let before = samples(&scrape_tcp(port));
-    let disk_before = mount_value(&before, "zvmount_cache_bytes", "tier=\"disk\"")
-        .expect("a disk tier gauge");
+    let disk_before =
+        mount_value(&before, "zvmount_cache_bytes", "tier=\"disk\"").expect("a disk tier gauge");
     assert_eq!(
         mount_value(&before, "zvmount_cache_capacity_bytes", "tier=\"disk\""),
         Some(1024.0 * MIB as f64)
@@ -534,30 +534,43 @@ fn outage_retry_kinds_and_disk_cache_gauges_move() {
     assert!(!reader.is_finished(), "the read did not wait for the store");
     server.restart();
     assert!(
-        reader.join().unwrap().expect("the read rode out the outage"),
+        reader
+            .join()
+            .unwrap()
+            .expect("the read rode out the outage"),
         "wrong bytes after the outage"
     );
     let after = scrape_until(port, "the outage gauge falling", |s| {
         mount_value(s, "zvmount_store_outage", "mount=") == Some(0.0)
     });
     assert!(mount_value(&after, "zvmount_store_outages_total", "mount=").unwrap() >= 1.0);
-    let connection = mount_value(
-        &after,
-        "zvmount_store_retries_total",
-        "kind=\"connection\"",
-    )
-    .expect("retries by kind");
+    let connection = mount_value(&after, "zvmount_store_retries_total", "kind=\"connection\"")
+        .expect("retries by kind");
     assert!(connection >= 1.0, "{after:?}");
     assert!(
         connection
-            >= mount_value(&during, "zvmount_store_retries_total", "kind=\"connection\"")
-                .unwrap_or(0.0)
+            >= mount_value(
+                &during,
+                "zvmount_store_retries_total",
+                "kind=\"connection\""
+            )
+            .unwrap_or(0.0)
     );
     // Every kind is listed, zeros included, so dashboards need no absent().
-    for kind in ["timeout", "throttled", "server_error", "short_body", "credentials"] {
+    for kind in [
+        "timeout",
+        "throttled",
+        "server_error",
+        "short_body",
+        "credentials",
+    ] {
         assert!(
-            mount_value(&after, "zvmount_store_retries_total", &format!("kind=\"{kind}\""))
-                .is_some(),
+            mount_value(
+                &after,
+                "zvmount_store_retries_total",
+                &format!("kind=\"{kind}\"")
+            )
+            .is_some(),
             "no {kind} series"
         );
     }

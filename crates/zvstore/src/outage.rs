@@ -306,7 +306,13 @@ impl RetryKind {
         let has = |words: &[&str]| words.iter().any(|w| detail.contains(w));
         if has(&["credentials expired"]) {
             RetryKind::Credentials
-        } else if has(&["HTTP 429", "HTTP 503", "SlowDown", "Throttl", "TooManyRequests"]) {
+        } else if has(&[
+            "HTTP 429",
+            "HTTP 503",
+            "SlowDown",
+            "Throttl",
+            "TooManyRequests",
+        ]) {
             RetryKind::Throttled
         } else if has(&["HTTP 408", "RequestTimeout", "timed out"]) {
             RetryKind::Timeout

@@ -472,7 +472,10 @@ mod tests {
         control.set(FaultPlan::default());
         let got = raised.await.unwrap();
         assert_eq!(got.unwrap(), Bytes::from(vec![7u8; 10]));
-        assert!(control.requests() > before, "it was answered by a fresh request");
+        assert!(
+            control.requests() > before,
+            "it was answered by a fresh request"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

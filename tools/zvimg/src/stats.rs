@@ -164,7 +164,9 @@ fn figure(scope: &Value, key: &str, unit: Unit) -> Option<f64> {
             Some(sum / count)
         }
         // A flag (the outage gauge) shows as 1 or 0.
-        _ => v.as_f64().or_else(|| v.as_bool().map(|b| f64::from(u8::from(b)))),
+        _ => v
+            .as_f64()
+            .or_else(|| v.as_bool().map(|b| f64::from(u8::from(b)))),
     }
 }
 
