@@ -99,6 +99,7 @@ fn credentials_from_a_process_are_refreshed_across_expiry() {
         );
         std::thread::sleep(pause);
     }
+    drop(file);
     let stats = m.stats_json();
     assert_eq!(stats["fuse_read_errors"], 0, "{stats}");
     assert_eq!(stats["fetch_errors"], 0, "{stats}");
