@@ -73,8 +73,7 @@ fn store_defaults() -> &'static StoreConfig {
 }
 
 /// Flags shared by every command that reads or writes a store; flatten it
-/// into a command. Derefs to the [`StoreConfig`] it stands for, so
-/// `open_source(src, &args.store)` takes it as is.
+/// into a command, and hand [`StoreArgs::to_config`] to the libraries.
 #[derive(clap::Args, Clone, Debug)]
 pub struct StoreArgs {
     /// S3 region (default: from the environment/profile, else us-east-1).
@@ -111,8 +110,6 @@ pub struct StoreArgs {
     /// Requests in flight at once per source.
     #[arg(long, default_value_t = store_defaults().max_requests)]
     pub max_requests: usize,
-    #[arg(skip)]
-    config: OnceLock<StoreConfig>,
 }
 
 impl StoreArgs {
@@ -130,13 +127,6 @@ impl StoreArgs {
             max_requests: self.max_requests,
             ..StoreConfig::default()
         }
-    }
-}
-
-impl std::ops::Deref for StoreArgs {
-    type Target = StoreConfig;
-    fn deref(&self) -> &StoreConfig {
-        self.config.get_or_init(|| self.to_config())
     }
 }
 

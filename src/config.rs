@@ -30,12 +30,13 @@
 //! what [`crate::daemon::run_mount`] takes.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zvstore::StoreConfig;
-use zvstore::units::{parse_duration, parse_size};
 
 use crate::cli::{ByteSize, Cli, HumanDuration, LogFormat};
 use crate::daemon::{MountConfig, SizeMode, SourceSpec};
@@ -82,25 +83,7 @@ impl Serialize for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size like \"512MiB\" or a number of bytes")
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(n))
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
-                u64::try_from(n)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("invalid size {n}: negative")))
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
-                parse_size(text).map(ByteSize).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visitor)
+        d.deserialize_any(TextOrNumber::<ByteSize>(PhantomData))
     }
 }
 
@@ -112,25 +95,55 @@ impl Serialize for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = HumanDuration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration like \"30s\" or a number of seconds")
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<HumanDuration, E> {
-                Ok(HumanDuration(Duration::from_secs(n)))
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<HumanDuration, E> {
-                u64::try_from(n)
-                    .map(|n| HumanDuration(Duration::from_secs(n)))
-                    .map_err(|_| E::custom(format!("invalid duration {n}: negative")))
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HumanDuration, E> {
-                parse_duration(text).map(HumanDuration).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visitor)
+        d.deserialize_any(TextOrNumber::<HumanDuration>(PhantomData))
+    }
+}
+
+/// A flag value a file may give as the flag's text or as a plain number.
+trait FlagValue: FromStr<Err = String> {
+    /// What a value looks like, for serde's "invalid type" messages.
+    const EXPECTING: &'static str;
+    /// The value's name in "invalid {what} -1: negative".
+    const WHAT: &'static str;
+    /// The value of a plain number (bytes, seconds).
+    fn from_number(n: u64) -> Self;
+}
+
+impl FlagValue for ByteSize {
+    const EXPECTING: &'static str = "a size like \"512MiB\" or a number of bytes";
+    const WHAT: &'static str = "size";
+    fn from_number(n: u64) -> Self {
+        ByteSize(n)
+    }
+}
+
+impl FlagValue for HumanDuration {
+    const EXPECTING: &'static str = "a duration like \"30s\" or a number of seconds";
+    const WHAT: &'static str = "duration";
+    fn from_number(n: u64) -> Self {
+        HumanDuration(Duration::from_secs(n))
+    }
+}
+
+/// The one visitor behind both: TOML integers arrive as `i64`, strings go
+/// through the flag's own parser so a file and a flag accept the same text.
+struct TextOrNumber<T>(PhantomData<T>);
+
+impl<T: FlagValue> serde::de::Visitor<'_> for TextOrNumber<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<T, E> {
+        Ok(T::from_number(n))
+    }
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<T, E> {
+        u64::try_from(n)
+            .map(T::from_number)
+            .map_err(|_| E::custom(format!("invalid {} {n}: negative", T::WHAT)))
+    }
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+        text.parse().map_err(E::custom)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use zvstore::{ObjectStore, StoreArgs, StoreError, open_source};
+use zvstore::{ObjectStore, StoreConfig, StoreError, open_source};
 use zvtest::http::{Behaviour, HttpServer};
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -15,11 +15,11 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-fn args(timeout_ms: u64, retries: u32) -> StoreArgs {
-    StoreArgs {
+fn args(timeout_ms: u64, retries: u32) -> StoreConfig {
+    StoreConfig {
         timeout: Duration::from_millis(timeout_ms),
         retries: Some(retries),
-        ..StoreArgs::default()
+        ..StoreConfig::default()
     }
 }
 

@@ -62,7 +62,7 @@ pub(super) async fn open_all(
 ) -> anyhow::Result<Vec<Opened>> {
     // Every store counts its outages into the mount's counters.
     let config = &MountConfig {
-        store: zvstore::StoreArgs {
+        store: zvstore::StoreConfig {
             outage_stats: Some(Arc::clone(&metrics.outage)),
             ..config.store.clone()
         },

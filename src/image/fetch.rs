@@ -29,7 +29,12 @@ pub enum BlockFailure {
     Fetch(#[source] StoreError),
     /// The store returned a different number of bytes than asked for.
     #[error("fetch returned {actual} bytes for a {expected}-byte range")]
-    ShortRead { expected: u64, actual: u64 },
+    ShortRead {
+        /// The range's length in bytes.
+        expected: u64,
+        /// Bytes the store returned.
+        actual: u64,
+    },
     /// The record or the decoded block failed a check of
     /// [`zvhd2::verify`] (framing, length, CRC32C, BLAKE3, placement).
     #[error("{0}")]

@@ -10,7 +10,7 @@
 //! failed fetch is not remembered, so the next read tries again.
 //!
 //! What to prefetch, and when, is decided in [`crate::prefetch`]; the
-//! fetching itself happens here, in [`fetch`]. What every image of one
+//! fetching itself happens here, in `fetch`. What every image of one
 //! mount shares (cache, counters, prefetch budget, decode slots, the
 //! replay share of the cache) is one [`MountContext`].
 
@@ -21,6 +21,8 @@ mod fetch;
 pub mod open;
 pub mod persist;
 pub mod scan;
+#[cfg(test)]
+mod testing;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -11,6 +11,9 @@
 //! | [`qemu`] | a QEMU guest booting from a qcow2 overlay, timed to its serial-console marker |
 //! | [`proxy`] | a TCP proxy adding first-byte latency and a bandwidth cap, with per-request timings |
 //!
+//! [`shm_tempdir`] gives host-cache tests a directory whose free space does
+//! not depend on the build disk.
+//!
 //! Not a mock of anything: every fixture is the real program or protocol.
 //! Fixtures for tests panic with a message naming what failed (a fixture
 //! failure is not a test result); the ones a benchmark also uses have
@@ -24,3 +27,16 @@ pub mod mount;
 pub mod proxy;
 pub mod qemu;
 pub mod s3;
+
+/// A temporary directory for a host cache: in `/dev/shm` when there is
+/// one, so that the cache's 5% free-space floor depends on memory, not on
+/// how full the build machine's disk happens to be. Removed on drop.
+pub fn shm_tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    };
+    dir.expect("create a temporary directory")
+}
