@@ -130,11 +130,7 @@ fn hydration_line(done: u64, total: u64, base: u64, elapsed: Duration) -> String
 /// Whole percent of `done` in `total` (100 when there is nothing to do),
 /// rounded down so 100% means done.
 fn percent(done: u64, total: u64) -> u64 {
-    if total == 0 {
-        100
-    } else {
-        (done.min(total) * 100) / total
-    }
+    (done.min(total) * 100).checked_div(total).unwrap_or(100)
 }
 
 #[cfg(test)]

@@ -223,6 +223,10 @@ impl MountContext {
 /// A fetch of one block in flight; every reader of the block awaits a clone.
 type InFlight = Shared<BoxFuture<'static, Result<Bytes, Arc<BlockFailure>>>>;
 
+/// A block being fetched: the shared result, and for a background fetch
+/// what raises it to a demand read's priority and deadline.
+type InFlightEntry = (InFlight, Option<Arc<Escalation>>);
+
 /// Why a block is being fetched (decides metrics and budget).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FetchKind {
@@ -262,7 +266,7 @@ pub struct Image {
     zero_block: Bytes,
     /// Blocks being fetched: the shared result, and for a background
     /// fetch what raises it when a demand read joins.
-    inflight: Mutex<HashMap<u64, (InFlight, Option<Arc<Escalation>>)>>,
+    inflight: Mutex<HashMap<u64, InFlightEntry>>,
     decode_limit: Arc<tokio::sync::Semaphore>,
     /// The reader stream of reads that come without one of their own.
     stream: ReaderStream,
