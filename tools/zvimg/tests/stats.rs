@@ -66,6 +66,7 @@ fn stats_json_and_table_match_the_stats_file_after_reads() {
             "wrong bytes"
         );
     }
+    drop(file);
     let mnt = m.dir().to_str().unwrap().to_owned();
 
     let file_doc = m.stats_json();
