@@ -303,7 +303,10 @@ impl Cli {
 }
 
 /// How `zvmount` writes log lines (`--log-format`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Readable lines: time, level, message, fields.
     Human,

@@ -38,8 +38,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zvstore::StoreConfig;
 
-use crate::cli::{ByteSize, Cli, HumanDuration};
+use crate::cli::{ByteSize, Cli, HumanDuration, LogFormat};
 use crate::daemon::{MountConfig, SizeMode, SourceSpec};
+use crate::telemetry::MetricsAddr;
 
 /// Why a configuration cannot be used. Every variant names the file (when
 /// there is one) and what in it is wrong.
@@ -143,6 +144,28 @@ impl<T: FlagValue> serde::de::Visitor<'_> for TextOrNumber<T> {
     }
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
         text.parse().map_err(E::custom)
+    }
+}
+
+// An exporter address is written as `--metrics-addr` takes it
+// (`127.0.0.1:9917`, a socket path), not as its log form (`http://…`).
+
+impl Serialize for MetricsAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MetricsAddr::Tcp(addr) => s.collect_str(addr),
+            MetricsAddr::Unix(path) if path.to_string_lossy().contains('/') => {
+                s.collect_str(&path.display())
+            }
+            MetricsAddr::Unix(path) => s.collect_str(&format_args!("unix:{}", path.display())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -271,6 +294,19 @@ pub struct MountSettings {
     /// Log file (`--log-file`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_file: Option<PathBuf>,
+    /// Detach once the mount is up (`--daemon`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<bool>,
+    /// `human` or `json` (`--log-format`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// More logging: 1 debug, 2 trace (`-v`, `-vv`; `RUST_LOG` overrides).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verbose: Option<u8>,
+    /// Serve Prometheus metrics here: `IP:PORT` or a unix socket path
+    /// (`--metrics-addr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<MetricsAddr>,
     /// Limit on one store request attempt (`--timeout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
@@ -395,6 +431,14 @@ impl MountSettings {
                 file.record_profile,
             ),
             log_file: pick_opt(typed("log_file"), cli.log_file.clone(), file.log_file),
+            daemon: pick(typed("daemon"), cli.daemon, file.daemon),
+            log_format: pick(typed("log_format"), cli.log_format, file.log_format),
+            verbose: pick(typed("verbose"), cli.verbose, file.verbose),
+            metrics_addr: pick_opt(
+                typed("metrics_addr"),
+                cli.metrics_addr.clone(),
+                file.metrics_addr,
+            ),
             timeout: pick(typed("timeout"), s.timeout, file.timeout),
             io_timeout: pick(typed("io_timeout"), s.io_timeout, file.io_timeout),
             retries: pick_opt(typed("retries"), s.retries, file.retries),
@@ -474,7 +518,7 @@ impl MountSettings {
             None => None,
         };
         Ok(MountConfig {
-            metrics_addr: None,
+            metrics_addr: self.metrics_addr,
             sources,
             mountpoint,
             store,

@@ -44,6 +44,7 @@ use crate::prefetch::{AccessRecorder, BudgetPermit, PrefetchBudget, ProfileRepla
 use zvhd2::{BlockLocation, RecordLocation};
 use zvstore::ObjectStore;
 use zvstore::coalesce::RunLimits;
+use zvstore::outage::Escalation;
 
 /// Which size the image reports.
 /// Parsed from and shown as `orig` / `curr` (the `--size` flag of both
@@ -228,6 +229,10 @@ impl MountContext {
 /// A fetch of one block in flight; every reader of the block awaits a clone.
 type InFlight = Shared<BoxFuture<'static, Result<Bytes, Arc<BlockFailure>>>>;
 
+/// A block being fetched: the shared result, and for a background fetch
+/// what raises it to a demand read's priority and deadline.
+type InFlightEntry = (InFlight, Option<Arc<Escalation>>);
+
 /// Why a block is being fetched (decides metrics and budget).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FetchKind {
@@ -265,7 +270,9 @@ pub struct Image {
     /// Reported size.
     size: u64,
     zero_block: Bytes,
-    inflight: Mutex<HashMap<u64, InFlight>>,
+    /// Blocks being fetched: the shared result, and for a background
+    /// fetch what raises it when a demand read joins.
+    inflight: Mutex<HashMap<u64, InFlightEntry>>,
     decode_limit: Arc<tokio::sync::Semaphore>,
     /// The reader stream of reads that come without one of their own.
     stream: ReaderStream,
@@ -755,12 +762,19 @@ impl Image {
         use futures::FutureExt;
         let mut waits = Vec::with_capacity(wanted.len());
         let mut started = Vec::new();
+        // A background fetch can be raised to a demand read's priority and
+        // deadline, should one join it (see `zvstore::outage::Escalation`).
+        let escalation = (kind != FetchKind::Demand).then(|| Arc::new(Escalation::default()));
+        let asked = Instant::now();
         {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             for &(block, loc) in wanted {
-                if let Some(f) = map.get(&block) {
+                if let Some((f, raise)) = map.get(&block) {
                     if kind == FetchKind::Demand {
                         Metrics::inc(&self.metrics.inflight_joins);
+                        if let Some(raise) = raise {
+                            raise.raise(asked);
+                        }
                     }
                     waits.push((block, f.clone()));
                     continue;
@@ -784,7 +798,7 @@ impl Image {
                     })
                     .boxed()
                     .shared();
-                map.insert(block, fut.clone());
+                map.insert(block, (fut.clone(), escalation.clone()));
                 waits.push((block, fut));
                 let pending = fetch::Pending::new(Arc::clone(self), block, loc, tx);
                 started.push(if kind == FetchKind::Hydrate {
@@ -796,7 +810,11 @@ impl Image {
         }
         let n = started.len();
         if n > 0 {
-            tokio::spawn(fetch::run(Arc::clone(self), started, kind, permit));
+            let fetch = fetch::run(Arc::clone(self), started, kind, permit);
+            match escalation {
+                Some(e) => tokio::spawn(Escalation::scope(e, fetch)),
+                None => tokio::spawn(fetch),
+            };
         }
         (waits, n)
     }
