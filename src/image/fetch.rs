@@ -484,7 +484,8 @@ impl Image {
                 })
                 .boxed()
                 .shared();
-            map.insert(block, fut);
+            // A reader that joins this block raises the fetch it rides on.
+            map.insert(block, (fut, zvstore::outage::Escalation::current()));
             let loc = RecordLocation { offset, size };
             let p = Pending::new(Arc::clone(self), block, loc, tx);
             out.push(if cold { p.cold() } else { p });
