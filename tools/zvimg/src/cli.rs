@@ -4,7 +4,8 @@
 use clap::{Parser, Subcommand};
 
 use crate::bench::{
-    boot as bench_boot, convert as bench_convert, read as bench_read, store as bench_store,
+    boot as bench_boot, convert as bench_convert, hydrate as bench_hydrate, read as bench_read,
+    store as bench_store,
 };
 use crate::{cache, check, convert, hydrate, index, info, stats, transfer};
 
@@ -45,7 +46,7 @@ pub enum Command {
     Hydrate(hydrate::Args),
     /// The host cache: ls, rm, gc.
     Cache(cache::Args),
-    /// Benchmarks: convert, store, read, boot.
+    /// Benchmarks: convert, store, read, boot, hydrate.
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -61,6 +62,9 @@ pub enum BenchCommand {
     Read(bench_read::Args),
     /// Boot a guest from local raw, download+boot, zvmount cold and warm.
     Boot(bench_boot::Args),
+    /// Hydration throughput, demand misses during hydration, and a cold
+    /// sequential read, each against the link.
+    Hydrate(bench_hydrate::Args),
 }
 
 #[cfg(test)]
