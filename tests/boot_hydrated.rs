@@ -144,7 +144,11 @@ fn guest_boots_from_a_hydrated_image_with_the_store_stopped() {
         ran.as_secs_f64()
     );
     assert_eq!(
-        (stats.store_requests, stats.blocks_fetched, stats.fetch_errors),
+        (
+            stats.store_requests,
+            stats.blocks_fetched,
+            stats.fetch_errors
+        ),
         (0, 0, 0),
         "a fully hydrated image must not need the store: {stats:?}"
     );

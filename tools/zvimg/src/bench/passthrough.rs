@@ -84,17 +84,14 @@ pub struct Report {
 
 /// Runs every job on `file` and then on `mount`, reading the first `bytes`
 /// of each (random jobs for `seconds` each), and prints the table or JSON.
-pub fn run(
-    mount: &Path,
-    file: &Path,
-    bytes: u64,
-    seconds: u64,
-    json: bool,
-) -> anyhow::Result<()> {
+pub fn run(mount: &Path, file: &Path, bytes: u64, seconds: u64, json: bool) -> anyhow::Result<()> {
     if Command::new("fio").arg("--version").output().is_err() {
         bail!("fio not found: apt-get install fio (scripts/install-deps.sh installs it)");
     }
-    let sizes = (std::fs::metadata(mount)?.len(), std::fs::metadata(file)?.len());
+    let sizes = (
+        std::fs::metadata(mount)?.len(),
+        std::fs::metadata(file)?.len(),
+    );
     if sizes.0 != sizes.1 {
         bail!(
             "{} is {} bytes but {} is {}: compare a mounted disk with its own cache file",
@@ -172,7 +169,12 @@ fn fio(job: &Job, path: &Path, bytes: u64, seconds: u64) -> anyhow::Result<FioPa
 fn parse(json: &[u8]) -> anyhow::Result<FioPass> {
     let v: serde_json::Value = serde_json::from_slice(json).context("fio's JSON")?;
     let read = &v["jobs"][0]["read"];
-    let pct = |p: &str| read["clat_ns"]["percentile"][p].as_f64().unwrap_or(f64::NAN) / 1e3;
+    let pct = |p: &str| {
+        read["clat_ns"]["percentile"][p]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+            / 1e3
+    };
     let bw = read["bw_bytes"]
         .as_f64()
         .context("no read.bw_bytes in fio's output")?;
@@ -202,7 +204,15 @@ fn render(r: &Report) -> String {
     );
     t.push_str(&format!(
         "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7}\n",
-        "job", "file MB/s", "mount MB/s", "file p50", "mount p50", "file p99", "mount p99", "MB/s x", "p99 x"
+        "job",
+        "file MB/s",
+        "mount MB/s",
+        "file p50",
+        "mount p50",
+        "file p99",
+        "mount p99",
+        "MB/s x",
+        "p99 x"
     ));
     for j in &r.jobs {
         t.push_str(&format!(

@@ -253,7 +253,9 @@ impl Bench<'_> {
         // apart), then a fresh daemon over that host cache. Skipped when
         // the user chose the daemons' cache: the mount would not see ours.
         if self.user_cache_dir() {
-            eprintln!("[{data_mib} MiB] skipping the hydrated setup: --zvmount-arg names a --cache-dir");
+            eprintln!(
+                "[{data_mib} MiB] skipping the hydrated setup: --zvmount-arg names a --cache-dir"
+            );
         } else {
             let cache = self.cache_dir(&dir.join("hydrated"))?;
             let cache_arg = cache.to_string_lossy().into_owned();
@@ -261,7 +263,13 @@ impl Bench<'_> {
             let (hydrate, phase) = self.measure(|| {
                 self.zvimg(
                     self.proxy.addr(),
-                    &["hydrate", "--force-path-style", "--cache-dir", &cache_arg, &url],
+                    &[
+                        "hydrate",
+                        "--force-path-style",
+                        "--cache-dir",
+                        &cache_arg,
+                        &url,
+                    ],
                     "hydrate",
                 )
             })?;
