@@ -411,6 +411,7 @@ impl<'a> Bench<'a> {
             total += n as u64;
         }
         let seconds = t0.elapsed().as_secs_f64();
+        drop(file);
         let after = mount.try_stats()?;
         stop(mount)?;
         let _ = std::fs::remove_dir_all(&cache);
