@@ -65,3 +65,15 @@ if ! command -v cargo-deb >/dev/null; then
   # scripts/test.sh unpacks and runs; 3.8.0 builds with rustc 1.95.
   cargo install cargo-deb@3.8.0 --locked --quiet
 fi
+
+# The fleet tests and `zvimg bench fleet` (tests/fleet_tier.rs): nginx as the
+# caching tier (slice, proxy_cache_lock) and tinyproxy as a forward proxy for
+# the HTTP_PROXY/NO_PROXY test. Neither package starts a service here.
+fleet_apt=()
+{ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || fleet_apt+=(nginx)
+{ command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ]; } || fleet_apt+=(tinyproxy)
+if [ ${#fleet_apt[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${fleet_apt[@]}" >/dev/null
+fi

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test suite. Fast checks first, so a formatting slip or a lint fails in
 # seconds rather than after the long tests: rustfmt, clippy (warnings are
-# errors), rustdoc (missing_docs is denied in crates/zvhd2, warned in the
-# other library crates). Then it installs what it needs, builds, builds the
+# errors; every library crate warns on missing docs), rustdoc (warnings
+# are errors too). Then it installs what it needs, builds, builds the
 # bootable guest image (cached), and runs every test — unit, format, store
 # against a real S3-compatible server on 127.0.0.1, real FUSE mounts, and a
 # real QEMU boot.
@@ -31,9 +31,8 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== rustdoc"
-# Broken intra-doc links are errors; missing docs stay warnings except where
-# a crate denies them itself (zvhd2).
-RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D rustdoc::broken_intra_doc_links" \
+# Any warning fails: a missing doc comment, a broken or private link.
+RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" \
   cargo doc --workspace --no-deps --quiet
 
 [ $mode = lint ] && exit 0

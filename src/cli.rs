@@ -73,8 +73,7 @@ fn store_defaults() -> &'static StoreConfig {
 }
 
 /// Flags shared by every command that reads or writes a store; flatten it
-/// into a command. Derefs to the [`StoreConfig`] it stands for, so
-/// `open_source(src, &args.store)` takes it as is.
+/// into a command, and hand [`StoreArgs::to_config`] to the libraries.
 #[derive(clap::Args, Clone, Debug)]
 pub struct StoreArgs {
     /// S3 region (default: from the environment/profile, else us-east-1).
@@ -111,8 +110,6 @@ pub struct StoreArgs {
     /// Requests in flight at once per source.
     #[arg(long, default_value_t = store_defaults().max_requests)]
     pub max_requests: usize,
-    #[arg(skip)]
-    config: OnceLock<StoreConfig>,
 }
 
 impl StoreArgs {
@@ -130,13 +127,6 @@ impl StoreArgs {
             max_requests: self.max_requests,
             ..StoreConfig::default()
         }
-    }
-}
-
-impl std::ops::Deref for StoreArgs {
-    type Target = StoreConfig;
-    fn deref(&self) -> &StoreConfig {
-        self.config.get_or_init(|| self.to_config())
     }
 }
 
@@ -235,6 +225,13 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value_t = ByteSize(MountConfig::default().prefetch_budget))]
     pub prefetch_budget: ByteSize,
 
+    /// Widen every store GET to whole SIZE slices of the image (e.g. 4MiB),
+    /// so hosts behind a caching tier (nginx slice, a CDN, Dragonfly) ask
+    /// for the same ranges and share them; 0 (the default) is off. Blocks
+    /// that come along are cached. See docs/FLEET.md.
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(0))]
+    pub fetch_align: ByteSize,
+
     /// Size of the served file: `orig`, the disk that was converted, or
     /// `curr`, rounded up to a whole GiB as Huawei's tools show it.
     #[arg(long = "size", value_enum, default_value_t = MountConfig::default().size_mode)]
@@ -306,7 +303,10 @@ impl Cli {
 }
 
 /// How `zvmount` writes log lines (`--log-format`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Readable lines: time, level, message, fields.
     Human,

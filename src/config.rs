@@ -30,15 +30,17 @@
 //! what [`crate::daemon::run_mount`] takes.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zvstore::StoreConfig;
-use zvstore::units::{parse_duration, parse_size};
 
-use crate::cli::{ByteSize, Cli, HumanDuration};
+use crate::cli::{ByteSize, Cli, HumanDuration, LogFormat};
 use crate::daemon::{MountConfig, SizeMode, SourceSpec};
+use crate::telemetry::MetricsAddr;
 
 /// Why a configuration cannot be used. Every variant names the file (when
 /// there is one) and what in it is wrong.
@@ -81,25 +83,7 @@ impl Serialize for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size like \"512MiB\" or a number of bytes")
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(n))
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
-                u64::try_from(n)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("invalid size {n}: negative")))
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
-                parse_size(text).map(ByteSize).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visitor)
+        d.deserialize_any(TextOrNumber::<ByteSize>(PhantomData))
     }
 }
 
@@ -111,25 +95,77 @@ impl Serialize for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = HumanDuration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration like \"30s\" or a number of seconds")
+        d.deserialize_any(TextOrNumber::<HumanDuration>(PhantomData))
+    }
+}
+
+/// A flag value a file may give as the flag's text or as a plain number.
+trait FlagValue: FromStr<Err = String> {
+    /// What a value looks like, for serde's "invalid type" messages.
+    const EXPECTING: &'static str;
+    /// The value's name in "invalid {what} -1: negative".
+    const WHAT: &'static str;
+    /// The value of a plain number (bytes, seconds).
+    fn from_number(n: u64) -> Self;
+}
+
+impl FlagValue for ByteSize {
+    const EXPECTING: &'static str = "a size like \"512MiB\" or a number of bytes";
+    const WHAT: &'static str = "size";
+    fn from_number(n: u64) -> Self {
+        ByteSize(n)
+    }
+}
+
+impl FlagValue for HumanDuration {
+    const EXPECTING: &'static str = "a duration like \"30s\" or a number of seconds";
+    const WHAT: &'static str = "duration";
+    fn from_number(n: u64) -> Self {
+        HumanDuration(Duration::from_secs(n))
+    }
+}
+
+/// The one visitor behind both: TOML integers arrive as `i64`, strings go
+/// through the flag's own parser so a file and a flag accept the same text.
+struct TextOrNumber<T>(PhantomData<T>);
+
+impl<T: FlagValue> serde::de::Visitor<'_> for TextOrNumber<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<T, E> {
+        Ok(T::from_number(n))
+    }
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<T, E> {
+        u64::try_from(n)
+            .map(T::from_number)
+            .map_err(|_| E::custom(format!("invalid {} {n}: negative", T::WHAT)))
+    }
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+        text.parse().map_err(E::custom)
+    }
+}
+
+// An exporter address is written as `--metrics-addr` takes it
+// (`127.0.0.1:9917`, a socket path), not as its log form (`http://…`).
+
+impl Serialize for MetricsAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MetricsAddr::Tcp(addr) => s.collect_str(addr),
+            MetricsAddr::Unix(path) if path.to_string_lossy().contains('/') => {
+                s.collect_str(&path.display())
             }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<HumanDuration, E> {
-                Ok(HumanDuration(Duration::from_secs(n)))
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<HumanDuration, E> {
-                u64::try_from(n)
-                    .map(|n| HumanDuration(Duration::from_secs(n)))
-                    .map_err(|_| E::custom(format!("invalid duration {n}: negative")))
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HumanDuration, E> {
-                parse_duration(text).map(HumanDuration).map_err(E::custom)
-            }
+            MetricsAddr::Unix(path) => s.collect_str(&format_args!("unix:{}", path.display())),
         }
-        d.deserialize_any(Visitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -236,6 +272,9 @@ pub struct MountSettings {
     /// Prefetch memory in flight (`--prefetch-budget`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefetch_budget: Option<ByteSize>,
+    /// Slice size store GETs are widened to; 0 is off (`--fetch-align`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_align: Option<ByteSize>,
     /// `orig` or `curr` (`--size`).
     #[serde(
         default,
@@ -255,6 +294,19 @@ pub struct MountSettings {
     /// Log file (`--log-file`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_file: Option<PathBuf>,
+    /// Detach once the mount is up (`--daemon`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<bool>,
+    /// `human` or `json` (`--log-format`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// More logging: 1 debug, 2 trace (`-v`, `-vv`; `RUST_LOG` overrides).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verbose: Option<u8>,
+    /// Serve Prometheus metrics here: `IP:PORT` or a unix socket path
+    /// (`--metrics-addr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<MetricsAddr>,
     /// Limit on one store request attempt (`--timeout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
@@ -369,6 +421,7 @@ impl MountSettings {
                 cli.prefetch_budget,
                 file.prefetch_budget,
             ),
+            fetch_align: pick(typed("fetch_align"), cli.fetch_align, file.fetch_align),
             size: pick(typed("size_mode"), cli.size_mode, file.size),
             allow_other: pick(typed("allow_other"), cli.allow_other, file.allow_other),
             no_sidecar: pick(typed("no_sidecar"), cli.no_sidecar, file.no_sidecar),
@@ -378,6 +431,14 @@ impl MountSettings {
                 file.record_profile,
             ),
             log_file: pick_opt(typed("log_file"), cli.log_file.clone(), file.log_file),
+            daemon: pick(typed("daemon"), cli.daemon, file.daemon),
+            log_format: pick(typed("log_format"), cli.log_format, file.log_format),
+            verbose: pick(typed("verbose"), cli.verbose, file.verbose),
+            metrics_addr: pick_opt(
+                typed("metrics_addr"),
+                cli.metrics_addr.clone(),
+                file.metrics_addr,
+            ),
             timeout: pick(typed("timeout"), s.timeout, file.timeout),
             io_timeout: pick(typed("io_timeout"), s.io_timeout, file.io_timeout),
             retries: pick_opt(typed("retries"), s.retries, file.retries),
@@ -457,7 +518,7 @@ impl MountSettings {
             None => None,
         };
         Ok(MountConfig {
-            metrics_addr: None,
+            metrics_addr: self.metrics_addr,
             sources,
             mountpoint,
             store,
@@ -467,6 +528,7 @@ impl MountSettings {
             hydrate: self.hydrate.map(|mb| (mb.max(0.0) * 1e6) as u64),
             readahead: required(self.readahead, "readahead")?,
             prefetch_budget: required(self.prefetch_budget, "prefetch_budget")?.0,
+            fetch_align: required(self.fetch_align, "fetch_align")?.0,
             allow_other: required(self.allow_other, "allow_other")?,
             size_mode: required(self.size, "size")?,
             record_profile: self.record_profile,

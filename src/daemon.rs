@@ -67,6 +67,9 @@ pub struct MountConfig {
     pub readahead: u32,
     /// Bytes prefetch may hold in flight.
     pub prefetch_budget: u64,
+    /// Slice size store GETs are widened to (0: off); see
+    /// [`crate::image::ImageOptions::fetch_align`].
+    pub fetch_align: u64,
     /// Let other users (and root) read the mount.
     pub allow_other: bool,
     /// Which size the served file has.
@@ -100,6 +103,7 @@ impl Default for MountConfig {
             hydrate: None,
             readahead: u32::try_from(image.readahead_blocks).unwrap_or(u32::MAX),
             prefetch_budget: image.prefetch_budget_bytes,
+            fetch_align: image.fetch_align,
             allow_other: false,
             size_mode: image.size_mode,
             record_profile: None,

@@ -37,15 +37,17 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Err(e) = init_logging(
-        cli.verbose,
+        settings.verbose.unwrap_or(cli.verbose),
         settings.log_file.as_deref(),
         cli.daemon_child,
-        cli.log_format,
+        settings.log_format.unwrap_or(cli.log_format),
     ) {
         eprintln!("zvmount: error: {e:#}");
         return ExitCode::FAILURE;
     }
-    let result = if cli.daemon {
+    // The detached child is started with --daemon-child and must not
+    // detach again when the config file says `daemon = true`.
+    let result = if settings.daemon.unwrap_or(cli.daemon) && !cli.daemon_child {
         spawn_detached()
     } else {
         run(&cli, settings)
@@ -129,7 +131,6 @@ fn run(cli: &Cli, settings: MountSettings) -> anyhow::Result<()> {
     let log_file = settings.log_file.clone();
     let mut config = settings.into_mount_config()?;
     config.raw_passthrough = cli.raw_passthrough;
-    config.metrics_addr = cli.metrics_addr.clone();
     if cli.daemon_child {
         let _ = LOG_FILE.set(log_file);
         config.on_ready = Some(detach_stdio);

@@ -55,6 +55,12 @@ macro_rules! counters {
             pub reads_waited: u64,
             /// Store attempts sent again after a transient failure.
             pub retries: u64,
+            /// Of `retries`, by the failure before them (keyed by
+            /// `zvstore::outage::RetryKind::label`).
+            pub retries_by_kind: BTreeMap<String, u64>,
+            /// Whether the store is unreachable right now (an outage in
+            /// progress).
+            pub outage: bool,
         }
 
         impl Metrics {
@@ -67,6 +73,8 @@ macro_rules! counters {
                     outage_seconds: self.outage.outage_seconds(),
                     reads_waited: self.outage.reads_waited.load(Ordering::Relaxed),
                     retries: self.outage.retries.load(Ordering::Relaxed),
+                    retries_by_kind: self.outage.retries_by_kind(),
+                    outage: self.outage.in_outage(),
                 }
             }
         }

@@ -11,39 +11,17 @@
 //! `ZV_QEMU_ACCEL=kvm` boots with KVM on hosts where it is real (the nested
 //! `/dev/kvm` of cloud VMs crawls; TCG is the default).
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use zvstore::{ObjectStore, open_source};
+use zvtest::images::convert_file;
 use zvtest::mount::Mounted;
 use zvtest::qemu::{Accel, Guest, GuestImage, QemuOptions};
-use zvtest::s3::{ACCESS_KEY, S3Server, SECRET_KEY, unique_bucket};
+use zvtest::s3::{S3Server, unique_bucket};
 
 /// Generous: a TCG boot takes ~10 s alone, ~20 s with a second one beside it.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const BUCKET: &str = "boot";
 const KEY: &str = "guest.zvhd2";
-
-/// Converts `raw` to `out` (ZVHD2) and its sidecar `out.zvidx`, with the
-/// library function `zvimg convert` uses; returns the image's size.
-fn convert(raw: &Path, out: &Path) -> u64 {
-    let size = std::fs::metadata(raw).expect("guest.raw").len();
-    let input = BufReader::with_capacity(1 << 20, File::open(raw).expect("open guest.raw"));
-    let mut writer = BufWriter::new(File::create(out).expect("create image"));
-    let summary = zvhd2::write_image(input, size, &mut writer, &Default::default(), &mut |_| {})
-        .expect("convert guest.raw");
-    drop(writer);
-    let mut sidecar = out.as_os_str().to_owned();
-    sidecar.push(".zvidx");
-    std::fs::write(PathBuf::from(sidecar), summary.sidecar.encode()).expect("write sidecar");
-    assert!(
-        summary.non_zero_blocks > 0 && summary.non_zero_blocks < summary.blocks,
-        "{summary:?}"
-    );
-    summary.image_size
-}
 
 #[test]
 fn guest_boots_from_s3_through_zvmount() {
@@ -60,7 +38,12 @@ fn guest_boots_from_s3_through_zvmount() {
     let work = tmp.path();
 
     let image = work.join(KEY);
-    let stored = convert(&guest.raw, &image);
+    let summary = convert_file(&guest.raw, &image);
+    assert!(
+        summary.non_zero_blocks > 0 && summary.non_zero_blocks < summary.blocks,
+        "{summary:?}"
+    );
+    let stored = summary.image_size;
 
     let s3 = S3Server::start();
     let bucket = unique_bucket(BUCKET);
@@ -68,24 +51,10 @@ fn guest_boots_from_s3_through_zvmount() {
     runtime.block_on(async {
         s3.create_bucket(&bucket).await;
         // Through the S3 API (multipart), as users upload.
-        let (store, key) = open_source(&format!("s3://{bucket}/{KEY}"), &s3.store_args())
-            .await
-            .expect("open store");
-        store.put_file(&key, &image).await.expect("upload image");
-        let mut sidecar = image.as_os_str().to_owned();
-        sidecar.push(".zvidx");
-        store
-            .put_file(&format!("{key}.zvidx"), Path::new(&sidecar))
-            .await
-            .expect("upload sidecar");
+        s3.put_image_files(&bucket, KEY, &image).await;
     });
 
-    let builder = Mounted::builder()
-        .arg("--force-path-style")
-        .env("AWS_ENDPOINT_URL", s3.endpoint())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_REGION", "us-east-1");
+    let builder = Mounted::builder().arg("--force-path-style").s3_env(s3);
     let mount = builder
         .arg(format!("s3://{bucket}/{KEY}"))
         .expect_file("guest.raw")

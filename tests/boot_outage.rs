@@ -7,15 +7,12 @@
 //! Skipped (passes, saying SKIPPED) without `ZV_GUEST_DIR`, unless
 //! `ZV_REQUIRE_E2E=1`.
 
-mod common;
-
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::guest::{Guest, convert, guest_dir};
-use common::mount::Mounted;
-use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, unique_bucket};
-use zvstore::{ObjectStore, open_source};
+use zvtest::images::convert_file;
+use zvtest::mount::Mounted;
+use zvtest::qemu::{Accel, Guest, GuestImage, QemuOptions};
+use zvtest::s3::{S3Server, unique_bucket};
 
 const KEY: &str = "guest.zvhd2";
 /// Inside the 20–30 s, and longer than any single request timeout.
@@ -29,43 +26,35 @@ const BOOT_LIMIT: Duration = Duration::from_secs(420);
 
 #[test]
 fn guest_boots_through_a_store_outage() {
-    let Some(guest) = guest_dir("boot_outage") else {
+    let Some(guest) = GuestImage::from_env("boot_outage") else {
         return;
     };
-    let expected_sha = std::fs::read_to_string(guest.join("guest.expected")).unwrap();
-    let expected_sha = expected_sha.trim();
     let tmp = tempfile::tempdir().unwrap();
     let image = tmp.path().join(KEY);
-    convert(&guest.join("guest.raw"), &image);
+    convert_file(&guest.raw, &image);
 
     let s3 = S3Server::start_private();
     let bucket = unique_bucket("bootout");
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         s3.create_bucket(&bucket).await;
-        let (store, key) = open_source(&format!("s3://{bucket}/{KEY}"), &s3.store_args())
-            .await
-            .unwrap();
-        store.put_file(&key, &image).await.unwrap();
-        let mut sidecar = image.as_os_str().to_owned();
-        sidecar.push(".zvidx");
-        store
-            .put_file(&format!("{key}.zvidx"), Path::new(&sidecar))
-            .await
-            .unwrap();
+        s3.put_image_files(&bucket, KEY, &image).await;
     });
 
     // Defaults otherwise: --io-timeout 120s, readahead on.
     let mount = Mounted::builder()
         .args(["--region", "us-east-1", "--timeout", "5s"])
         .arg(format!("s3://{bucket}/{KEY}"))
-        .env("AWS_ENDPOINT_URL", s3.endpoint())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
+        .s3_env(&s3)
         .expect_file("guest.raw")
         .start();
 
-    let mut vm = Guest::start(&mount.path("guest.raw"), &tmp.path().join("vm"), BOOT_LIMIT);
+    let qemu = QemuOptions {
+        accel: Accel::from_env(),
+        timeout: BOOT_LIMIT,
+        ..QemuOptions::default()
+    };
+    let mut vm = Guest::start(&mount.path("guest.raw"), &tmp.path().join("vm"), &qemu)
+        .unwrap_or_else(|e| panic!("{e}"));
     // Wait for the boot to be under way (polling a counter, not a clock).
     let started = Instant::now();
     while mount.stats().blocks_fetched < STOP_AFTER_BLOCKS {
@@ -81,8 +70,22 @@ fn guest_boots_through_a_store_outage() {
     s3.restart();
     eprintln!("store back; stats during the outage: {during:?}");
 
-    let booted = vm.wait();
-    booted.assert_read_right(expected_sha);
+    let booted = vm.wait().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "guest {} ran {:.1}s: {}",
+        booted.log.display(),
+        booted.ran.as_secs_f64(),
+        booted.status
+    );
+    booted
+        .check(guest.expected_sha.as_deref())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let errors = booted.console_errors();
+    assert!(
+        errors.is_empty(),
+        "the console shows {errors:?}:\n{}",
+        zvtest::qemu::tail(&booted.log, 30)
+    );
     let after = mount.stats();
     eprintln!("after the boot: {after:?}");
     assert!(

@@ -152,3 +152,111 @@ fn print_config_shows_the_merge_and_reads_back() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), printed);
 }
+
+#[test]
+fn every_mount_option_has_a_key_and_flags_still_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ops.toml");
+    std::fs::write(
+        &config,
+        "mountpoint = \"/run/zvmount/web\"\nmetrics_addr = \"127.0.0.1:9917\"\n\
+         log_format = \"json\"\nverbose = 1\ndaemon = false\n\n\
+         [[image]]\nsource = \"s3://images/web.zvhd2\"\n",
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let printed = |extra: &[&str]| {
+        let mut args = vec!["--config", path, "--print-config"];
+        args.extend_from_slice(extra);
+        let out = zvmount(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let has = |text: &str, line: &str| {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}")
+    };
+    let from_file = printed(&[]);
+    has(&from_file, "metrics_addr = \"127.0.0.1:9917\"");
+    has(&from_file, "log_format = \"json\"");
+    has(&from_file, "verbose = 1");
+    let overridden = printed(&[
+        "--metrics-addr",
+        "/run/zvmount/metrics.sock",
+        "--log-format",
+        "human",
+        "-vv",
+    ]);
+    has(&overridden, "metrics_addr = \"/run/zvmount/metrics.sock\"");
+    has(&overridden, "log_format = \"human\"");
+    has(&overridden, "verbose = 2");
+    // A bad value names the key's line.
+    std::fs::write(
+        &config,
+        "mountpoint = \"/mnt\"\nlog_format = \"yaml\"\n[[image]]\nsource = \"a.zvhd2\"\n",
+    )
+    .unwrap();
+    let out = zvmount(&["--config", path, "--print-config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("{path}:2:")), "{stderr}");
+}
+
+/// `metrics_addr` and `log_format` from the file take effect on a real
+/// mount: the exporter answers on that port and every log line is JSON.
+#[test]
+fn metrics_addr_and_log_format_from_the_file_are_used() {
+    use std::io::{Read, Write};
+    let img: ImageFiles = write_files(raw_mixed(3, BLOCK, 23), BLOCK);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ops.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "metrics_addr = \"127.0.0.1:{port}\"\nlog_format = \"json\"\n\n\
+             [[image]]\nsource = \"{}\"\nname = \"disk.raw\"\n",
+            img.image.display()
+        ),
+    )
+    .unwrap();
+    let m = Mounted::builder()
+        .arg("--config")
+        .arg(&config)
+        .env("ZVMOUNT_CACHE_DIR", "none")
+        .env("RUST_LOG", "info")
+        .expect_file("disk.raw")
+        .start();
+    let got = read_at(&m.path("disk.raw"), 4096, 8192);
+    assert!(got == img.raw_bytes[4096..4096 + 8192]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("exporter");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut scrape = String::new();
+    stream.read_to_string(&mut scrape).unwrap();
+    assert!(scrape.starts_with("HTTP/1.1 200 "), "{scrape}");
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("zvmount_fuse_reads_total{") && l.contains("image=\"disk.raw\"")),
+        "{scrape}"
+    );
+    let stderr = m.stderr();
+    m.stop();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in lines {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+}

@@ -10,45 +10,23 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::images::zvhd2_image;
 use common::mount::{MountBuilder, Mounted};
-use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, unique_bucket};
+use common::s3::S3Server;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use zvhd2::DEFAULT_BLOCK_SIZE;
 use zvmount::cache::host::gc;
 
 const MIB: usize = 1 << 20;
 const BLOCK: usize = 2 * MIB;
 
-/// A random raw disk of `mib` MiB, its image and sidecar uploaded to `server`.
-/// A directory for a host cache: in /dev/shm when there is one, so that
-/// the cache's 5% free-space floor depends on memory, not on how full the
-/// build machine's disk happens to be.
-fn cache_tempdir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm).unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    }
-}
-
+/// A random raw disk of `mib` MiB, its image and sidecar uploaded to
+/// `server`; the disk and the image's URL.
 fn upload(server: &S3Server, mib: usize, seed: u64) -> (Vec<u8>, String) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut raw = vec![0u8; mib * MIB];
     rng.fill(&mut raw[..]);
-    let (image, summary) = zvhd2_image(&raw, DEFAULT_BLOCK_SIZE);
-    let bucket = unique_bucket("hostcache");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        server.create_bucket(&bucket).await;
-        server.put_bytes(&bucket, "disk.zvhd2", image).await;
-        server
-            .put_bytes(&bucket, "disk.zvhd2.zvidx", summary.sidecar.encode())
-            .await;
-    });
-    (raw, format!("s3://{bucket}/disk.zvhd2"))
+    let url = server.upload_raw("hostcache", &raw);
+    (raw, url)
 }
 
 /// A mount of `url` from `server` caching in `cache`, with no readahead
@@ -66,10 +44,7 @@ fn builder_with(server: &S3Server, url: &str, cache: &Path, extra: &[&str]) -> M
         .arg("--cache-dir")
         .arg(cache)
         .arg(url)
-        .env("AWS_ENDPOINT_URL", server.endpoint())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
+        .s3_env(server)
         .expect_file("disk.raw")
 }
 
@@ -98,7 +73,7 @@ fn wait_hydrated(m: &Mounted) {
 fn four_daemons_share_one_cache_and_the_store_serves_each_block_once() {
     let server = S3Server::start();
     let (raw, url) = upload(server, 64, 11);
-    let cache = cache_tempdir();
+    let cache = zvtest::shm_tempdir();
     let mounts: Vec<Mounted> = (0..4)
         .map(|_| builder(server, &url, cache.path()).start())
         .collect();
@@ -146,7 +121,7 @@ fn four_daemons_share_one_cache_and_the_store_serves_each_block_once() {
 fn a_crash_between_data_and_map_loses_the_block_never_the_bytes() {
     let server = S3Server::start();
     let (raw, url) = upload(server, 8, 12);
-    let cache = cache_tempdir();
+    let cache = zvtest::shm_tempdir();
     let mut m = builder(server, &url, cache.path())
         .env("ZVMOUNT_TEST_CRASH_BEFORE_MAP", "1")
         .start();
@@ -209,7 +184,7 @@ fn is_zombie(pid: u32) -> bool {
 fn a_fully_cached_image_serves_and_mounts_with_the_store_down() {
     let server = S3Server::start_private();
     let (raw, url) = upload(&server, 16, 13);
-    let cache = cache_tempdir();
+    let cache = zvtest::shm_tempdir();
     let running = builder_with(
         &server,
         &url,
@@ -242,7 +217,7 @@ fn a_fully_cached_image_serves_and_mounts_with_the_store_down() {
     assert!(running.stop().success());
 
     // An image not (fully) cached still refuses to mount without its store.
-    let other = cache_tempdir();
+    let other = zvtest::shm_tempdir();
     let err = builder(&server, &url, other.path())
         .try_start()
         .unwrap_err();
@@ -254,7 +229,7 @@ fn a_fully_cached_image_serves_and_mounts_with_the_store_down() {
 fn a_new_open_of_a_local_image_is_served_by_passthrough() {
     let server = S3Server::start();
     let (raw, url) = upload(server, 16, 14);
-    let cache = cache_tempdir();
+    let cache = zvtest::shm_tempdir();
     let m = builder_with(server, &url, cache.path(), &["--hydrate"]).start();
     wait_hydrated(&m);
     let before = m.stats();

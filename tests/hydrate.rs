@@ -9,45 +9,24 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::images::zvhd2_image;
 use common::mount::{MountBuilder, Mounted};
-use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, unique_bucket};
+use common::s3::S3Server;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use zvhd2::DEFAULT_BLOCK_SIZE;
 use zvmount::cache::host::gc;
 
 const MIB: usize = 1 << 20;
 
-/// A directory for a host cache: in /dev/shm when there is one, so that
-/// the cache's 5% free-space floor depends on memory, not on how full the
-/// build machine's disk happens to be.
-fn cache_tempdir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm).unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    }
-}
-
+/// A random raw disk of `mib` MiB, its image and sidecar uploaded to
+/// `server`; the disk and the image's URL.
 fn upload(server: &S3Server, mib: usize, seed: u64) -> (Vec<u8>, String) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut raw = vec![0u8; mib * MIB];
     rng.fill(&mut raw[..]);
     // Some zero blocks: hydration must skip them.
     raw[4 * MIB..8 * MIB].fill(0);
-    let (image, summary) = zvhd2_image(&raw, DEFAULT_BLOCK_SIZE);
-    let bucket = unique_bucket("hydrate");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        server.create_bucket(&bucket).await;
-        server.put_bytes(&bucket, "disk.zvhd2", image).await;
-        server
-            .put_bytes(&bucket, "disk.zvhd2.zvidx", summary.sidecar.encode())
-            .await;
-    });
-    (raw, format!("s3://{bucket}/disk.zvhd2"))
+    let url = server.upload_raw("hydrate", &raw);
+    (raw, url)
 }
 
 fn builder(server: &S3Server, url: &str, cache: &Path, extra: &[&str]) -> MountBuilder {
@@ -58,10 +37,7 @@ fn builder(server: &S3Server, url: &str, cache: &Path, extra: &[&str]) -> MountB
         .arg("--cache-dir")
         .arg(cache)
         .arg(url)
-        .env("AWS_ENDPOINT_URL", server.endpoint())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
+        .s3_env(server)
         .expect_file("disk.raw")
 }
 
@@ -73,7 +49,7 @@ fn present(cache: &Path) -> u64 {
 fn hydration_killed_at_random_moments_ends_with_the_exact_disk() {
     let server = S3Server::start();
     let (raw, url) = upload(server, 160, 21);
-    let cache = cache_tempdir();
+    let cache = zvtest::shm_tempdir();
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let mut checked_reads = 0;
     let mut kills = 0;

@@ -423,3 +423,160 @@ fn json_logs_parse_and_no_secret_in_any_output() {
     assert_clean("a refused S3 mount", &refused, &[WRONG_SECRET]);
     drop(http);
 }
+
+/// The value of the mount-level series `name` whose labels include
+/// `label` (e.g. `tier="disk"`), or `None`.
+fn mount_value(samples: &BTreeMap<String, f64>, name: &str, label: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(series, _)| series.starts_with(&format!("{name}{{")) && series.contains(label))
+        .map(|(_, v)| *v)
+}
+
+/// Scrapes until `pred` holds on the samples (bounded, so a gauge that
+/// never moves fails the test instead of hanging it); returns them.
+fn scrape_until(
+    port: u16,
+    what: &str,
+    pred: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape_tcp(port);
+        let s = samples(&text);
+        if pred(&s) {
+            promtool_check(&text);
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never happened; last scrape:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The gauges an operator watches move as they should on a real mount
+/// over a real S3 server: the host (disk) cache fills with what was read,
+/// the outage gauge is 1 while the server is stopped and 0 once it is back,
+/// and the retries are counted by kind (a stopped server refuses
+/// connections).
+#[test]
+fn outage_retry_kinds_and_disk_cache_gauges_move() {
+    let a = image(8, 41);
+    let server = S3Server::start_private();
+    let bucket = unique_bucket("gauges");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        server.create_bucket(&bucket).await;
+        server
+            .put_bytes(&bucket, "disk.zvhd2", std::fs::read(&a.image).unwrap())
+            .await;
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let m = Mounted::builder()
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--force-path-style", "--readahead", "0", "--no-sidecar"])
+        .args(["--disk-cache", "1GiB", "--cache-dir"])
+        .arg(cache.path())
+        .arg(format!("s3://{bucket}/disk.zvhd2"))
+        .env("AWS_ENDPOINT_URL", server.endpoint())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .expect_file("disk.raw")
+        .start();
+    let read = |block: usize| {
+        let mut buf = vec![0u8; 4096];
+        std::fs::File::open(m.path("disk.raw"))
+            .unwrap()
+            .read_exact_at(&mut buf, (block * BLOCK as usize) as u64)
+            .unwrap();
+        assert!(
+            buf == a.raw_bytes[block * BLOCK as usize..][..4096],
+            "wrong bytes in block {block}"
+        );
+    };
+
+    let before = samples(&scrape_tcp(port));
+    let disk_before =
+        mount_value(&before, "zvmount_cache_bytes", "tier=\"disk\"").expect("a disk tier gauge");
+    assert_eq!(
+        mount_value(&before, "zvmount_cache_capacity_bytes", "tier=\"disk\""),
+        Some(1024.0 * MIB as f64)
+    );
+    assert_eq!(
+        mount_value(&before, "zvmount_store_outage", "mount="),
+        Some(0.0)
+    );
+    // Block 1 is random data: 2 MiB stored, kept by the host cache.
+    read(1);
+    scrape_until(port, "the disk cache gauge moving", |s| {
+        mount_value(s, "zvmount_cache_bytes", "tier=\"disk\"")
+            .is_some_and(|v| v >= disk_before + BLOCK as f64)
+    });
+
+    server.stop();
+    // Block 7 (random data, never read) waits for the store.
+    let path = m.path("disk.raw");
+    let expected = a.raw_bytes[7 * BLOCK as usize..][..4096].to_vec();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        std::fs::File::open(path)
+            .unwrap()
+            .read_exact_at(&mut buf, 7 * BLOCK as u64)
+            .map(|()| buf == expected)
+    });
+    let during = scrape_until(port, "the outage gauge rising", |s| {
+        mount_value(s, "zvmount_store_outage", "mount=") == Some(1.0)
+    });
+    assert!(!reader.is_finished(), "the read did not wait for the store");
+    server.restart();
+    assert!(
+        reader
+            .join()
+            .unwrap()
+            .expect("the read rode out the outage"),
+        "wrong bytes after the outage"
+    );
+    let after = scrape_until(port, "the outage gauge falling", |s| {
+        mount_value(s, "zvmount_store_outage", "mount=") == Some(0.0)
+    });
+    assert!(mount_value(&after, "zvmount_store_outages_total", "mount=").unwrap() >= 1.0);
+    let connection = mount_value(&after, "zvmount_store_retries_total", "kind=\"connection\"")
+        .expect("retries by kind");
+    assert!(connection >= 1.0, "{after:?}");
+    assert!(
+        connection
+            >= mount_value(
+                &during,
+                "zvmount_store_retries_total",
+                "kind=\"connection\""
+            )
+            .unwrap_or(0.0)
+    );
+    // Every kind is listed, zeros included, so dashboards need no absent().
+    for kind in [
+        "timeout",
+        "throttled",
+        "server_error",
+        "short_body",
+        "credentials",
+    ] {
+        assert!(
+            mount_value(
+                &after,
+                "zvmount_store_retries_total",
+                &format!("kind=\"{kind}\"")
+            )
+            .is_some(),
+            "no {kind} series"
+        );
+    }
+    let stats = m.stats_json();
+    assert_eq!(stats["outage"], false, "{stats}");
+    assert!(stats["retries_by_kind"]["connection"].as_u64().unwrap() >= 1);
+    assert!(stats["cache"]["disk"]["bytes"].as_u64().unwrap() >= BLOCK as u64);
+    assert!(m.stop().success());
+}

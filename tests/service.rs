@@ -410,3 +410,84 @@ fn unit_template_passes_systemd_analyze_verify() {
         "systemd-analyze verify:\n{stderr}"
     );
 }
+
+/// `--hydrate` tells the service manager how far it is: a line when it
+/// starts, progress lines (share done, ETA) while it runs, and a final
+/// line once every block is local. The rate cap (0.5 MB/s for ~4 MB of
+/// random blocks, paced by bytes started) makes it run for several
+/// seconds, so progress lines are sent however fast the machine is.
+#[test]
+fn hydration_sends_status_lines_with_progress_and_a_final_one() {
+    let img = write_files(raw_mixed(12, BLOCK, 13), BLOCK);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = mountpoint(dir.path());
+    let cache = dir.path().join("cache");
+    let sock_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&sock_path).unwrap();
+    let mut daemon = Daemon::spawn(
+        &[
+            OsStr::new("--hydrate=0.5"),
+            OsStr::new("--cache-dir"),
+            cache.as_os_str(),
+            img.image.as_os_str(),
+        ],
+        &mnt,
+        &[("NOTIFY_SOCKET", sock_path.as_os_str())],
+        &dir.path().join("stderr"),
+    );
+    wait_for(&socket, "READY=1", &mut daemon);
+    let deadline = Instant::now() + WAIT;
+    let mut statuses = Vec::new();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while !statuses
+        .iter()
+        .any(|s: &String| s.starts_with("hydration complete"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no final hydration status; got {statuses:?}; stderr:\n{}",
+            daemon.stderr()
+        );
+        if let Ok(n) = socket.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            statuses.extend(
+                msg.lines()
+                    .filter_map(|l| l.strip_prefix("STATUS="))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    assert!(
+        statuses[0].starts_with("hydrating 1 image(s)"),
+        "{statuses:?}"
+    );
+    let progress: Vec<(u64, &str)> = statuses
+        .iter()
+        .filter_map(|s| {
+            let rest = s.strip_prefix("hydrating: ")?;
+            let (pct, _) = rest.split_once('%')?;
+            Some((pct.parse().unwrap(), s.as_str()))
+        })
+        .collect();
+    assert!(!progress.is_empty(), "no progress line: {statuses:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0].0 <= w[1].0),
+        "progress went backwards: {statuses:?}"
+    );
+    assert!(
+        progress.iter().all(|(_, s)| s.contains(" blocks), ETA ")),
+        "{statuses:?}"
+    );
+    let last = statuses.last().unwrap();
+    assert!(
+        last.starts_with("hydration complete: ") && last.ends_with("(100%)"),
+        "{statuses:?}"
+    );
+    // Hydrated means local: the whole disk reads right.
+    assert_reads_right(&mnt, &img, 0, img.raw_bytes.len());
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit().success(), "{}", daemon.stderr());
+}

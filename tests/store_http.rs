@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use zvstore::{ObjectStore, StoreArgs, StoreError, open_source};
+use zvstore::{ObjectStore, StoreConfig, StoreError, open_source};
 use zvtest::http::{Behaviour, HttpServer};
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -15,11 +15,11 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-fn args(timeout_ms: u64, retries: u32) -> StoreArgs {
-    StoreArgs {
+fn args(timeout_ms: u64, retries: u32) -> StoreConfig {
+    StoreConfig {
         timeout: Duration::from_millis(timeout_ms),
         retries: Some(retries),
-        ..StoreArgs::default()
+        ..StoreConfig::default()
     }
 }
 
@@ -202,4 +202,93 @@ async fn uploads_and_listing_are_refused_clearly() {
     );
     assert!(store.list("").await.is_err());
     assert_eq!(server.requests(), 0);
+}
+
+/// `X-Amz-Date` for `t` (UTC, `YYYYMMDDTHHMMSSZ`).
+fn amz_date(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Log lines written while `f` runs on this thread.
+async fn logs_of<F: std::future::Future>(f: F) -> (F::Output, String) {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let out = {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        f.await
+    };
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    (out, text)
+}
+
+/// A presigned URL that expires within a day is warned about when it is
+/// opened (at mount), with its expiry time; one valid for a week is not;
+/// both read the same.
+#[tokio::test]
+async fn a_presigned_url_expiring_within_a_day_is_warned_about_at_open() {
+    let server = HttpServer::start().await;
+    let data = random_bytes(10_000, 40);
+    server.put("images/soon.zvhd2", data.clone());
+    let now = std::time::SystemTime::now();
+    let presigned = |expires: u64| {
+        format!(
+            "{}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date={}&X-Amz-Expires={expires}\
+             &X-Amz-SignedHeaders=host&X-Amz-Signature=00ff",
+            server.url("images/soon.zvhd2"),
+            amz_date(now)
+        )
+    };
+    let args = args(10_000, 2);
+
+    for (expires, warned) in [(3 * 3600, true), (7 * 24 * 3600, false)] {
+        let url = presigned(expires);
+        let (opened, log) = logs_of(open_source(&url, &args)).await;
+        let (store, key) = opened.unwrap();
+        let got = store.get_range(&key, 100..200, None).await.unwrap();
+        assert_eq!(&got[..], &data[100..200]);
+        let says = log.contains("the presigned URL expires at") && log.contains("WARN");
+        assert_eq!(says, warned, "expires in {expires} s; log:\n{log}");
+        if warned {
+            // The hours left, and never the signature.
+            assert!(
+                log.contains("(in 3.0 h)") || log.contains("(in 2.9 h)"),
+                "{log}"
+            );
+            assert!(!log.contains("00ff"), "{log}");
+        }
+    }
 }

@@ -25,7 +25,7 @@ use common::s3::{S3Server, unique_bucket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zvstore::outage::OutageStats;
-use zvstore::{StoreArgs, StoreError, open_source};
+use zvstore::{StoreConfig, StoreError, open_source};
 
 // ---- a tiny HTTP/1.1 server: one request per connection ------------------
 
@@ -214,12 +214,12 @@ async fn a_503_storm_costs_a_few_requests_per_second() {
     let down = Arc::new(AtomicBool::new(true));
     let (port, requests) = gate(server.port(), Arc::clone(&down)).await;
     let stats = Arc::new(OutageStats::default());
-    let args = StoreArgs {
+    let args = StoreConfig {
         endpoint_url: Some(format!("http://127.0.0.1:{port}")),
         io_timeout: Duration::ZERO,
         retries: None,
         outage_stats: Some(Arc::clone(&stats)),
-        ..server.store_args()
+        ..server.store_config()
     };
     let (store, key) = open_source(&format!("s3://{bucket}/obj"), &args)
         .await
@@ -266,10 +266,10 @@ async fn a_permanent_failure_is_not_waited_for() {
     let server = S3Server::start();
     let bucket = unique_bucket("perm");
     server.create_bucket(&bucket).await;
-    let args = StoreArgs {
+    let args = StoreConfig {
         io_timeout: Duration::ZERO,
         retries: None,
-        ..server.store_args()
+        ..server.store_config()
     };
     let (store, key) = open_source(&format!("s3://{bucket}/missing"), &args)
         .await
@@ -411,7 +411,7 @@ fn unix_to_amz_date(t: u64) -> String {
 async fn an_expiring_redirect_target_is_renewed_from_the_original_url() {
     let data = Arc::new(payload(1 << 20));
     let o = origin(Arc::clone(&data), Duration::from_secs(2)).await;
-    let (store, key) = open_source(&format!("{}/disk", o.base), &StoreArgs::default())
+    let (store, key) = open_source(&format!("{}/disk", o.base), &StoreConfig::default())
         .await
         .unwrap();
     for i in 0..5u64 {
@@ -445,7 +445,7 @@ async fn a_presigned_url_that_expires_names_its_expiry() {
         o.base,
         unix_to_amz_date(signed_at)
     );
-    let (store, key) = open_source(&url, &StoreArgs::default()).await.unwrap();
+    let (store, key) = open_source(&url, &StoreConfig::default()).await.unwrap();
     let got = store.get_range(&key, 0..100, None).await.unwrap();
     assert!(got[..] == data[..100]);
     tokio::time::sleep(Duration::from_millis(3100)).await;
@@ -461,15 +461,18 @@ async fn a_presigned_url_that_expires_names_its_expiry() {
 async fn a_200_with_the_exact_content_range_is_accepted() {
     let data = Arc::new(payload(64 << 10));
     let o = origin(Arc::clone(&data), Duration::from_secs(60)).await;
-    let (store, key) = open_source(&format!("{}/p2p/disk", o.base), &StoreArgs::default())
+    let (store, key) = open_source(&format!("{}/p2p/disk", o.base), &StoreConfig::default())
         .await
         .unwrap();
     let got = store.get_range(&key, 100..5000, None).await.unwrap();
     assert!(got[..] == data[100..5000]);
 
-    let (store, key) = open_source(&format!("{}/badproxy/disk", o.base), &StoreArgs::default())
-        .await
-        .unwrap();
+    let (store, key) = open_source(
+        &format!("{}/badproxy/disk", o.base),
+        &StoreConfig::default(),
+    )
+    .await
+    .unwrap();
     let err = store.get_range(&key, 100..5000, None).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("proxy"), "{msg}");
@@ -491,13 +494,13 @@ async fn fake_s3(
     (format!("http://{addr}"), count)
 }
 
-fn fake_args(endpoint: String) -> StoreArgs {
-    StoreArgs {
+fn fake_args(endpoint: String) -> StoreConfig {
+    StoreConfig {
         endpoint_url: Some(endpoint),
         // Permanent answers must not wait; a bug that waited would hang here.
         io_timeout: Duration::from_secs(30),
         retries: None,
-        ..S3Server::start().store_args()
+        ..S3Server::start().store_config()
     }
 }
 

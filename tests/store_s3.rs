@@ -37,7 +37,7 @@ async fn put_then_read_exact_ranges_suffix_and_meta() {
 
     let (store, key) = open_source(
         &format!("s3://{bucket}/dir/img.zvhd2"),
-        &server.store_args(),
+        &server.store_config(),
     )
     .await
     .unwrap();
@@ -114,7 +114,7 @@ async fn suffix_longer_than_object_and_empty_ranges() {
     server
         .put_bytes(&bucket, "small", b"hello world".to_vec())
         .await;
-    let (store, key) = open_source(&format!("s3://{bucket}/small"), &server.store_args())
+    let (store, key) = open_source(&format!("s3://{bucket}/small"), &server.store_config())
         .await
         .unwrap();
     let (all, meta) = store.get_suffix(&key, 1 << 20).await.unwrap();
@@ -137,7 +137,7 @@ async fn multipart_upload_reports_progress_and_reads_back() {
     // Three parts: 16 + 16 + 8 MiB.
     let data = random_bytes(40 << 20, 2);
     let file = write_temp(&data);
-    let (store, key) = open_source(&format!("s3://{bucket}/big.zvhd2"), &server.store_args())
+    let (store, key) = open_source(&format!("s3://{bucket}/big.zvhd2"), &server.store_config())
         .await
         .unwrap();
     let done = Arc::new(AtomicU64::new(0));
@@ -181,7 +181,7 @@ async fn counted(
     ResilientStore<FaultStore<S3Store>>,
     Arc<zvstore::fault::FaultControl>,
 ) {
-    let args = server.store_args();
+    let args = server.store_config();
     let faulty = FaultStore::new(S3Store::connect(bucket, &args).await.unwrap());
     let control = faulty.control();
     let policy = RetryPolicy {
@@ -234,7 +234,7 @@ async fn wrong_credentials_are_forbidden_and_never_printed() {
     let bucket = unique_bucket("creds");
     server.create_bucket(&bucket).await;
     server.put_bytes(&bucket, "k", vec![1u8; 100]).await;
-    let mut args = server.store_args();
+    let mut args = server.store_config();
     args.credentials = Some(StaticCredentials {
         access_key_id: "test".into(),
         secret_access_key: "hunter2-very-secret".into(),
@@ -257,7 +257,7 @@ async fn object_replaced_after_open_is_image_changed() {
     server
         .put_bytes(&bucket, "img", random_bytes(10_000, 3))
         .await;
-    let (store, key) = open_source(&format!("s3://{bucket}/img"), &server.store_args())
+    let (store, key) = open_source(&format!("s3://{bucket}/img"), &server.store_config())
         .await
         .unwrap();
     let meta = store.head(&key).await.unwrap();
@@ -330,7 +330,7 @@ async fn a_stalled_endpoint_times_out_with_bounded_retries() {
         }
     });
     let server = S3Server::start();
-    let mut args = server.store_args();
+    let mut args = server.store_config();
     args.endpoint_url = Some(endpoint);
     args.timeout = std::time::Duration::from_millis(300);
     args.retries = Some(1);
@@ -366,7 +366,7 @@ async fn a_failed_multipart_upload_is_aborted_and_leaves_nothing() {
     // fail to read and the upload must be aborted.
     let file = write_temp(&random_bytes(96 << 20, 6));
     let path = file.path().to_path_buf();
-    let store = S3Store::connect(&bucket, &server.store_args())
+    let store = S3Store::connect(&bucket, &server.store_config())
         .await
         .unwrap();
     let truncated = Arc::new(std::sync::Once::new());

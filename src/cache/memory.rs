@@ -29,9 +29,13 @@ struct MemoryState {
 /// What a [`MemoryCache`] holds right now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryCacheStats {
+    /// The byte limit it was built with (`--mem-cache`).
     pub capacity: u64,
+    /// Bytes of decoded blocks held.
     pub bytes: u64,
+    /// Blocks held.
     pub entries: u64,
+    /// Blocks evicted to make room since it was created.
     pub evictions: u64,
 }
 

@@ -40,7 +40,9 @@ impl BlockKey {
 /// Which level of a cache answered a lookup (for metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheTier {
+    /// The process's memory LRU of decoded blocks.
     Memory,
+    /// The host-wide disk cache shared by every process.
     Disk,
 }
 

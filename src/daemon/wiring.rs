@@ -62,7 +62,7 @@ pub(super) async fn open_all(
 ) -> anyhow::Result<Vec<Opened>> {
     // Every store counts its outages into the mount's counters.
     let config = &MountConfig {
-        store: zvstore::StoreArgs {
+        store: zvstore::StoreConfig {
             outage_stats: Some(Arc::clone(&metrics.outage)),
             ..config.store.clone()
         },
@@ -300,8 +300,11 @@ fn cached_layout(host: &HostCache, location: &str, error: &ImageError) -> Option
 }
 
 /// Starts background hydration of every image that has a host-cache entry.
+/// Progress goes to the service manager as `STATUS=` lines.
 pub(super) fn start_hydration(runtime: &tokio::runtime::Runtime, opened: &[Opened], rate: u64) {
     let mut any = false;
+    let mut tasks = Vec::new();
+    let mut counters = Vec::new();
     for o in opened {
         let (Some(image), Some((host, entry))) = (&o.image, &o.cached) else {
             continue;
@@ -319,17 +322,28 @@ pub(super) fn start_hydration(runtime: &tokio::runtime::Runtime, opened: &[Opene
             crate::hydrate::HydrateOptions::default()
         };
         tracing::info!(image = %image.name(), missing = entry.record_blocks() - entry.present_blocks(), "hydrating in the background");
-        runtime.spawn(crate::hydrate::hydrate(
+        if !counters.iter().any(|c| Arc::ptr_eq(c, image.metrics())) {
+            counters.push(Arc::clone(image.metrics()));
+        }
+        tasks.push(runtime.spawn(crate::hydrate::hydrate(
             Arc::clone(image),
             Arc::clone(host),
             Arc::clone(entry),
             options,
             |_| {},
-        ));
+        )));
     }
     if !any {
         tracing::warn!("--hydrate needs a host cache (--cache-dir); nothing to hydrate into");
+        return;
     }
+    runtime.spawn(super::notify::report_hydration(
+        counters,
+        super::notify::HYDRATION_STATUS_EVERY,
+        async move {
+            futures::future::join_all(tasks).await;
+        },
+    ));
 }
 
 /// How every image of the mount reads, per the mount's flags.
@@ -338,6 +352,7 @@ fn image_options(config: &MountConfig) -> ImageOptions {
         size_mode: config.size_mode,
         readahead_blocks: config.readahead as usize,
         prefetch_budget_bytes: config.prefetch_budget,
+        fetch_align: config.fetch_align,
         record_access: config.record_profile.is_some(),
         ..ImageOptions::default()
     }
@@ -351,8 +366,9 @@ pub(super) type Caches = (Arc<dyn BlockCache>, Option<Arc<HostCache>>);
 /// directories and reads their list (no walk over blocks), but call it
 /// outside the async runtime all the same.
 ///
-/// Also returns a usage gauge per tier for the mount's telemetry (memory
-/// only: the host cache is shared by every process of the host).
+/// Also returns a usage gauge per tier for the mount's telemetry (the
+/// disk tier's is the whole host cache, which every process of the host
+/// shares).
 pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<(Caches, Vec<CacheGauge>)> {
     let mut gauges = Vec::new();
     let memory: Arc<dyn BlockCache> = if config.mem_cache == 0 {
@@ -379,6 +395,16 @@ pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<(Caches, Vec<C
                 Arc::new(HostCache::open(dir, *size).map_err(|e| {
                     anyhow!("cannot open the host cache in {}: {e}", dir.display())
                 })?);
+            let probe = Arc::clone(&host);
+            gauges.push(CacheGauge {
+                tier: "disk",
+                // Read from the directory at each scrape: other processes
+                // of the host fill and evict the same cache.
+                usage: Arc::new(move || CacheUsage {
+                    bytes: crate::cache::host::gc::usage(probe.root()),
+                    capacity: probe.capacity_bytes(),
+                }),
+            });
             let tiered: Arc<dyn BlockCache> = Arc::new(TieredCache::new(
                 memory,
                 Arc::clone(&host) as Arc<dyn BlockCache>,

@@ -180,20 +180,30 @@ impl fmt::Debug for ZvFs {
 /// Why a set of files cannot be served together.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
+    /// A name that cannot be a file in the mount's root (empty, `.`,
+    /// `..`, a `/` or NUL, over 255 bytes, or the stats file's name).
     #[error("invalid file name {name:?} for {origin}: {why}")]
     BadName {
+        /// The name asked for.
         name: String,
+        /// The source it was to serve.
         origin: String,
+        /// Which rule it breaks.
         why: &'static str,
     },
+    /// Two sources would appear under one name.
     #[error(
         "two images would be served as {name:?} ({first} and {second}); pick distinct names with --name"
     )]
     DuplicateName {
+        /// The shared name.
         name: String,
+        /// The first source with it.
         first: String,
+        /// The second source with it.
         second: String,
     },
+    /// No files at all (a mount needs at least one image).
     #[error("nothing to serve")]
     Empty,
 }

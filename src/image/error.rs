@@ -16,23 +16,31 @@ pub enum ImageError {
     /// The image's bytes are not valid ZVHD2 (the detail names block and offset).
     #[error("{location}: {error}")]
     Format {
+        /// The image.
         location: String,
+        /// The format crate's error.
         error: FormatError,
     },
     /// A check of the image's content failed (a scan, or a block of the
     /// wrong length handed out by a cache).
     #[error("{location}: block {block} (record at offset {offset}): {detail}")]
     Verify {
+        /// The image.
         location: String,
+        /// The block (0-based, in block-size units of the disk).
         block: u64,
+        /// Byte offset of its record in the image file.
         offset: u64,
+        /// What the check found.
         detail: String,
     },
     /// A block of a whole-image scan failed a check of [`zvhd2::verify`]
     /// (the error names block and record offset).
     #[error("{location}: {error}")]
     Check {
+        /// The image.
         location: String,
+        /// The failed check.
         #[source]
         error: zvhd2::VerifyError,
     },
@@ -44,24 +52,35 @@ pub enum ImageError {
         failure_detail(source)
     )]
     Block {
+        /// The image.
         location: String,
+        /// The block (0-based).
         block: u64,
+        /// Byte offset of its record in the image file.
         offset: u64,
+        /// What failed.
         source: Arc<BlockFailure>,
     },
     /// The sidecar index is unusable for this image.
     #[error("{location}: sidecar {sidecar}: {detail}")]
     Sidecar {
+        /// The image.
         location: String,
+        /// The sidecar's location (or how it was given).
         sidecar: String,
+        /// Why it does not fit (identity, geometry, length, CRC).
         detail: String,
     },
     /// A read outside the disk.
     #[error("{location}: read at {offset}+{len} is past the end of the disk ({size} bytes)")]
     OutOfRange {
+        /// The image.
         location: String,
+        /// Byte offset of the read in the disk.
         offset: u64,
+        /// Bytes asked for.
         len: u64,
+        /// The disk's size in bytes.
         size: u64,
     },
 }

@@ -2,7 +2,13 @@
 //! the records, verification and decoding on the decode threads
 //! ([`super::decode`]), and completion of every waiter (success cached,
 //! failure not).
+//!
+//! With [`super::ImageOptions::fetch_align`], each GET is widened to whole
+//! aligned slices of the image (so a caching tier sees the same ranges from
+//! every host), and the other records that came along wholly inside the
+//! slices are decoded and cached too rather than thrown away.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +21,7 @@ use crate::metrics::{Metrics, StoreErrorKind};
 use crate::prefetch::BudgetPermit;
 use zvhd2::verify::{self, VerifyError, VerifyFailure};
 use zvhd2::{BlockLocation, RecordLocation, SidecarEntry};
-use zvstore::coalesce::{RunLimits, plan_runs};
+use zvstore::coalesce::{RunLimits, align_runs, plan_runs};
 use zvstore::outage::Priority;
 use zvstore::{StoreError, StoreResult};
 
@@ -29,7 +35,12 @@ pub enum BlockFailure {
     Fetch(#[source] StoreError),
     /// The store returned a different number of bytes than asked for.
     #[error("fetch returned {actual} bytes for a {expected}-byte range")]
-    ShortRead { expected: u64, actual: u64 },
+    ShortRead {
+        /// The range's length in bytes.
+        expected: u64,
+        /// Bytes the store returned.
+        actual: u64,
+    },
     /// The record or the decoded block failed a check of
     /// [`zvhd2::verify`] (framing, length, CRC32C, BLAKE3, placement).
     #[error("{0}")]
@@ -205,13 +216,28 @@ async fn fetch_all(image: &Arc<Image>, pending: Vec<Pending>, kind: FetchKind) {
         pending,
         image.options.coalesce_gap,
         image.options.max_coalesce_bytes,
+        image.options.fetch_align,
+        image.layout.meta.size,
     );
-    futures::future::join_all(groups.into_iter().map(|g| fetch_group(image, g, kind))).await;
+    futures::future::join_all(
+        groups
+            .into_iter()
+            .map(|(g, span)| fetch_group(image, g, span, kind)),
+    )
+    .await;
 }
 
 /// Groups pending blocks into runs of neighbouring records (sorted by
-/// offset), each fetched with one GET, by the one coalescing planner.
-fn coalesce(mut pending: Vec<Pending>, gap: u64, max_bytes: u64) -> Vec<Vec<Pending>> {
+/// offset), each fetched with one GET of the span given with it, by the one
+/// coalescing planner (spans widened to `align`-byte slices of the
+/// `object_len`-byte image when `align` is not 0).
+fn coalesce(
+    mut pending: Vec<Pending>,
+    gap: u64,
+    max_bytes: u64,
+    align: u64,
+    object_len: u64,
+) -> Vec<(Vec<Pending>, Range<u64>)> {
     pending.sort_by_key(|p| p.loc.offset);
     let ranges: Vec<_> = pending
         .iter()
@@ -221,17 +247,23 @@ fn coalesce(mut pending: Vec<Pending>, gap: u64, max_bytes: u64) -> Vec<Vec<Pend
         max_ranges: super::MAX_RUN_BLOCKS,
         ..RunLimits::new(gap, max_bytes)
     };
-    let runs = plan_runs(&ranges, &limits);
+    let runs = align_runs(&ranges, plan_runs(&ranges, &limits), align, object_len);
     let mut pending = pending.into_iter();
     runs.into_iter()
-        .map(|run| pending.by_ref().take(run.len()).collect())
+        .map(|(run, span)| (pending.by_ref().take(run.len()).collect(), span))
         .collect()
 }
 
-async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
-    let start = group[0].loc.offset;
-    let last = group[group.len() - 1].loc;
-    let end = last.offset + u64::from(last.size);
+/// One GET of `span` (which holds every record of `group`), then every
+/// record of it decoded: the group's, and, when the span was widened to
+/// aligned slices, the ones that came along.
+async fn fetch_group(
+    image: &Arc<Image>,
+    mut group: Vec<Pending>,
+    span: Range<u64>,
+    kind: FetchKind,
+) {
+    let (start, end) = (span.start, span.end);
     let m = &image.metrics;
     Metrics::inc(&m.store_requests);
     let sent = Instant::now();
@@ -257,6 +289,11 @@ async fn fetch_group(image: &Arc<Image>, group: Vec<Pending>, kind: FetchKind) {
         }
     };
     Metrics::add(&m.store_bytes, bytes.len() as u64);
+    if image.options.fetch_align > 0 {
+        let cold = group.iter().all(|p| !p.to_memory);
+        let extra = image.came_along(&span, &group, cold);
+        group.extend(extra);
+    }
     let decodes = group.into_iter().map(|p| {
         let from = (p.loc.offset - start) as usize;
         let record = bytes.slice(from..from + p.loc.size as usize);
@@ -411,6 +448,65 @@ async fn decode(
 }
 
 impl Image {
+    /// The records lying wholly inside `span` that are neither in `group`,
+    /// nor in memory, nor being fetched: registered as in flight (a reader
+    /// arriving now waits for them rather than fetching them again) and
+    /// returned to be decoded from the bytes already fetched. `cold` keeps
+    /// them out of memory levels.
+    fn came_along(
+        self: &Arc<Self>,
+        span: &Range<u64>,
+        group: &[Pending],
+        cold: bool,
+    ) -> Vec<Pending> {
+        use futures::FutureExt;
+        let records = self.records_by_offset();
+        let from = records.partition_point(|&(offset, _, _)| offset < span.start);
+        let mut out = Vec::new();
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        for &(offset, size, block) in &records[from..] {
+            if offset >= span.end {
+                break;
+            }
+            if offset + u64::from(size) > span.end
+                || group.iter().any(|p| p.block == block)
+                || map.contains_key(&block)
+                || self.cache.get_fast(&self.cache_key(block)).is_some()
+            {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let fut: super::InFlight = rx
+                .map(|r| {
+                    r.unwrap_or_else(|_| {
+                        Err(Arc::new(BlockFailure::Aborted("fetch task ended".into())))
+                    })
+                })
+                .boxed()
+                .shared();
+            map.insert(block, fut);
+            let loc = RecordLocation { offset, size };
+            let p = Pending::new(Arc::clone(self), block, loc, tx);
+            out.push(if cold { p.cold() } else { p });
+        }
+        out
+    }
+
+    /// Every record of the image as (offset, size, block), by offset; built
+    /// once, on the first aligned fetch.
+    fn records_by_offset(&self) -> &[(u64, u32, u64)] {
+        self.record_order.get_or_init(|| {
+            let mut v: Vec<(u64, u32, u64)> = (0..self.block_count)
+                .filter_map(|b| match self.layout.index.lookup(b)? {
+                    BlockLocation::Record(loc) => Some((loc.offset, loc.size, b)),
+                    BlockLocation::Zero => None,
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        })
+    }
+
     /// The sidecar's entry for `block` when records are verified.
     fn sidecar_entry(&self, block: u64) -> Option<SidecarEntry> {
         let sidecar = self

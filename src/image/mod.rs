@@ -10,7 +10,7 @@
 //! failed fetch is not remembered, so the next read tries again.
 //!
 //! What to prefetch, and when, is decided in [`crate::prefetch`]; the
-//! fetching itself happens here, in [`fetch`]. What every image of one
+//! fetching itself happens here, in `fetch`. What every image of one
 //! mount shares (cache, counters, prefetch budget, decode slots, the
 //! replay share of the cache) is one [`MountContext`].
 
@@ -21,6 +21,8 @@ mod fetch;
 pub mod open;
 pub mod persist;
 pub mod scan;
+#[cfg(test)]
+mod testing;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -42,6 +44,7 @@ use crate::prefetch::{AccessRecorder, BudgetPermit, PrefetchBudget, ProfileRepla
 use zvhd2::{BlockLocation, RecordLocation};
 use zvstore::ObjectStore;
 use zvstore::coalesce::RunLimits;
+use zvstore::outage::Escalation;
 
 /// Which size the image reports.
 /// Parsed from and shown as `orig` / `curr` (the `--size` flag of both
@@ -100,6 +103,11 @@ pub struct ImageOptions {
     pub coalesce_gap: u64,
     /// Upper bound on the bytes of one coalesced GET.
     pub max_coalesce_bytes: u64,
+    /// Widen every GET to whole slices of this many bytes of the image,
+    /// aligned to multiples of it (0: off), so that hosts behind a caching
+    /// tier ask for the same ranges; the records that come along are
+    /// decoded and cached too. Costs bytes (the rest of each slice).
+    pub fetch_align: u64,
     /// Blocks decoded at once (0: one per CPU); mount-wide like
     /// `prefetch_budget_bytes`.
     pub decode_threads: usize,
@@ -117,6 +125,7 @@ impl Default for ImageOptions {
             prefetch_concurrency: 4,
             coalesce_gap: 64 << 10,
             max_coalesce_bytes: 8 << 20,
+            fetch_align: 0,
             decode_threads: 0,
             record_access: false,
         }
@@ -220,6 +229,10 @@ impl MountContext {
 /// A fetch of one block in flight; every reader of the block awaits a clone.
 type InFlight = Shared<BoxFuture<'static, Result<Bytes, Arc<BlockFailure>>>>;
 
+/// A block being fetched: the shared result, and for a background fetch
+/// what raises it to a demand read's priority and deadline.
+type InFlightEntry = (InFlight, Option<Arc<Escalation>>);
+
 /// Why a block is being fetched (decides metrics and budget).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FetchKind {
@@ -257,7 +270,9 @@ pub struct Image {
     /// Reported size.
     size: u64,
     zero_block: Bytes,
-    inflight: Mutex<HashMap<u64, InFlight>>,
+    /// Blocks being fetched: the shared result, and for a background
+    /// fetch what raises it when a demand read joins.
+    inflight: Mutex<HashMap<u64, InFlightEntry>>,
     decode_limit: Arc<tokio::sync::Semaphore>,
     /// The reader stream of reads that come without one of their own.
     stream: ReaderStream,
@@ -265,6 +280,8 @@ pub struct Image {
     /// Demand reads waiting for a fetch right now (background hydration
     /// holds back while any are).
     demand_waiting: std::sync::atomic::AtomicUsize,
+    /// Records by offset, for aligned fetches (see `fetch`).
+    record_order: std::sync::OnceLock<Vec<(u64, u32, u64)>>,
 }
 
 impl fmt::Debug for Image {
@@ -352,6 +369,7 @@ impl Image {
             stream: ReaderStream::new(options.readahead_blocks),
             recorder,
             demand_waiting: std::sync::atomic::AtomicUsize::new(0),
+            record_order: std::sync::OnceLock::new(),
             layout,
             options,
         })
@@ -744,12 +762,19 @@ impl Image {
         use futures::FutureExt;
         let mut waits = Vec::with_capacity(wanted.len());
         let mut started = Vec::new();
+        // A background fetch can be raised to a demand read's priority and
+        // deadline, should one join it (see `zvstore::outage::Escalation`).
+        let escalation = (kind != FetchKind::Demand).then(|| Arc::new(Escalation::default()));
+        let asked = Instant::now();
         {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             for &(block, loc) in wanted {
-                if let Some(f) = map.get(&block) {
+                if let Some((f, raise)) = map.get(&block) {
                     if kind == FetchKind::Demand {
                         Metrics::inc(&self.metrics.inflight_joins);
+                        if let Some(raise) = raise {
+                            raise.raise(asked);
+                        }
                     }
                     waits.push((block, f.clone()));
                     continue;
@@ -773,7 +798,7 @@ impl Image {
                     })
                     .boxed()
                     .shared();
-                map.insert(block, fut.clone());
+                map.insert(block, (fut.clone(), escalation.clone()));
                 waits.push((block, fut));
                 let pending = fetch::Pending::new(Arc::clone(self), block, loc, tx);
                 started.push(if kind == FetchKind::Hydrate {
@@ -785,7 +810,11 @@ impl Image {
         }
         let n = started.len();
         if n > 0 {
-            tokio::spawn(fetch::run(Arc::clone(self), started, kind, permit));
+            let fetch = fetch::run(Arc::clone(self), started, kind, permit);
+            match escalation {
+                Some(e) => tokio::spawn(Escalation::scope(e, fetch)),
+                None => tokio::spawn(fetch),
+            };
         }
         (waits, n)
     }

@@ -25,13 +25,17 @@ pub enum SidecarSource {
 /// Everything known about an image once it is open: no block data yet.
 #[derive(Clone, Debug)]
 pub struct ImageLayout {
+    /// The image's key in its store.
     pub key: String,
     /// Printable location of the image (for messages).
     pub location: String,
     /// Size and identity at open; every later read is pinned to it.
     pub meta: ObjectMeta,
+    /// The parsed footers: geometry (block size, disk sizes), compression.
     pub header: ImageHeader,
+    /// What a sidecar or cache entry must match to belong to this image.
     pub identity: ImageIdentity,
+    /// Where each block's record is (or that it is a zero block).
     pub index: BlockIndex,
     /// The sidecar, when one was found and matched.
     pub sidecar: Option<Sidecar>,
@@ -235,7 +239,8 @@ async fn read_whole(store: &dyn ObjectStore, key: &str) -> Result<Bytes, StoreEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zvhd2::{Compression, WriteOptions, write_image};
+    use crate::image::testing::image_in_dir;
+    use zvhd2::Compression;
     use zvstore::file::FileStore;
 
     /// A sidecar whose identity matches but whose geometry disagrees with
@@ -244,18 +249,7 @@ mod tests {
     #[tokio::test]
     async fn sidecar_with_other_geometry_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let raw: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
-        let mut image = Vec::new();
-        let summary = write_image(
-            &raw[..],
-            raw.len() as u64,
-            &mut image,
-            &WriteOptions::default(),
-            &mut |_| {},
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("img.zvhd2"), &image).unwrap();
-        let store = FileStore::new(dir.path());
+        let (store, summary) = image_in_dir(dir.path(), 3);
 
         std::fs::write(dir.path().join("img.zvhd2.zvidx"), summary.sidecar.encode()).unwrap();
         let layout = ImageLayout::load(&store, "img.zvhd2", &SidecarSource::Auto)

@@ -142,30 +142,18 @@ pub fn decode(bytes: &[u8]) -> Option<ImageLayout> {
 mod tests {
     use super::*;
     use crate::image::SidecarSource;
-    use zvhd2::{WriteOptions, write_image};
-    use zvstore::file::FileStore;
+    use crate::image::testing::{KEY, image_in_dir};
 
     #[tokio::test]
     async fn layout_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let raw: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
-        let mut image = Vec::new();
-        let summary = write_image(
-            &raw[..],
-            raw.len() as u64,
-            &mut image,
-            &WriteOptions::default(),
-            &mut |_| {},
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("img.zvhd2"), &image).unwrap();
-        let store = FileStore::new(dir.path());
+        let (store, summary) = image_in_dir(dir.path(), 5);
         for with_sidecar in [false, true] {
             if with_sidecar {
                 std::fs::write(dir.path().join("img.zvhd2.zvidx"), summary.sidecar.encode())
                     .unwrap();
             }
-            let layout = ImageLayout::load(&store, "img.zvhd2", &SidecarSource::Auto)
+            let layout = ImageLayout::load(&store, KEY, &SidecarSource::Auto)
                 .await
                 .unwrap();
             let bytes = encode(&layout);

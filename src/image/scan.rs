@@ -3,7 +3,7 @@
 //! window of records in parallel and hands out decoded blocks in block order.
 //!
 //! Records are checked and decoded by the same rules ([`zvhd2::verify`]) and
-//! on the same decode threads ([`super::decode`], one per core) as the
+//! on the same decode threads (`decode`, one per core) as the
 //! mount's reads, so `zvimg check` finds exactly what a mount would refuse,
 //! and uses every core while the async runtime only moves bytes.
 

@@ -72,6 +72,8 @@ pub const MOUNT_KEYS: &[&str] = &[
     "outage_seconds",
     "reads_waited",
     "retries",
+    "retries_by_kind",
+    "outage",
 ];
 
 /// Everything one mount reports: its images' counters, its own and its

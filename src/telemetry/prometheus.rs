@@ -209,12 +209,6 @@ const MOUNT_FAMILIES: &[Family] = &[
         series: &one("prefetch_bytes_peak"),
     },
     Family {
-        name: "zvmount_store_retries",
-        help: "Store request attempts sent again after a transient failure.",
-        shape: Shape::Counter,
-        series: &one("retries"),
-    },
-    Family {
         name: "zvmount_store_outage",
         help: "1 while the store is unreachable, else 0.",
         shape: Shape::Gauge,
@@ -393,6 +387,22 @@ impl Collector for MountCollector {
             let mut m = encoder.encode_descriptor(family.name, family.help, None, kind)?;
             let l: Labels = vec![("mount", mount.clone())];
             encode_value(&mut m, &l, family.shape, value)?;
+        }
+
+        if let Some(kinds) = mount_snap.get("retries_by_kind").and_then(Value::as_object) {
+            let mut m = encoder.encode_descriptor(
+                "zvmount_store_retries",
+                "Store request attempts sent again after a transient failure, by the failure \
+                 (timeout, throttled, server_error, short_body, credentials, connection).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, count) in kinds {
+                let l: Labels = vec![("mount", mount.clone()), ("kind", kind.clone())];
+                let count = count.as_u64().unwrap_or(0);
+                m.encode_family(&l)?
+                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
         }
 
         let usage = t.cache_usage();

@@ -10,6 +10,11 @@
 //! range while in flight). The mount's demand fetches and its prefetches
 //! both plan through it; [`get_ranges`] runs a plan against a store.
 //!
+//! With an alignment ([`align_runs`]), each run's span is widened to whole
+//! aligned slices of the object, so hosts reading the same blocks in any
+//! pattern ask a caching tier (nginx `slice`, a CDN, Dragonfly) for the
+//! same byte ranges and share its cached copies.
+//!
 //! Planning is pure; splitting is zero-copy ([`Bytes::slice`]).
 
 use std::ops::Range;
@@ -99,6 +104,60 @@ pub fn run_span(ranges: &[Range<u64>], run: &Range<usize>) -> Range<u64> {
     let start = wanted.iter().map(|r| r.start).min().unwrap_or(0);
     let end = wanted.iter().map(|r| r.end).max().unwrap_or(start);
     start..end
+}
+
+/// `span` widened to whole slices of `align` bytes of an object of
+/// `object_len` bytes: the start rounded down and the end rounded up to a
+/// multiple of `align`, the end capped at `object_len` (the last slice of
+/// an object is short). `align` 0 leaves `span` as it is, and so does an
+/// empty span (nothing to fetch). The result always contains `span` when
+/// `span` lies within the object.
+pub fn align_span(span: Range<u64>, align: u64, object_len: u64) -> Range<u64> {
+    if align == 0 || span.start >= span.end {
+        return span;
+    }
+    let start = span.start - span.start % align;
+    let end = span
+        .end
+        .div_ceil(align)
+        .saturating_mul(align)
+        .min(object_len)
+        .max(span.end);
+    start..end
+}
+
+/// The runs of [`plan_runs`] (over `ranges` sorted by start) as GETs of
+/// whole `align`-byte slices of an object of `object_len` bytes: each run's
+/// span widened by [`align_span`], and neighbouring runs whose widened
+/// spans overlap merged into one, so one plan never fetches a slice twice.
+/// A merged run may exceed the limits it was planned with (alignment wins:
+/// the tier caches whole slices anyway). Returns each run with the span to
+/// GET; every index is in exactly one run, in order. `align` 0 gives the
+/// runs' own spans.
+pub fn align_runs(
+    ranges: &[Range<u64>],
+    runs: Vec<Range<usize>>,
+    align: u64,
+    object_len: u64,
+) -> Vec<(Range<usize>, Range<u64>)> {
+    let mut out: Vec<(Range<usize>, Range<u64>)> = Vec::with_capacity(runs.len());
+    for run in runs {
+        let span = align_span(run_span(ranges, &run), align, object_len);
+        match out.last_mut() {
+            Some((prev, prev_span))
+                if align > 0
+                    && span.start < span.end
+                    && prev_span.start < prev_span.end
+                    && span.start < prev_span.end
+                    && prev_span.start < span.end =>
+            {
+                prev.end = run.end;
+                *prev_span = prev_span.start.min(span.start)..prev_span.end.max(span.end);
+            }
+            _ => out.push((run, span)),
+        }
+    }
+    out
 }
 
 /// Cuts `fetched`, the bytes of `span`, into `wanted` (each inside `span`).
@@ -229,6 +288,76 @@ mod tests {
         assert!(split(&(0..5), outside, &Bytes::from_static(b"12345")).is_err());
     }
 
+    #[test]
+    fn spans_widen_to_slices_and_stop_at_the_object_end() {
+        let mib = 1u64 << 20;
+        let a = 4 * mib;
+        assert_eq!(align_span(5 * mib..5 * mib + 10, a, 100 * mib), a..2 * a);
+        // Already aligned: unchanged.
+        assert_eq!(align_span(a..2 * a, a, 100 * mib), a..2 * a);
+        // Straddling a boundary takes both slices.
+        assert_eq!(align_span(a - 1..a + 1, a, 100 * mib), 0..2 * a);
+        // The last slice is short: capped at the object's end.
+        assert_eq!(
+            align_span(9 * mib..9 * mib + 1, a, 10 * mib),
+            2 * a..10 * mib
+        );
+        // No alignment, or nothing to fetch: as given.
+        assert_eq!(align_span(3..7, 0, 100), 3..7);
+        assert_eq!(align_span(7..7, 4, 100), 7..7);
+    }
+
+    #[test]
+    fn runs_sharing_a_slice_become_one_get() {
+        let a = 100u64;
+        // Two runs apart by more than the gap, but in the same slice; a third
+        // in the next slice; a fourth far away.
+        let wanted = vec![10..20, 60..70, 120..130, 510..520];
+        let runs = plan_runs(&wanted, &RunLimits::new(5, 1000));
+        assert_eq!(runs, vec![0..1, 1..2, 2..3, 3..4]);
+        let aligned = align_runs(&wanted, runs, a, 1000);
+        assert_eq!(
+            aligned,
+            vec![(0..2, 0..100), (2..3, 100..200), (3..4, 500..600)]
+        );
+        // Without alignment, the runs' own spans.
+        let runs = plan_runs(&wanted, &RunLimits::new(5, 1000));
+        let plain = align_runs(&wanted, runs, 0, 1000);
+        assert_eq!(plain[1], (1..2, 60..70));
+    }
+
+    #[test]
+    fn different_access_patterns_ask_for_the_same_slices() {
+        // One host reads records one at a time, another all at once: with
+        // alignment both ask for exactly the same set of ranges.
+        let records: Vec<Range<u64>> = (0..20u64).map(|i| i * 700..i * 700 + 650).collect();
+        let (align, len) = (4096, 20 * 700);
+        let mut one_by_one: Vec<Range<u64>> = records
+            .iter()
+            .map(|r| align_span(r.clone(), align, len))
+            .collect();
+        one_by_one.dedup();
+        let runs = plan_runs(&records, &RunLimits::new(64, 1 << 20));
+        let spans: Vec<Range<u64>> = align_runs(&records, runs, align, len)
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        let slices = |v: &[Range<u64>]| -> Vec<u64> {
+            let mut s: Vec<u64> = v
+                .iter()
+                .flat_map(|r| (r.start / align..r.end.div_ceil(align)).collect::<Vec<_>>())
+                .collect();
+            s.sort();
+            s.dedup();
+            s
+        };
+        assert_eq!(slices(&one_by_one), slices(&spans));
+        for s in one_by_one.iter().chain(&spans) {
+            assert_eq!(s.start % align, 0, "{s:?} starts on a slice");
+            assert!(s.end % align == 0 || s.end == len, "{s:?} ends on a slice");
+        }
+    }
+
     proptest! {
         /// Every wanted range is served exactly once, by a run whose span
         /// covers it, within the limits, and splitting returns exactly its
@@ -257,6 +386,35 @@ mod tests {
                 let parts = split(&span, &wanted[run.clone()], &fetched).unwrap();
                 for (i, b) in run.clone().zip(parts) {
                     prop_assert_eq!(&b[..], &object[wanted[i].start as usize..wanted[i].end as usize]);
+                }
+            }
+            prop_assert_eq!(next, wanted.len());
+        }
+
+        /// Aligned runs cover every wanted range, start and end on slice
+        /// boundaries (or the object's end), and never overlap.
+        #[test]
+        fn aligned_runs_cover_and_never_overlap(
+            raw in proptest::collection::vec((0u64..4000, 1u64..300), 0..40),
+            max_gap in 0u64..500,
+            align in 1u64..1500,
+        ) {
+            let len = 5000u64;
+            let mut wanted: Vec<Range<u64>> = raw.iter().map(|&(s, l)| s..(s + l).min(len)).collect();
+            wanted.sort_by_key(|r| (r.start, r.end));
+            let runs = plan_runs(&wanted, &RunLimits::new(max_gap, 2000));
+            let aligned = align_runs(&wanted, runs, align, len);
+            let mut next = 0;
+            let mut prev_end = 0;
+            for (run, span) in &aligned {
+                prop_assert_eq!(run.start, next);
+                next = run.end;
+                prop_assert_eq!(span.start % align, 0);
+                prop_assert!(span.end % align == 0 || span.end == len);
+                prop_assert!(span.start >= prev_end, "{:?} overlaps the one before", span);
+                prev_end = span.end;
+                for r in &wanted[run.clone()] {
+                    prop_assert!(span.start <= r.start && r.end <= span.end);
                 }
             }
             prop_assert_eq!(next, wanted.len());

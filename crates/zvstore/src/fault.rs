@@ -37,6 +37,7 @@ pub struct FaultPlan {
     pub corrupt: u32,
     /// Make the next N requests hang for `stall_for` before answering.
     pub stall: u32,
+    /// How long each of those `stall` requests hangs.
     pub stall_for: Duration,
 }
 

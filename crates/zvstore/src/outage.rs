@@ -62,6 +62,133 @@ impl Priority {
     }
 }
 
+tokio::task_local! {
+    static ESCALATION: std::sync::Arc<Escalation>;
+}
+
+/// A background request (readahead, profile replay, hydration) that demand
+/// reads may come to wait for: the image layer fetches a block once
+/// however many readers want it, so a reader that asks for a block a
+/// prefetch is already fetching waits for that prefetch's request.
+///
+/// [`Escalation::raise`] turns that request into a demand request from
+/// then on: it takes a demand read's place in the breaker's queue, and its
+/// deadline becomes the reader's own (`--io-timeout` from when the reader
+/// asked) rather than the one the prefetch started with, so a reader never
+/// fails earlier, nor waits at a lower priority, than it would have with a
+/// request of its own.
+#[derive(Debug)]
+pub struct Escalation {
+    /// When the first demand read that joined asked; `None` until one does.
+    raised: watch::Sender<Option<Instant>>,
+}
+
+impl Default for Escalation {
+    fn default() -> Self {
+        Escalation {
+            raised: watch::channel(None).0,
+        }
+    }
+}
+
+impl Escalation {
+    /// A demand read that asked at `since` waits for the request. The
+    /// first call counts: later readers share its deadline, as readers
+    /// joining a demand fetch share that fetch's.
+    pub fn raise(&self, since: Instant) {
+        self.raised.send_if_modified(|at| {
+            if at.is_some() {
+                return false;
+            }
+            *at = Some(since);
+            true
+        });
+    }
+
+    /// When the first demand read that joined asked, if one did.
+    pub fn raised_at(&self) -> Option<Instant> {
+        *self.raised.borrow()
+    }
+
+    /// Runs `fut` with every store request it makes escalatable by `this`.
+    pub async fn scope<F: Future>(this: std::sync::Arc<Escalation>, fut: F) -> F::Output {
+        ESCALATION.scope(this, fut).await
+    }
+
+    /// The escalation of the current task, if it runs in
+    /// [`Escalation::scope`].
+    pub fn current() -> Option<std::sync::Arc<Escalation>> {
+        ESCALATION.try_with(std::sync::Arc::clone).ok()
+    }
+}
+
+/// Who a store call is for, as it may change while the call waits: its
+/// priority and deadline, raised to a demand read's by an [`Escalation`].
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The priority it was made with.
+    pub priority: Priority,
+    /// The deadline it was made with (`None`: none).
+    pub deadline: Option<Instant>,
+    /// Raises it, with how long a raising reader may wait (`None`: forever).
+    pub escalation: Option<(std::sync::Arc<Escalation>, Option<Duration>)>,
+}
+
+impl Caller {
+    /// A call with a fixed priority and deadline.
+    pub fn fixed(priority: Priority, deadline: Option<Instant>) -> Caller {
+        Caller {
+            priority,
+            deadline,
+            escalation: None,
+        }
+    }
+
+    /// The current task's call: its [`Priority`] and [`Escalation`], with
+    /// `io_timeout` counted from `started` (and, once raised, from when
+    /// the raising reader asked).
+    pub fn current(started: Instant, io_timeout: Option<Duration>) -> Caller {
+        Caller {
+            priority: Priority::current(),
+            deadline: io_timeout.map(|t| started + t),
+            escalation: Escalation::current().map(|e| (e, io_timeout)),
+        }
+    }
+
+    fn raised_at(&self) -> Option<(Instant, Option<Duration>)> {
+        let (e, io_timeout) = self.escalation.as_ref()?;
+        e.raised_at().map(|at| (at, *io_timeout))
+    }
+
+    /// Its priority now.
+    pub fn priority(&self) -> Priority {
+        match self.raised_at() {
+            Some(_) => Priority::Demand,
+            None => self.priority,
+        }
+    }
+
+    /// Its deadline now.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.raised_at() {
+            Some((at, io_timeout)) => io_timeout.map(|t| at + t),
+            None => self.deadline,
+        }
+    }
+
+    /// Waits until it is raised (forever if it cannot be, or already was).
+    async fn raised(&self, rx: &mut Option<watch::Receiver<Option<Instant>>>) {
+        match rx {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
 /// Counters of outages, shared by every store of one process (the daemon
 /// reports them in its stats file). All monotonic.
 #[derive(Debug, Default)]
@@ -75,12 +202,41 @@ pub struct OutageStats {
     pub reads_waited: AtomicU64,
     /// Attempts sent after a transient failure (probes and retries).
     pub retries: AtomicU64,
+    /// Of `retries`, by the kind of failure that caused them, in
+    /// [`RetryKind::ALL`] order (see [`OutageStats::retries_by_kind`]).
+    retry_kinds: [AtomicU64; RetryKind::ALL.len()],
     /// Start of the outage in progress, in ms since `epoch` (0 = none).
     current_since_ms: AtomicU64,
     epoch: std::sync::OnceLock<Instant>,
 }
 
 impl OutageStats {
+    /// Counts one retry caused by `kind` (in `retries` too).
+    pub fn count_retry(&self, kind: RetryKind) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        self.retry_kinds[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Retries so far by cause, every kind listed (zeros included), keyed
+    /// by [`RetryKind::label`].
+    pub fn retries_by_kind(&self) -> std::collections::BTreeMap<String, u64> {
+        RetryKind::ALL
+            .iter()
+            .map(|&k| {
+                (
+                    k.label().to_owned(),
+                    self.retry_kinds[k as usize].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether the store is unreachable right now (an outage was declared
+    /// and has not ended).
+    pub fn in_outage(&self) -> bool {
+        self.current_since_ms.load(Ordering::Relaxed) != 0
+    }
+
     fn now_ms(&self) -> u64 {
         // +1 keeps 0 free to mean "no outage in progress".
         self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
@@ -106,6 +262,79 @@ impl OutageStats {
         self.current_since_ms.store(0, Ordering::Relaxed);
         self.outage_ms
             .fetch_add(lasted.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Why a store request was sent again: the transient failure before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryKind {
+    /// The attempt ran out of time (`--timeout`, HTTP 408).
+    Timeout,
+    /// The store asked to slow down: 429, 503, `SlowDown`, throttling.
+    Throttled,
+    /// Another 5xx (`InternalError`, 500, 502, 504).
+    ServerError,
+    /// A body shorter (or longer) than asked for, or cut off.
+    ShortBody,
+    /// Credentials expired and the provider chain is refreshing them.
+    Credentials,
+    /// No answer: connection refused or reset, DNS failure, TLS.
+    Connection,
+}
+
+impl RetryKind {
+    /// Every kind, in counting order.
+    pub const ALL: [RetryKind; 6] = [
+        RetryKind::Timeout,
+        RetryKind::Throttled,
+        RetryKind::ServerError,
+        RetryKind::ShortBody,
+        RetryKind::Credentials,
+        RetryKind::Connection,
+    ];
+
+    /// The kind of a retryable `error`. Backends describe transient
+    /// failures in words (status and code, or the client's error chain),
+    /// so this reads the description; what it cannot place is a
+    /// connection failure, the usual case of a request with no answer.
+    pub fn of(error: &crate::StoreError) -> RetryKind {
+        let detail = match error {
+            crate::StoreError::Timeout { .. } => return RetryKind::Timeout,
+            crate::StoreError::Transient { detail, .. } => detail.as_str(),
+            _ => return RetryKind::Connection,
+        };
+        let has = |words: &[&str]| words.iter().any(|w| detail.contains(w));
+        if has(&["credentials expired"]) {
+            RetryKind::Credentials
+        } else if has(&[
+            "HTTP 429",
+            "HTTP 503",
+            "SlowDown",
+            "Throttl",
+            "TooManyRequests",
+        ]) {
+            RetryKind::Throttled
+        } else if has(&["HTTP 408", "RequestTimeout", "timed out"]) {
+            RetryKind::Timeout
+        } else if has(&["HTTP 5", "InternalError"]) {
+            RetryKind::ServerError
+        } else if has(&["body has", "body", "Content-Length", "end of file"]) {
+            RetryKind::ShortBody
+        } else {
+            RetryKind::Connection
+        }
+    }
+
+    /// The label value (`kind="throttled"`) and stats-file key.
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryKind::Timeout => "timeout",
+            RetryKind::Throttled => "throttled",
+            RetryKind::ServerError => "server_error",
+            RetryKind::ShortBody => "short_body",
+            RetryKind::Credentials => "credentials",
+            RetryKind::Connection => "connection",
+        }
     }
 }
 
@@ -255,13 +484,35 @@ impl Breaker {
         deadline: Option<Instant>,
         waited: &mut bool,
     ) -> Result<Admission<'_>, DeadlinePassed> {
+        self.admit_caller(&Caller::fixed(priority, deadline), waited)
+            .await
+    }
+
+    /// [`Breaker::admit`] for a call whose priority and deadline may be
+    /// raised while it waits (see [`Escalation`]): looked at again each
+    /// time it wakes, and it wakes when raised.
+    pub async fn admit_caller(
+        &self,
+        caller: &Caller,
+        waited: &mut bool,
+    ) -> Result<Admission<'_>, DeadlinePassed> {
         let mut rx = self.changed.subscribe();
+        let mut raised_rx = caller
+            .escalation
+            .as_ref()
+            .filter(|(e, _)| e.raised_at().is_none())
+            .map(|(e, _)| e.raised.subscribe());
         let mut counted_demand = false;
         // Failed probes of this outage when the caller arrived (an outage
         // past --io-timeout: the caller waits for one more probe only).
         let mut arrived_at_failure: Option<u32> = None;
         let result = loop {
             rx.borrow_and_update();
+            let (priority, deadline) = (caller.priority(), caller.deadline());
+            if priority == Priority::Demand {
+                // Raised: nothing more to wait for on that side.
+                raised_rx = None;
+            }
             let wake_at = {
                 let mut state = self.lock();
                 let Some(outage) = state.as_mut() else {
@@ -296,14 +547,17 @@ impl Breaker {
                     (p, d) => p.or(d),
                 }
             };
-            let changed = rx.changed();
+            let changed = async {
+                tokio::select! {
+                    _ = rx.changed() => {}
+                    () = caller.raised(&mut raised_rx) => {}
+                }
+            };
             match wake_at {
                 Some(at) => {
                     let _ = tokio::time::timeout_at(at.into(), changed).await;
                 }
-                None => {
-                    let _ = changed.await;
-                }
+                None => changed.await,
             }
         };
         if counted_demand && let Some(outage) = self.lock().as_mut() {

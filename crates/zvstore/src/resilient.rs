@@ -26,7 +26,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use super::outage::{Breaker, DeadlinePassed, OutageStats, Priority, ProbePacing};
+use super::outage::{
+    Breaker, Caller, DeadlinePassed, OutageStats, Priority, ProbePacing, RetryKind,
+};
 use super::{ObjectMeta, ObjectStore, Progress, StoreError, StoreResult};
 
 /// How hard to try, and how many requests may be in flight.
@@ -159,17 +161,21 @@ impl<S: ObjectStore> ResilientStore<S> {
         F: FnMut() -> Fut,
         Fut: Future<Output = StoreResult<T>>,
     {
-        let priority = Priority::current();
         let started = Instant::now();
-        let deadline = self.policy.io_timeout.map(|t| started + t);
+        // A prefetch a demand read joins is raised to that read's priority
+        // and deadline (see `outage::Escalation`): both are read afresh.
+        let caller = Caller::current(started, self.policy.io_timeout);
         let mut n = 0u32;
         let mut last: Option<StoreError> = None;
         let mut waited = false;
         loop {
-            let admission = match self.breaker.admit(priority, deadline, &mut waited).await {
+            let admission = match self.breaker.admit_caller(&caller, &mut waited).await {
                 Ok(a) => a,
-                Err(DeadlinePassed) => return Err(self.give_up(key, op, started, n, last)),
+                Err(DeadlinePassed) => {
+                    return Err(self.give_up(&caller, key, op, started, n, last));
+                }
             };
+            let deadline = caller.deadline();
             // The permit covers the request only, not the wait for the
             // store, so a failing request does not hold a slot.
             let permit = self
@@ -190,11 +196,12 @@ impl<S: ObjectStore> ResilientStore<S> {
             // Out of time while queued for a slot: an attempt cut to zero
             // would fail and count against the store, which did nothing.
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(self.give_up(key, op, started, n, last));
+                return Err(self.give_up(&caller, key, op, started, n, last));
             }
             if n > 0 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                self.breaker.stats().retries.fetch_add(1, Ordering::Relaxed);
+                let kind = last.as_ref().map_or(RetryKind::Connection, RetryKind::of);
+                self.breaker.stats().count_retry(kind);
             }
             n += 1;
             // An attempt never outlives the call's deadline.
@@ -226,7 +233,7 @@ impl<S: ObjectStore> ResilientStore<S> {
                         return Err(e);
                     }
                     if self.breaker.has_expired() {
-                        return Err(self.give_up(key, op, started, n, Some(e)));
+                        return Err(self.give_up(&caller, key, op, started, n, Some(e)));
                     }
                     tracing::debug!(error = %e, "transient store failure; will retry");
                     last = Some(e);
@@ -244,8 +251,13 @@ impl<S: ObjectStore> ResilientStore<S> {
     /// Ends a call whose deadline passed (or that met an outage already
     /// past --io-timeout): counted, and the outage marked so later calls
     /// wait for one probe only.
+    ///
+    /// Only a demand call marks the outage: a prefetch's deadline ran from
+    /// when the prefetch started, and a reader arriving later is owed a
+    /// full `--io-timeout` of its own.
     fn give_up(
         &self,
+        caller: &Caller,
         key: &str,
         op: &str,
         started: Instant,
@@ -253,7 +265,9 @@ impl<S: ObjectStore> ResilientStore<S> {
         last: Option<StoreError>,
     ) -> StoreError {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
-        self.breaker.expire(started.elapsed());
+        if caller.priority() == Priority::Demand {
+            self.breaker.expire(started.elapsed());
+        }
         self.gave_up(key, op, started, attempts, last)
     }
 
@@ -404,6 +418,86 @@ impl<S: ObjectStore> ObjectStore for ResilientStore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fault::{FaultPlan, FaultStore};
+    use crate::file::FileStore;
+    use crate::outage::Escalation;
+
+    /// A prefetch that a demand read joined keeps going until the reader's
+    /// own deadline, not its own earlier one; one nobody joined gives up
+    /// at its own (without cutting short the raised one: only demand calls
+    /// mark an outage as past --io-timeout). The store is down from the
+    /// start and comes back between the two deadlines, a second or more
+    /// from either.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_raised_prefetch_gets_the_demand_reads_deadline() {
+        let dir = std::env::temp_dir().join(format!("zvstore-raise-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), vec![7u8; 100]).unwrap();
+        let fault = FaultStore::new(FileStore::new(&dir));
+        let control = fault.control();
+        control.set(FaultPlan {
+            fail_rate: 1.0,
+            ..FaultPlan::default()
+        });
+        let store = Arc::new(ResilientStore::new(
+            fault,
+            RetryPolicy {
+                io_timeout: Some(Duration::from_secs(4)),
+                base_delay: Duration::from_millis(20),
+                max_delay: Duration::from_millis(200),
+                ..RetryPolicy::default()
+            },
+        ));
+        let prefetch = |escalation: Arc<Escalation>| {
+            let store = Arc::clone(&store);
+            tokio::spawn(Escalation::scope(
+                escalation,
+                Priority::Prefetch.scope(async move { store.get_range("k", 0..10, None).await }),
+            ))
+        };
+        let joined = Arc::new(Escalation::default());
+        let raised = prefetch(Arc::clone(&joined));
+        let alone = prefetch(Arc::new(Escalation::default()));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // A demand read asks now: its deadline is 7 s after the start.
+        joined.raise(Instant::now());
+        let alone = alone.await.unwrap();
+        assert!(
+            matches!(alone, Err(StoreError::Unavailable { .. })),
+            "{alone:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // 5 s in: past the prefetch's own deadline, 2 s before the reader's.
+        let before = control.requests();
+        control.set(FaultPlan::default());
+        let got = raised.await.unwrap();
+        assert_eq!(got.unwrap(), Bytes::from(vec![7u8; 10]));
+        assert!(
+            control.requests() > before,
+            "it was answered by a fresh request"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn raising_makes_a_prefetch_a_demand_with_the_readers_deadline() {
+        use crate::outage::Caller;
+        let started = Instant::now();
+        let escalation = Arc::new(Escalation::default());
+        let caller = Caller {
+            priority: Priority::Prefetch,
+            deadline: Some(started + Duration::from_secs(10)),
+            escalation: Some((Arc::clone(&escalation), Some(Duration::from_secs(10)))),
+        };
+        assert_eq!(caller.priority(), Priority::Prefetch);
+        assert_eq!(caller.deadline(), Some(started + Duration::from_secs(10)));
+        let asked = started + Duration::from_secs(4);
+        escalation.raise(asked);
+        // A later reader shares the first one's deadline.
+        escalation.raise(started + Duration::from_secs(6));
+        assert_eq!(caller.priority(), Priority::Demand);
+        assert_eq!(caller.deadline(), Some(asked + Duration::from_secs(10)));
+    }
 
     #[test]
     fn attempt_is_stamped_on_retryable_errors_only() {

@@ -7,6 +7,10 @@
 //! for reads: [`super::resilient`] owns retries and timeouts. Upload parts,
 //! which that layer does not wrap, use the SDK's standard retries.
 //!
+//! `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` (and their lower-case forms) are
+//! honoured, as curl and reqwest do: the SDK's default client ignores them,
+//! so the client is built with a proxy connector configured from them.
+//!
 //! Reads are pinned with `If-Match` and the answer's ETag is compared again
 //! (some S3-compatible servers ignore `If-Match` on GET). Credentials never
 //! reach a location, an error or a `Debug` line: the client is not printed.
@@ -90,6 +94,7 @@ pub async fn s3_client(args: &StoreConfig) -> Client {
         ));
     }
     let sdk = loader
+        .http_client(proxy_aware_client())
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
@@ -109,6 +114,23 @@ pub async fn s3_client(args: &StoreConfig) -> Client {
         b = b.region(Region::new("us-east-1"));
     }
     Client::from_conf(b.build())
+}
+
+/// The SDK's default HTTPS client (rustls, aws-lc), but with proxies taken
+/// from the environment: `HTTP_PROXY` for `http://` endpoints,
+/// `HTTPS_PROXY` for `https://` ones (through `CONNECT`), `NO_PROXY`
+/// exceptions. Without those variables it connects directly, as before.
+fn proxy_aware_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, Connector, proxy::ProxyConfig};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut b = Connector::builder().proxy_config(ProxyConfig::from_env());
+        b.set_connector_settings(settings.cloned());
+        if let Some(c) = components {
+            b.set_sleep_impl(c.sleep_impl());
+        }
+        b.tls_provider(Provider::Rustls(CryptoMode::AwsLc)).build()
+    })
 }
 
 /// Virtual-host addressing needs DNS for `bucket.HOST`: impossible for IP

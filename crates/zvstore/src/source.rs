@@ -23,11 +23,24 @@ use super::{ObjectStore, StoreError, StoreResult};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceKind {
     /// A local file: its directory and file name.
-    File { dir: String, name: String },
+    File {
+        /// The directory (`.` for a bare file name).
+        dir: String,
+        /// The file name inside it.
+        name: String,
+    },
     /// `s3://bucket/key` (an empty key is the whole bucket).
-    S3 { bucket: String, key: String },
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key inside it, without a leading `/`.
+        key: String,
+    },
     /// An `http://` or `https://` URL, query string included.
-    Http { url: String },
+    Http {
+        /// The whole URL.
+        url: String,
+    },
 }
 
 /// Classifies `source` without opening anything.

@@ -4,7 +4,9 @@
 //! the daemon against it); and a helper that puts raw + image + sidecar
 //! files in a temporary directory.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -96,6 +98,35 @@ pub fn zvhd2_image(raw: &[u8], block_size: u32) -> (Vec<u8>, WriteSummary) {
         write_image(raw, raw.len() as u64, &mut out, &options, &mut |_| {}).expect("write_image");
     assert_eq!(summary.image_size, out.len() as u64);
     (out, summary)
+}
+
+/// Converts the raw disk file `raw` to the ZVHD2 file `out` and its
+/// sidecar `OUT.zvidx`, with the library function `zvimg convert` uses
+/// (default options); returns what the writer reports.
+pub fn convert_file(raw: &Path, out: &Path) -> WriteSummary {
+    let open = |p: &Path| File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    let size = std::fs::metadata(raw)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", raw.display()))
+        .len();
+    let input = BufReader::with_capacity(1 << 20, open(raw));
+    let file = File::create(out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
+    let mut writer = BufWriter::new(file);
+    let summary = write_image(
+        input,
+        size,
+        &mut writer,
+        &WriteOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap_or_else(|e| panic!("convert {}: {e}", raw.display()));
+    writer
+        .into_inner()
+        .unwrap_or_else(|e| panic!("write {}: {e}", out.display()));
+    let mut sidecar = out.as_os_str().to_owned();
+    sidecar.push(".zvidx");
+    std::fs::write(PathBuf::from(&sidecar), summary.sidecar.encode())
+        .unwrap_or_else(|e| panic!("write {}: {e}", Path::new(&sidecar).display()));
+    summary
 }
 
 /// An image opened from memory, the way the real reader does it in three steps.

@@ -9,7 +9,11 @@
 //! | [`http`] | a tiny HTTP/1.1 range server that can misbehave on demand |
 //! | [`images`] | raw disks of chosen block kinds, ZVHD2 images and sidecars written from them |
 //! | [`qemu`] | a QEMU guest booting from a qcow2 overlay, timed to its serial-console marker |
+//! | [`nginx`] | a real nginx as a caching tier, configured by `examples/nginx-slice-cache.conf` |
 //! | [`proxy`] | a TCP proxy adding first-byte latency and a bandwidth cap, with per-request timings |
+//!
+//! [`shm_tempdir`] gives host-cache tests a directory whose free space does
+//! not depend on the build disk.
 //!
 //! Not a mock of anything: every fixture is the real program or protocol.
 //! Fixtures for tests panic with a message naming what failed (a fixture
@@ -21,6 +25,20 @@
 pub mod http;
 pub mod images;
 pub mod mount;
+pub mod nginx;
 pub mod proxy;
 pub mod qemu;
 pub mod s3;
+
+/// A temporary directory for a host cache: in `/dev/shm` when there is
+/// one, so that the cache's 5% free-space floor depends on memory, not on
+/// how full the build machine's disk happens to be. Removed on drop.
+pub fn shm_tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    };
+    dir.expect("create a temporary directory")
+}

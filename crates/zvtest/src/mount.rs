@@ -163,6 +163,15 @@ impl MountBuilder {
         self
     }
 
+    /// The environment that points the daemon's S3 client at `server`:
+    /// its endpoint, its credentials and region `us-east-1`.
+    pub fn s3_env(self, server: &crate::s3::S3Server) -> Self {
+        self.env("AWS_ENDPOINT_URL", server.endpoint())
+            .env("AWS_ACCESS_KEY_ID", crate::s3::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", crate::s3::SECRET_KEY)
+            .env("AWS_REGION", "us-east-1")
+    }
+
     /// An environment variable the daemon must not inherit (AWS_PROFILE).
     pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
         self.env_removes.push(key.as_ref().to_owned());

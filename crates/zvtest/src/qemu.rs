@@ -378,6 +378,14 @@ impl Guest {
         })
     }
 
+    /// Whether QEMU has exited (a test polling for a boot to get under way
+    /// checks it did not end early); [`Guest::wait`] still reports the run.
+    pub fn finished(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
     /// Waits for the guest to power off, noting when the marker appeared.
     /// An error only if it outlives [`QemuOptions::timeout`] or cannot be
     /// waited for; a boot without the marker is a [`Boot`] that
@@ -491,6 +499,30 @@ impl Boot {
             }
         }
         Ok(at)
+    }
+}
+
+/// What a guest kernel prints when a read of its disk failed.
+const CONSOLE_ERRORS: [&str; 4] = [
+    "I/O error",
+    "EXT4-fs error",
+    "Remounting filesystem read-only",
+    "Input/output error",
+];
+
+impl Boot {
+    /// The disk-error messages (`I/O error`, `EXT4-fs error`, …) the serial
+    /// console shows; empty for a boot whose every read succeeded. A guest
+    /// may retry a failed read and still print the marker, so a test of
+    /// reads that wait (an outage) checks this as well as [`Boot::check`].
+    pub fn console_errors(&self) -> Vec<&'static str> {
+        let console = std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        CONSOLE_ERRORS
+            .into_iter()
+            .filter(|e| console.contains(e))
+            .collect()
     }
 }
 

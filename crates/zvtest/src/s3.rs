@@ -12,7 +12,7 @@
 //! rather than panic (the boot benchmark), with their own binary and data
 //! directory.
 //!
-//! Configuration goes through [`S3Server::store_args`] (explicit endpoint,
+//! Configuration goes through [`S3Server::store_config`] (explicit endpoint,
 //! region and credentials), never through environment variables, which
 //! parallel tests would race on.
 
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use zvstore::{StaticCredentials, StoreArgs};
+use zvstore::{ObjectStore, StaticCredentials, StoreConfig};
 
 /// Access key the server accepts.
 pub const ACCESS_KEY: &str = "test";
@@ -299,10 +299,10 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Store flags for this server: endpoint, region, explicit credentials,
+    /// The store configuration for this server: endpoint, region, explicit credentials,
     /// and short timeouts so failing tests fail fast.
-    pub fn store_args(&self) -> StoreArgs {
-        StoreArgs {
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
             region: Some("us-east-1".into()),
             endpoint_url: Some(self.endpoint()),
             credentials: Some(StaticCredentials {
@@ -312,13 +312,13 @@ impl S3Server {
             }),
             timeout: Duration::from_secs(10),
             retries: Some(2),
-            ..StoreArgs::default()
+            ..StoreConfig::default()
         }
     }
 
     /// An S3 client for this server.
     pub async fn client(&self) -> aws_sdk_s3::Client {
-        zvstore::s3::s3_client(&self.store_args()).await
+        zvstore::s3::s3_client(&self.store_config()).await
     }
 
     /// Creates `name` (panics on failure: a fixture error, not a test result).
@@ -353,6 +353,45 @@ impl S3Server {
                     aws_sdk_s3::error::DisplayErrorContext(&e)
                 )
             });
+    }
+
+    /// Converts `raw` to ZVHD2 ([`crate::images::zvhd2_image`], 2 MiB
+    /// blocks) and stores the image as `disk.zvhd2` and its sidecar as
+    /// `disk.zvhd2.zvidx` in a new bucket named after `bucket_prefix`;
+    /// returns the image's `s3://` URL. Blocking: call it from a test's
+    /// thread, not from inside a tokio runtime.
+    pub fn upload_raw(&self, bucket_prefix: &str, raw: &[u8]) -> String {
+        let (image, summary) = crate::images::zvhd2_image(raw, zvhd2::DEFAULT_BLOCK_SIZE);
+        let bucket = unique_bucket(bucket_prefix);
+        let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+        rt.block_on(async {
+            self.create_bucket(&bucket).await;
+            self.put_bytes(&bucket, "disk.zvhd2", image).await;
+            self.put_bytes(&bucket, "disk.zvhd2.zvidx", summary.sidecar.encode())
+                .await;
+        });
+        format!("s3://{bucket}/disk.zvhd2")
+    }
+
+    /// Uploads the image file `image` as `bucket/key`, and its sidecar
+    /// `IMAGE.zvidx` as `bucket/KEY.zvidx`, through zvstore's S3 backend
+    /// (multipart for large files, as `zvimg push` does).
+    pub async fn put_image_files(&self, bucket: &str, key: &str, image: &Path) {
+        let url = format!("s3://{bucket}/{key}");
+        let (store, key) = zvstore::open_source(&url, &self.store_config())
+            .await
+            .unwrap_or_else(|e| panic!("open {url}: {e}"));
+        store
+            .put_file(&key, image)
+            .await
+            .unwrap_or_else(|e| panic!("upload {}: {e}", image.display()));
+        let mut sidecar = image.as_os_str().to_owned();
+        sidecar.push(".zvidx");
+        let sidecar = Path::new(&sidecar);
+        store
+            .put_file(&store.sibling_key(&key, ".zvidx"), sidecar)
+            .await
+            .unwrap_or_else(|e| panic!("upload {}: {e}", sidecar.display()));
     }
 
     /// The folder holding the objects (one subfolder per bucket).

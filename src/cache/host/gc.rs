@@ -32,6 +32,7 @@ pub struct EntryStatus {
     pub cached_bytes: u64,
     /// Blocks with data present / blocks with data in the image.
     pub blocks_present: u64,
+    /// Blocks with data in the image (zero blocks are never stored).
     pub blocks_total: u64,
     /// Last time a process attached it.
     pub last_use: SystemTime,

@@ -55,24 +55,44 @@ pub const CRASH_HOOK_ENV: &str = "ZVMOUNT_TEST_CRASH_BEFORE_MAP";
 /// failing cache is a miss.
 #[derive(Debug, thiserror::Error)]
 pub enum HostCacheError {
+    /// A file operation in the cache directory failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// An entry cannot be used: an unsafe image id, or an entry that keeps
+    /// being evicted while this process attaches it.
     #[error("{path}: {detail}")]
-    BadEntry { path: PathBuf, detail: String },
+    BadEntry {
+        /// The entry's file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// `zvimg cache rm` of an image a live process holds.
     #[error("image {id} is in use by a running zvmount or zvimg")]
-    InUse { id: String },
+    InUse {
+        /// The image's cache id (as `zvimg cache ls` shows it).
+        id: String,
+    },
+    /// No entry with that id.
     #[error("no image {id} in the cache")]
-    NotFound { id: String },
+    NotFound {
+        /// The id asked for.
+        id: String,
+    },
 }
 
 /// Counters of one process's use of the host cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HostCacheStats {
+    /// Lookups answered from the cache with verified data.
     pub hits: u64,
+    /// Lookups that found the block absent (it is fetched from the store).
     pub misses: u64,
     /// Lookups that waited for (or found) another process filling the block.
     pub busy: u64,
@@ -80,6 +100,7 @@ pub struct HostCacheStats {
     pub bad_blocks: u64,
     /// Blocks written and marked present.
     pub writes: u64,
+    /// Block writes that failed (the block stays absent; reads still succeed).
     pub write_errors: u64,
     /// Fills dropped: queue full, cache full or stopped.
     pub dropped: u64,

@@ -11,15 +11,18 @@ use crate::convert::human;
 /// Where zvmount caches by default (when run as root).
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/zvmount";
 
+/// Flags of `zvimg cache`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The host cache directory.
     #[arg(long, value_name = "DIR", env = "ZVMOUNT_CACHE_DIR", default_value = DEFAULT_CACHE_DIR, global = true)]
     pub cache_dir: PathBuf,
+    /// What to do with the cache.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands of `zvimg cache`.
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
     /// Images in the cache: size, blocks present/total, last use.
@@ -36,11 +39,13 @@ pub enum Command {
     /// Evict images not in use, least recently used first, down to SIZE
     /// (and until 5% of the file system is free).
     Gc {
+        /// Size the cache is brought down to, e.g. 10GiB.
         #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = zvmount::util::parse_size)]
         max_size: u64,
     },
 }
 
+/// Runs `zvimg cache ls|rm|gc` on the cache directory.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = &args.cache_dir;
     if !root.join("images").is_dir() {

@@ -24,6 +24,7 @@ pub struct CheckArgs {
     /// Records fetched and decoded at once.
     #[arg(long, default_value_t = ScanOptions::default().parallel)]
     pub parallel: usize,
+    /// Where the image is and how to reach it.
     #[command(flatten)]
     pub source: SourceArgs,
     /// The image: a local path, s3://bucket/key or an https:// URL.
@@ -33,7 +34,7 @@ pub struct CheckArgs {
 /// Runs `zvimg check`: exit status 1 at the first fault.
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let (store, key) = open_source(&args.image, &args.source.store).await?;
+        let (store, key) = open_source(&args.image, &args.source.store.to_config()).await?;
         // The image's own index is what is checked; the sidecar is the reference.
         let layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Ignore).await?;
         let sidecar_source = match (&args.sidecar, args.no_sidecar) {
@@ -96,5 +97,5 @@ async fn open_sidecar_source(
     source: &str,
     args: &SourceArgs,
 ) -> anyhow::Result<(Arc<dyn ObjectStore>, String)> {
-    Ok(open_source(source, &args.store).await?)
+    Ok(open_source(source, &args.store.to_config()).await?)
 }

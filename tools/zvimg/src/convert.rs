@@ -9,7 +9,7 @@
 //! long wait for the disk at the end.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -28,22 +28,33 @@ use zvstore::open_source;
 
 use crate::{SizeChoice, SourceArgs, default_sidecar_path, progress, runtime};
 
+/// What a `convert` input is (`-f`); detected from magic bytes by default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
+    /// A raw disk: the bytes of the disk, holes read as zeros.
     Raw,
+    /// A ZVHD2 image (decoded and re-encoded, or written out raw).
     Zvhd2,
+    /// QEMU copy-on-write v2 (through `qemu-img`).
     Qcow2,
+    /// VMware disk (through `qemu-img`).
     Vmdk,
+    /// Virtual PC / Azure VHD (through `qemu-img`).
     Vpc,
+    /// Hyper-V VHDX (through `qemu-img`).
     Vhdx,
 }
 
+/// What `convert` writes (`-O`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
+    /// A ZVHD2 image and its `.zvidx` sidecar.
     Zvhd2,
+    /// A raw disk (sparse where the image has zero blocks).
     Raw,
 }
 
+/// Flags of `zvimg convert`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Input format (default: detected from the file's magic bytes).
@@ -73,6 +84,7 @@ pub struct Args {
     /// Print what was done as JSON (sizes, bytes read, where the time went).
     #[arg(long)]
     pub json: bool,
+    /// Store settings, for a remote ZVHD2 input.
     #[command(flatten)]
     pub source: SourceArgs,
     /// Input: a local file, or (ZVHD2 only) s3://bucket/key or an https:// URL.
@@ -91,6 +103,7 @@ fn parse_block_size(text: &str) -> Result<u32, String> {
     Ok(n as u32)
 }
 
+/// Runs `zvimg convert`: an error names the input and what in it is wrong.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let local = !is_remote(&args.input);
     let input_format = match args.input_format {
@@ -311,7 +324,7 @@ impl DiskSource for SparseFile {
 const WRITEBACK_STEP: u64 = 64 << 20;
 
 /// The output file, with its writeback running behind the writer: every
-/// [`WRITEBACK_STEP`] bytes a background thread `fdatasync`s what is written
+/// `WRITEBACK_STEP` (64 MiB) bytes a background thread `fdatasync`s what is written
 /// so far, so the disk works while the cores compress and the final sync
 /// finds little left. (`sync_file_range` would do it without a thread, but
 /// neither rustix nor nix offers it safely.) Errors of those syncs are kept
@@ -389,6 +402,104 @@ impl Drop for WritebackFile {
         if let Some(h) = self.syncer.take() {
             let _ = h.join();
         }
+    }
+}
+
+/// Bytes handed to the output thread at a time.
+const OUTPUT_CHUNK: usize = 1 << 20;
+/// Chunks that may wait for the output thread: 64 MiB of slack, so a
+/// `write` held up by writeback (stable pages, a running `fdatasync`) does
+/// not stall the thread that feeds the compression workers.
+const OUTPUT_QUEUE: usize = 64;
+
+/// A [`WritebackFile`] written by a thread of its own. The converting thread
+/// both reads the input and writes records in order; when a `write` blocks
+/// behind the disk, the workers run dry. This writer copies into 1 MiB
+/// chunks and queues them (bounded: memory stays at most
+/// `OUTPUT_QUEUE` x 1 MiB); a write error stops the thread and is returned
+/// by the next `write` or by [`OutputThread::finish`].
+pub struct OutputThread {
+    chunk: Vec<u8>,
+    full: Option<mpsc::SyncSender<Vec<u8>>>,
+    empty: mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<WritebackFile>>>,
+}
+
+impl OutputThread {
+    /// Starts the thread that writes to `file`.
+    pub fn new(mut file: WritebackFile) -> std::io::Result<Self> {
+        let (full, chunks) = mpsc::sync_channel::<Vec<u8>>(OUTPUT_QUEUE);
+        let (recycle, empty) = mpsc::channel::<Vec<u8>>();
+        let thread = std::thread::Builder::new()
+            .name("zvimg-output".into())
+            .spawn(move || -> std::io::Result<WritebackFile> {
+                for mut chunk in chunks {
+                    file.write_all(&chunk)?;
+                    chunk.clear();
+                    // The converting thread may have finished already.
+                    let _ = recycle.send(chunk);
+                }
+                Ok(file)
+            })?;
+        Ok(OutputThread {
+            chunk: Vec::with_capacity(OUTPUT_CHUNK),
+            full: Some(full),
+            empty,
+            thread: Some(thread),
+        })
+    }
+
+    fn send_chunk(&mut self) -> std::io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let next = self
+            .empty
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(OUTPUT_CHUNK));
+        let chunk = std::mem::replace(&mut self.chunk, next);
+        let sent = self.full.as_ref().map(|tx| tx.send(chunk));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The thread stopped: its error is the one to report.
+            _ => Err(self
+                .stop()
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("the output thread stopped"))),
+        }
+    }
+
+    fn stop(&mut self) -> std::io::Result<WritebackFile> {
+        drop(self.full.take());
+        match self.thread.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(std::io::Error::other("the output thread panicked")),
+            None => Err(std::io::Error::other("the output thread already stopped")),
+        }
+    }
+
+    /// Writes what is queued, then syncs the file as
+    /// [`WritebackFile::finish`] does; returns the same figures.
+    pub fn finish(mut self) -> std::io::Result<(Duration, u32)> {
+        self.send_chunk()?;
+        self.stop()?.finish()
+    }
+}
+
+impl Write for OutputThread {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(OUTPUT_CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == OUTPUT_CHUNK {
+            self.send_chunk()?;
+        }
+        Ok(n)
+    }
+
+    /// Hands the partial chunk to the thread; it is on disk only after
+    /// [`OutputThread::finish`].
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_chunk()
     }
 }
 
@@ -490,7 +601,7 @@ pub fn convert_to_zvhd2(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut writer = BufWriter::with_capacity(1 << 20, WritebackFile::new(out)?);
+    let mut writer = OutputThread::new(WritebackFile::new(out)?)?;
     let summary = zvhd2::write_image_from(
         &mut SparseFile::new(file),
         size,
@@ -500,8 +611,7 @@ pub fn convert_to_zvhd2(
     )
     .with_context(|| format!("converting {}", input.display()))?;
     drop(expanded);
-    let out = writer.into_inner().map_err(|e| e.into_error())?;
-    let (final_sync, writeback_syncs) = out
+    let (final_sync, writeback_syncs) = writer
         .finish()
         .with_context(|| format!("{}: cannot sync", tmp.path().display()))?;
     bar.finish_and_clear();
@@ -559,7 +669,7 @@ pub fn convert_to_zvhd2(
 fn zvhd2_to_raw(args: &Args) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, key) = open_source(&args.input, &args.source.store).await?;
+        let (store, key) = open_source(&args.input, &args.source.store.to_config()).await?;
         let layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Auto).await?;
         let size = match args.size {
             SizeChoice::Orig => layout.header.disk_size(),
@@ -620,5 +730,50 @@ pub fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_thread_writes_everything_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut w =
+            OutputThread::new(WritebackFile::new(File::create(&path).unwrap()).unwrap()).unwrap();
+        let mut want = Vec::new();
+        for i in 0..5000u32 {
+            // Odd sizes, so pieces straddle chunk boundaries.
+            let piece = vec![(i % 251) as u8; 1 + (i as usize * 7919) % 3000];
+            w.write_all(&piece).unwrap();
+            want.extend_from_slice(&piece);
+        }
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+    }
+
+    #[test]
+    fn output_thread_reports_a_full_disk() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut w = OutputThread::new(WritebackFile::new(full).unwrap()).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        // The error surfaces at a later write or at finish, never not at all.
+        let mut err = None;
+        for _ in 0..(OUTPUT_QUEUE + 4) {
+            if let Err(e) = w.write_all(&chunk) {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = match err {
+            Some(e) => e,
+            None => w.finish().unwrap_err(),
+        };
+        assert_eq!(err.raw_os_error(), Some(28), "ENOSPC: {err}");
     }
 }

@@ -14,6 +14,7 @@ use zvstore::open_source;
 use crate::convert::human;
 use crate::{SourceArgs, progress, runtime};
 
+/// Flags of `zvimg hydrate`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The host cache to fill (the one zvmount uses).
@@ -29,15 +30,18 @@ pub struct Args {
     /// Ignore the sidecar (blocks are then not checked against its hashes).
     #[arg(long)]
     pub no_sidecar: bool,
+    /// Where the image is and how to reach it.
     #[command(flatten)]
     pub source: SourceArgs,
     /// The image: a local path, s3://bucket/key or an https:// URL.
     pub image: String,
 }
 
+/// Runs `zvimg hydrate`: fetches every block the host cache lacks, checked
+/// against the sidecar when there is one, and reports progress.
 pub fn run(args: Args) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let (store, key) = open_source(&args.image, &args.source.store).await?;
+        let (store, key) = open_source(&args.image, &args.source.store.to_config()).await?;
         let sidecar = if args.no_sidecar {
             SidecarSource::Ignore
         } else {

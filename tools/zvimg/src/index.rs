@@ -27,6 +27,7 @@ pub struct IndexArgs {
     /// Records fetched and decoded at once.
     #[arg(long, default_value_t = ScanOptions::default().parallel)]
     pub parallel: usize,
+    /// Where the image is and how to reach it.
     #[command(flatten)]
     pub source: SourceArgs,
     /// The image: a local path, s3://bucket/key or an https:// URL.
@@ -40,7 +41,7 @@ pub fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
         None => Vec::new(),
     };
     runtime()?.block_on(async {
-        let (store, key) = open_source(&args.image, &args.source.store).await?;
+        let (store, key) = open_source(&args.image, &args.source.store.to_config()).await?;
         let layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Ignore).await?;
         let bar = crate::progress::bytes_bar(layout.meta.size, "index");
         let mut entries = Vec::with_capacity(layout.index.block_count() as usize);

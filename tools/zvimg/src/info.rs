@@ -19,6 +19,7 @@ pub struct InfoArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Where the image is and how to reach it.
     #[command(flatten)]
     pub source: SourceArgs,
     /// The image: a local path, s3://bucket/key or an https:// URL.
@@ -68,7 +69,7 @@ struct FooterInfo {
 /// Runs `zvimg info`.
 pub fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let (store, key) = open_source(&args.image, &args.source.store).await?;
+        let (store, key) = open_source(&args.image, &args.source.store.to_config()).await?;
         let mut layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Ignore).await?;
         let sidecar_status = match layout.load_sidecar(store.as_ref(), &SidecarSource::Auto).await {
             Ok(Some(sc)) => {

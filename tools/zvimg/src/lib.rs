@@ -3,6 +3,7 @@
 //! definition (read by `xtask` for the man page and completions), and the
 //! binary only parses flags and dispatches. The mount-side work is in the
 //! `zvmount` library.
+#![warn(missing_docs)]
 
 use std::path::PathBuf;
 
@@ -28,6 +29,7 @@ pub use zvmount::image::SizeMode as SizeChoice;
 /// Store flags shared by every subcommand that reads a source.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SourceArgs {
+    /// Region, endpoint, credentials profile, timeouts and request limits.
     #[command(flatten)]
     pub store: StoreArgs,
 }

@@ -72,6 +72,7 @@ const ROWS: &[(&str, &str, Unit)] = &[
         Unit::Count,
     ),
     ("profile replay blocks", "profile_blocks", Unit::Count),
+    ("store unreachable now (1/0)", "outage", Unit::Level),
     ("store outages", "outages", Unit::Count),
     ("outage seconds", "outage_seconds", Unit::Count),
     (
@@ -162,7 +163,10 @@ fn figure(scope: &Value, key: &str, unit: Unit) -> Option<f64> {
             let sum = v.get("sum_ns")?.as_f64()?;
             Some(sum / count)
         }
-        _ => v.as_f64(),
+        // A flag (the outage gauge) shows as 1 or 0.
+        _ => v
+            .as_f64()
+            .or_else(|| v.as_bool().map(|b| f64::from(u8::from(b)))),
     }
 }
 
@@ -280,6 +284,16 @@ fn render(mountpoint: &Path, doc: &Value, rates: Option<(&Value, Duration)>) -> 
     };
     out.push_str(&title);
     out.push_str(&table(&rows));
+    if let Some(kinds) = doc.get("retries_by_kind").and_then(Value::as_object) {
+        let nonzero: Vec<String> = kinds
+            .iter()
+            .filter_map(|(k, v)| Some((k, v.as_u64().filter(|&n| n > 0)?)))
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        if !nonzero.is_empty() && rates.is_none() {
+            out.push_str(&format!("store retries by cause: {}\n", nonzero.join(", ")));
+        }
+    }
     if let Some(caches) = doc.get("cache").and_then(Value::as_object) {
         for (tier, usage) in caches {
             let used = usage.get("bytes").and_then(Value::as_f64).unwrap_or(0.0);

@@ -15,11 +15,13 @@ use crate::convert::human;
 use crate::files::{TempFile, temp_beside};
 use crate::{SourceArgs, default_sidecar_path, progress, runtime};
 
+/// Flags of `zvimg push`.
 #[derive(clap::Args, Debug)]
 pub struct PushArgs {
     /// Don't upload IMAGE.zvidx even when it exists.
     #[arg(long)]
     pub no_sidecar: bool,
+    /// Where the destination is and how to reach it.
     #[command(flatten)]
     pub source: SourceArgs,
     /// Local ZVHD2 image.
@@ -28,6 +30,7 @@ pub struct PushArgs {
     pub dest: String,
 }
 
+/// Flags of `zvimg pull`.
 #[derive(clap::Args, Debug)]
 pub struct PullArgs {
     /// Bytes per ranged GET.
@@ -36,6 +39,7 @@ pub struct PullArgs {
     /// GETs in flight.
     #[arg(long, default_value_t = 8)]
     pub parallel: usize,
+    /// Where the source is and how to reach it.
     #[command(flatten)]
     pub source: SourceArgs,
     /// Source: s3://bucket/key, an https:// URL or a local path.
@@ -44,6 +48,9 @@ pub struct PullArgs {
     pub output: PathBuf,
 }
 
+/// Runs `zvimg push`: uploads the image (multipart on S3), then its
+/// sidecar (or removes a stale one at the destination); errors name the
+/// object.
 pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let size = std::fs::metadata(&args.image)
         .with_context(|| format!("{}: cannot read", args.image.display()))?
@@ -51,7 +58,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let sidecar = default_sidecar_path(&args.image);
     let with_sidecar = !args.no_sidecar && sidecar.exists();
     runtime()?.block_on(async {
-        let (store, key) = open_source(&args.dest, &args.source.store).await?;
+        let (store, key) = open_source(&args.dest, &args.source.store.to_config()).await?;
         let bar = progress::bytes_bar(size, "upload");
         let started = std::time::Instant::now();
         let progress_bar = bar.clone();
@@ -86,12 +93,14 @@ pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Runs `zvimg pull`: downloads the image in `--chunk` ranges, `--parallel`
+/// at a time, through a temporary file renamed into place when complete.
 pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
     if args.chunk == 0 {
         bail!("--chunk must be positive");
     }
     runtime()?.block_on(async {
-        let (store, key) = open_source(&args.source_url, &args.source.store).await?;
+        let (store, key) = open_source(&args.source_url, &args.source.store.to_config()).await?;
         let started = std::time::Instant::now();
         let size = download(
             store.as_ref(),

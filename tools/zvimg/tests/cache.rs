@@ -7,18 +7,6 @@ use rand::{RngCore, SeedableRng};
 
 const MIB: usize = 1 << 20;
 
-/// A directory for a host cache: in /dev/shm when there is one, so that
-/// the cache's 5% free-space floor depends on memory, not on how full the
-/// build machine's disk happens to be.
-fn cache_tempdir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm).unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    }
-}
-
 fn zvimg(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zvimg"))
         .args(args)
@@ -68,7 +56,7 @@ fn ls(cache: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn hydrate_fills_the_cache_then_ls_rm_gc_manage_it() {
     let dir = tempfile::tempdir().unwrap();
-    let cache_dir = cache_tempdir();
+    let cache_dir = zvtest::shm_tempdir();
     let cache = cache_dir.path().join("cache");
     let a = image(dir.path(), "a", 4, 1);
     image(dir.path(), "b", 3, 2);

@@ -22,7 +22,9 @@ const PANEL: (u32, u32) = (720, 480);
 /// A set of bars sharing one axis.
 #[derive(Clone, Debug)]
 pub struct Bars {
+    /// Heading of the panel.
     pub title: String,
+    /// Label of the value axis (with its unit).
     pub y_label: String,
     /// (label under the bar, value) in drawing order.
     pub bars: Vec<(String, f64)>,
@@ -31,6 +33,7 @@ pub struct Bars {
 /// One named line of a [`Lines`] panel.
 #[derive(Clone, Debug)]
 pub struct Series {
+    /// Legend entry.
     pub name: String,
     /// (x, y) points, drawn in order.
     pub points: Vec<(f64, f64)>,
@@ -39,9 +42,13 @@ pub struct Series {
 /// Lines on shared x/y axes.
 #[derive(Clone, Debug)]
 pub struct Lines {
+    /// Heading of the panel.
     pub title: String,
+    /// Label of the x axis (with its unit).
     pub x_label: String,
+    /// Label of the y axis (with its unit).
     pub y_label: String,
+    /// The lines, in legend order.
     pub series: Vec<Series>,
     /// Logarithmic x axis (for latencies spanning decades).
     pub log_x: bool,
@@ -50,7 +57,9 @@ pub struct Lines {
 /// One panel of a figure.
 #[derive(Clone, Debug)]
 pub enum Panel {
+    /// A bar chart.
     Bars(Bars),
+    /// A line chart.
     Lines(Lines),
 }
 

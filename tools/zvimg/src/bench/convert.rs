@@ -24,6 +24,7 @@ use crate::convert::{
     detect_format, human,
 };
 
+/// Flags of `zvimg bench convert`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Disk images to convert (raw, qcow2, vmdk, vhd, vhdx).
@@ -49,6 +50,7 @@ pub struct Args {
     /// Directory for the outputs (and a generated disk): use a real disk, not tmpfs.
     #[arg(long, default_value = "/var/tmp")]
     pub dir: PathBuf,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -76,6 +78,8 @@ struct InputReport {
     zstd_runs: Vec<f64>,
 }
 
+/// Runs `zvimg bench convert`: converts each input with zvimg and with
+/// `zstd` (the median of `--runs`) and prints the comparison.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut inputs = args.inputs.clone();
     if let Some(dir) = &args.make_real_mix {

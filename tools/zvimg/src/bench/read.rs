@@ -33,6 +33,10 @@ use serde::Serialize;
 use zvmount::cli::StoreArgs;
 use zvmount::metrics::MetricsSnapshot;
 
+use baseline::{BaselineResult, baseline, open_baseline, record_blocks};
+
+mod baseline;
+
 /// Flags of `zvimg bench read`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -86,6 +90,7 @@ pub struct Args {
     /// Seconds of each random fio job (with --fio-versus).
     #[arg(long, default_value_t = 10)]
     pub fio_seconds: u64,
+    /// Store settings for `--baseline`.
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -93,50 +98,39 @@ pub struct Args {
 /// Latency and throughput of one pass.
 #[derive(Debug, Serialize)]
 pub struct PassResult {
+    /// `rand4k`, `rand1m`, `seq` or `miss`.
     pub pattern: String,
+    /// `cold`, `daemon` or `warm`.
     pub pass: String,
+    /// Reads done.
     pub ops: usize,
+    /// Bytes read.
     pub bytes: u64,
+    /// Wall time of the pass, in seconds.
     pub seconds: f64,
+    /// Reads per second.
     pub iops: f64,
+    /// Throughput in MB/s (10^6 bytes).
     pub mb_per_s: f64,
+    /// Median read latency, µs.
     pub p50_us: f64,
+    /// 90th percentile read latency, µs.
     pub p90_us: f64,
+    /// 99th percentile read latency, µs.
     pub p99_us: f64,
+    /// 99.9th percentile read latency, µs.
     pub p999_us: f64,
+    /// Slowest read, µs.
     pub max_us: f64,
     /// Store requests/bytes during the pass (inside a mount).
     pub store_requests: Option<u64>,
+    /// Bytes fetched from the store during the pass (inside a mount).
     pub store_bytes: Option<u64>,
     /// Daemon time per block fetched during the pass (inside a mount):
     /// verify + decode, and demand reads' wait for missing blocks.
     pub decode_us_per_block: Option<f64>,
+    /// Demand reads' wait for missing blocks per block fetched, µs (inside a mount).
     pub miss_wait_us_per_block: Option<f64>,
-}
-
-/// Timing of what one miss must do, one record at a time, nothing else
-/// running: GET, CRC32C of the record, decode, BLAKE3 of the block.
-#[derive(Debug, Serialize)]
-pub struct BaselineResult {
-    pub source: String,
-    pub records: usize,
-    /// Whether the sidecar's CRC32C and BLAKE3 were checked (as zvmount
-    /// does when the image has a sidecar).
-    pub verified: bool,
-    pub get_p50_us: f64,
-    pub crc_p50_us: f64,
-    pub decode_p50_us: f64,
-    pub blake3_p50_us: f64,
-    pub total_p50_us: f64,
-    pub total_p90_us: f64,
-    pub total_p99_us: f64,
-    /// The same blocks again, keeping every decoded block in memory as a
-    /// cache must (fresh memory for each, page faults included), p50.
-    pub kept_total_p50_us: f64,
-    /// `miss` pass p50 / `total_p50_us`, when both ran (target ≤ 1.2).
-    pub miss_ratio_p50: Option<f64>,
-    /// `miss` pass p50 / `kept_total_p50_us`.
-    pub miss_ratio_kept_p50: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -175,7 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let opened = match &args.baseline {
-        Some(source) => Some(rt.block_on(open_baseline(source, &args.store))?),
+        Some(source) => Some(rt.block_on(open_baseline(source, &args.store.to_config()))?),
         None => None,
     };
     let mut miss_blocks = Vec::new();
@@ -424,129 +418,6 @@ fn summarize(
         decode_us_per_block: None,
         miss_wait_us_per_block: None,
     }
-}
-
-/// The image the baseline reads, opened once.
-struct BaselineImage {
-    source: String,
-    store: std::sync::Arc<dyn zvstore::ObjectStore>,
-    key: String,
-    layout: zvmount::image::ImageLayout,
-}
-
-async fn open_baseline(source: &str, store_args: &StoreArgs) -> anyhow::Result<BaselineImage> {
-    use zvmount::image::{ImageLayout, SidecarSource};
-    let (store, key) = zvstore::open_source(source, store_args).await?;
-    let layout = ImageLayout::load(store.as_ref(), &key, &SidecarSource::Auto)
-        .await
-        .with_context(|| format!("cannot open {source}"))?;
-    Ok(BaselineImage {
-        source: source.into(),
-        store,
-        key,
-        layout,
-    })
-}
-
-/// Blocks of `layout` that have a record, with its location.
-fn record_blocks(
-    layout: &zvmount::image::ImageLayout,
-) -> impl Iterator<Item = (u64, zvhd2::RecordLocation)> + '_ {
-    use zvhd2::BlockLocation;
-    (0..layout.index.block_count()).filter_map(|b| match layout.index.lookup(b) {
-        Some(BlockLocation::Record(r)) => Some((b, r)),
-        _ => None,
-    })
-}
-
-/// Times GET + CRC32C + decode + BLAKE3 of each of `blocks`, one at a time:
-/// once dropping each block (so the allocator hands the same warm memory
-/// back), once keeping them all (as the daemon's cache does).
-async fn baseline(image: &BaselineImage, blocks: &[u64]) -> anyhow::Result<BaselineResult> {
-    let (mut result, _) = time_records(image, blocks, false).await?;
-    let (kept, held) = time_records(image, blocks, true).await?;
-    drop(held);
-    result.kept_total_p50_us = kept.total_p50_us;
-    Ok(result)
-}
-
-async fn time_records(
-    image: &BaselineImage,
-    blocks: &[u64],
-    keep: bool,
-) -> anyhow::Result<(BaselineResult, Vec<Vec<u8>>)> {
-    use zvhd2::{BlockLocation, decode_record};
-    let layout = &image.layout;
-    let (block_size, compression) = (layout.header.block_size(), layout.header.compression());
-    let mut t = [(); 5].map(|()| Vec::with_capacity(blocks.len()));
-    let mut held = Vec::new();
-    for &block in blocks {
-        let Some(BlockLocation::Record(loc)) = layout.index.lookup(block) else {
-            continue;
-        };
-        let entry = layout
-            .sidecar
-            .as_ref()
-            .and_then(|s| s.entries.get(block as usize));
-        let t0 = Instant::now();
-        let bytes = image
-            .store
-            .get_range(
-                &image.key,
-                loc.offset..loc.offset + u64::from(loc.size),
-                Some(&layout.meta),
-            )
-            .await?;
-        let t1 = Instant::now();
-        if let Some(e) = entry
-            && crc32c::crc32c(&bytes) != e.record_crc32c
-        {
-            bail!("block {block}: record CRC32C differs from the sidecar");
-        }
-        let t2 = Instant::now();
-        let decoded = decode_record(&bytes, block, loc.offset, block_size, compression)?;
-        if decoded.len() != block_size as usize {
-            bail!("block {block}: decoded {} bytes", decoded.len());
-        }
-        let t3 = Instant::now();
-        if let Some(e) = entry
-            && blake3::hash(&decoded).as_bytes() != &e.block_hash
-        {
-            bail!("block {block}: BLAKE3 differs from the sidecar");
-        }
-        let t4 = Instant::now();
-        for (v, d) in t
-            .iter_mut()
-            .zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0])
-        {
-            v.push(d);
-        }
-        if keep {
-            held.push(decoded);
-        }
-    }
-    if t[0].is_empty() {
-        bail!("{} has no data records to time", image.source);
-    }
-    for v in t.iter_mut() {
-        v.sort_unstable();
-    }
-    let result = BaselineResult {
-        source: image.source.clone(),
-        records: t[0].len(),
-        verified: layout.sidecar.is_some(),
-        get_p50_us: percentile_us(&t[0], 0.5),
-        crc_p50_us: percentile_us(&t[1], 0.5),
-        decode_p50_us: percentile_us(&t[2], 0.5),
-        blake3_p50_us: percentile_us(&t[3], 0.5),
-        total_p50_us: percentile_us(&t[4], 0.5),
-        total_p90_us: percentile_us(&t[4], 0.9),
-        total_p99_us: percentile_us(&t[4], 0.99),
-        kept_total_p50_us: 0.0,
-        miss_ratio_p50: None,
-        miss_ratio_kept_p50: None,
-    };
-    Ok((result, held))
 }
 
 fn print_table(r: &Report) {

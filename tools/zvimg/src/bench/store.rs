@@ -23,6 +23,7 @@ use zvstore::{ObjectStore, open_source};
 pub struct Args {
     /// Object to read: a local path, s3://BUCKET/KEY or an https:// URL.
     pub source: String,
+    /// Region, endpoint, credentials and timeouts of the store.
     #[command(flatten)]
     pub store: StoreArgs,
     /// Bytes per throughput GET.
@@ -45,24 +46,38 @@ pub struct Args {
 /// Latency and throughput of one run.
 #[derive(Debug, Serialize)]
 pub struct RunReport {
+    /// Bytes per GET.
     pub get_size: u64,
+    /// GETs made.
     pub gets: usize,
+    /// GETs in flight at once.
     pub in_flight: usize,
+    /// Wall time of the run, in seconds.
     pub seconds: f64,
+    /// Throughput in MB/s (10^6 bytes).
     pub mb_per_s: f64,
+    /// Median GET latency (to the last byte), ms.
     pub p50_ms: f64,
+    /// 99th percentile GET latency, ms.
     pub p99_ms: f64,
+    /// Slowest GET, ms.
     pub max_ms: f64,
 }
 
 /// Everything `bench store` measured.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The object, as the store prints it (no credentials).
     pub location: String,
+    /// Its size in bytes.
     pub object_size: u64,
+    /// Latency of one HEAD, ms.
     pub head_ms: f64,
+    /// Small GETs one at a time: latency.
     pub probe: RunReport,
+    /// Large GETs one at a time: single-stream throughput.
     pub sequential: RunReport,
+    /// Large GETs `--parallel` at a time: aggregate throughput.
     pub parallel: RunReport,
 }
 
@@ -82,7 +97,7 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     if args.count == 0 || args.parallel == 0 || args.size == 0 || args.probe_size == 0 {
         bail!("--count, --parallel, --size and --probe-size must be positive");
     }
-    let (store, key) = open_source(&args.source, &args.store)
+    let (store, key) = open_source(&args.source, &args.store.to_config())
         .await
         .with_context(|| format!("opening {}", args.source))?;
     let t = Instant::now();

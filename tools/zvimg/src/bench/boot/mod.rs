@@ -30,8 +30,8 @@
 //!
 //! The server, the proxy, the mounts and the QEMU runs are the test kit's
 //! (`zvtest`), the same ones the end-to-end tests use. This module holds
-//! the flags and the run; [`setups`] drives one image through the six
-//! setups; [`report`] turns the measurements into the table, the JSON and
+//! the flags and the run; `setups` drives one image through the six
+//! setups; `report` turns the measurements into the table, the JSON and
 //! the chart.
 
 mod report;
@@ -54,6 +54,7 @@ use setups::Bench;
 /// Bucket the bench creates in its own S3 server.
 const BUCKET: &str = "zvbench";
 
+/// Flags of `zvimg bench boot`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A directory made by scripts/build-guest-image.sh (guest.raw and the
@@ -130,10 +131,15 @@ pub(crate) fn parse_rate(text: &str) -> Result<u64, String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Setup {
+    /// The raw disk on local storage: the floor every other setup is measured against.
     Local,
+    /// Download the whole image, decompress it to raw, then boot from the local copy.
     Download,
+    /// Boot through a fresh mount with empty caches.
     Cold,
+    /// Boot again through the cold setup's daemon, its caches holding the first boot's blocks.
     Warm,
+    /// Boot through a cold mount replaying a boot profile recorded earlier.
     Profiled,
     Hydrated,
 }
@@ -151,6 +157,9 @@ impl Setup {
     }
 }
 
+/// Runs `zvimg bench boot`: every setup over each image size, then the
+/// table, the JSON and the chart; an error if a guest reads wrong bytes
+/// or does not boot.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.marker.is_empty() {
         bail!("--marker must not be empty");
