@@ -24,6 +24,8 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 # promtool validates the /metrics exposition in tests/metrics.rs.
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# fio: `zvimg bench read --passthrough` compares the mount with its cache file.
+command -v fio >/dev/null || need_apt+=(fio)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 
 qemu_missing=0

@@ -4,8 +4,8 @@
 use clap::{Parser, Subcommand};
 
 use crate::bench::{
-    boot as bench_boot, convert as bench_convert, fleet as bench_fleet, read as bench_read,
-    store as bench_store,
+    boot as bench_boot, convert as bench_convert, fleet as bench_fleet, hydrate as bench_hydrate,
+    read as bench_read, store as bench_store,
 };
 use crate::{cache, check, convert, hydrate, index, info, stats, transfer};
 
@@ -47,7 +47,7 @@ pub enum Command {
     Hydrate(hydrate::Args),
     /// The host cache: ls, rm, gc.
     Cache(cache::Args),
-    /// Benchmarks: convert, store, read, boot, fleet.
+    /// Benchmarks: convert, store, read, boot, fleet, hydrate.
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -66,6 +66,9 @@ pub enum BenchCommand {
     /// Many hosts reading one boot set at once, with and without a caching
     /// tier (nginx) in front of the origin: origin traffic, hit ratio, time.
     Fleet(bench_fleet::Args),
+    /// Hydration throughput, demand misses during hydration, and a cold
+    /// sequential read, each against the link.
+    Hydrate(bench_hydrate::Args),
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use zvimg::bench::{
-    boot as bench_boot, convert as bench_convert, fleet as bench_fleet, read as bench_read,
-    store as bench_store,
+    boot as bench_boot, convert as bench_convert, fleet as bench_fleet, hydrate as bench_hydrate,
+    read as bench_read, store as bench_store,
 };
 use zvimg::cli::{BenchCommand, Cli, Command};
 use zvimg::{cache, check, convert, hydrate, index, info, runtime, stats, transfer};
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Read(a)) => ok(bench_read::run(a)),
         Command::Bench(BenchCommand::Boot(a)) => ok(bench_boot::run(a)),
         Command::Bench(BenchCommand::Fleet(a)) => ok(bench_fleet::run(a)),
+        Command::Bench(BenchCommand::Hydrate(a)) => ok(bench_hydrate::run(a)),
     };
     match result {
         Ok(code) => code,

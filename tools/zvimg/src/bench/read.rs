@@ -83,6 +83,13 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of the passes above: the same fio jobs on TARGET and on
+    /// this file (the hydrated image's cache file), see `bench::passthrough`.
+    #[arg(long, value_name = "FILE")]
+    pub fio_versus: Option<PathBuf>,
+    /// Seconds of each random fio job (with --fio-versus).
+    #[arg(long, default_value_t = 10)]
+    pub fio_seconds: u64,
     /// Store settings for `--baseline`.
     #[command(flatten)]
     pub store: StoreArgs,
@@ -138,6 +145,10 @@ struct Report {
 
 /// Runs the benchmark and prints the results.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(file) = &args.fio_versus {
+        let bytes = args.seq_bytes.unwrap_or(1 << 30);
+        return super::passthrough::run(&args.target, file, bytes, args.fio_seconds, args.json);
+    }
     let file = File::open(&args.target)
         .with_context(|| format!("cannot open {}", args.target.display()))?;
     let size = file.metadata()?.len();

@@ -10,7 +10,14 @@
 //! 5. `profiled`: a fresh daemon again, but the image's sidecar now holds
 //!    the boot profile the `cold` daemon recorded (`--record-profile`), so
 //!    the mount replays it (prefetches those blocks in order) while the
-//!    guest boots.
+//!    guest boots;
+//! 6. `hydrated`: the image hydrated on this host beforehand (`zvimg
+//!    hydrate` into a host cache, its time shown apart), then a fresh
+//!    daemon over that cache (new opens are served by FUSE passthrough).
+//!
+//! Each zvmount setup gets a host cache of its own (`--cache-dir` under the
+//! scratch directory, unless `--zvmount-arg` names one), so `cold` is cold
+//! whatever earlier runs left in the host's default cache.
 //!
 //! The store is an `s3s-fs` server on 127.0.0.1 that this bench starts,
 //! reached through a [`ShapingProxy`] that adds first-byte latency and caps
@@ -23,7 +30,7 @@
 //!
 //! The server, the proxy, the mounts and the QEMU runs are the test kit's
 //! (`zvtest`), the same ones the end-to-end tests use. This module holds
-//! the flags and the run; `setups` drives one image through the five
+//! the flags and the run; `setups` drives one image through the six
 //! setups; `report` turns the measurements into the table, the JSON and
 //! the chart.
 
@@ -111,7 +118,7 @@ pub struct Args {
 }
 
 /// Parses a rate like `100MB/s` (the `/s` is optional) into bytes per second.
-fn parse_rate(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_rate(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let t = t
         .strip_suffix("/s")
@@ -134,6 +141,7 @@ pub enum Setup {
     Warm,
     /// Boot through a cold mount replaying a boot profile recorded earlier.
     Profiled,
+    Hydrated,
 }
 
 impl Setup {
@@ -144,6 +152,7 @@ impl Setup {
             Setup::Cold => "zvmount cold",
             Setup::Warm => "zvmount warm",
             Setup::Profiled => "zvmount profiled",
+            Setup::Hydrated => "zvmount hydrated",
         }
     }
 }

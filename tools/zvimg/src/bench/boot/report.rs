@@ -155,6 +155,15 @@ pub(super) fn compute_targets(report: &mut Report) {
     ) {
         t.insert("profiled_vs_local".into(), profiled.seconds / local.seconds);
     }
+    if let (Some(local), Some(hydrated)) = (
+        find(report, base, Setup::Local),
+        find(report, base, Setup::Hydrated),
+    ) {
+        t.insert(
+            "hydrated_vs_local (target <= 1.05)".into(),
+            hydrated.seconds / local.seconds,
+        );
+    }
     for img in &report.images {
         if let Some(cold) = find(report, img.data_mib, Setup::Cold) {
             t.insert(
@@ -246,6 +255,7 @@ pub(super) fn draw_chart(path: &Path, report: &Report) -> anyhow::Result<()> {
         Setup::Cold,
         Setup::Warm,
         Setup::Profiled,
+        Setup::Hydrated,
     ];
     let mut panels = vec![Panel::Bars(Bars {
         title: format!("Time to boot marker ({base} MiB unread data)"),

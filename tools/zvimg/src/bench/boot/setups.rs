@@ -1,11 +1,12 @@
-//! One image through the five setups of `zvimg bench boot`: convert and
+//! One image through the six setups of `zvimg bench boot`: convert and
 //! upload it, then boot it from a local raw file, after a download, from a
-//! cold and a warm `zvmount`, and from a daemon replaying a recorded boot
-//! profile, measuring each through the shaping proxy and the daemon's
+//! cold and a warm `zvmount`, from a daemon replaying a recorded boot
+//! profile, and from a daemon over a host cache the image was hydrated
+//! into, measuring each through the shaping proxy and the daemon's
 //! counters.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -247,6 +248,49 @@ impl Bench<'_> {
         )?;
         push(Setup::Profiled, r, timings, report);
         stop(mount)?;
+
+        // 6. The image hydrated on this host (`zvimg hydrate`, timed
+        // apart), then a fresh daemon over that host cache. Skipped when
+        // the user chose the daemons' cache: the mount would not see ours.
+        if self.user_cache_dir() {
+            eprintln!(
+                "[{data_mib} MiB] skipping the hydrated setup: --zvmount-arg names a --cache-dir"
+            );
+        } else {
+            let cache = self.cache_dir(&dir.join("hydrated"))?;
+            let cache_arg = cache.to_string_lossy().into_owned();
+            eprintln!("[{data_mib} MiB] hydrating a host cache with zvimg hydrate");
+            let (hydrate, phase) = self.measure(|| {
+                self.zvimg(
+                    self.proxy.addr(),
+                    &[
+                        "hydrate",
+                        "--force-path-style",
+                        "--cache-dir",
+                        &cache_arg,
+                        &url,
+                    ],
+                    "hydrate",
+                )
+            })?;
+            let (mount, mut r, timings) = self.fresh_boot(
+                data_mib,
+                Setup::Hydrated,
+                &url,
+                &mnt,
+                &[],
+                guest,
+                &dir.join("hydrated"),
+            )?;
+            r.download_s = hydrate.as_secs_f64();
+            eprintln!(
+                "[{data_mib} MiB] hydration took {:.2}s, {} from the store",
+                r.download_s,
+                crate::convert::human(phase.stats.bytes_down)
+            );
+            push(Setup::Hydrated, r, timings, report);
+            stop(mount)?;
+        }
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
@@ -266,8 +310,14 @@ impl Bench<'_> {
         guest: &GuestImage,
         stem: &Path,
     ) -> anyhow::Result<(Mounted, BootResult, Vec<RequestTiming>)> {
+        let cache = self.cache_dir(stem)?;
+        let mut extra: Vec<&str> = extra.to_vec();
+        let cache_arg = cache.to_string_lossy();
+        if !self.user_cache_dir() {
+            extra.extend(["--cache-dir", &cache_arg]);
+        }
         let t0 = Instant::now();
-        let (mount, phase_mount) = self.measure(|| self.mount(url, mnt, extra))?;
+        let (mount, phase_mount) = self.measure(|| self.mount(url, mnt, &extra))?;
         let mount_s = t0.elapsed();
         let disk = mnt.join("disk.raw");
         let (boot, phase_boot) = self.measure(|| self.boot(&disk, guest, stem))?;
@@ -293,6 +343,23 @@ impl Bench<'_> {
         r.set_proxy(&phase);
         r.daemon = Some(stats);
         Ok((mount, r, phase.timings))
+    }
+
+    /// The host cache of the setup whose files start with `stem`: created
+    /// on first use, so the cold setups start empty and the hydrated one
+    /// finds what `zvimg hydrate` put there.
+    fn cache_dir(&self, stem: &Path) -> anyhow::Result<PathBuf> {
+        let dir = stem.with_extension("cache");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Whether the user chose the daemon's host cache (`--zvmount-arg`).
+    fn user_cache_dir(&self) -> bool {
+        self.args
+            .zvmount_args
+            .iter()
+            .any(|a| a.starts_with("--cache-dir"))
     }
 
     /// Starts zvmount on `mnt` through the proxy and waits for the disk file.
