@@ -86,7 +86,7 @@ fn guest_boots_from_a_hydrated_image_with_the_store_stopped() {
         .expect("tokio runtime")
         .block_on(async {
             server.create_bucket(&bucket).await;
-            let (store, key) = zvstore::open_source(&url, &server.store_args())
+            let (store, key) = zvstore::open_source(&url, &server.store_config())
                 .await
                 .expect("open store");
             store.put_file(&key, &image).await.expect("upload image");

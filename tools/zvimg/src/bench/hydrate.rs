@@ -33,7 +33,7 @@ use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use zvstore::source::parse_duration;
-use zvstore::{ObjectStore, StoreArgs, open_source};
+use zvstore::{ObjectStore, StoreConfig, open_source};
 use zvtest::mount::{MountBuilder, Mounted};
 use zvtest::proxy::{Shaping, ShapingProxy};
 use zvtest::s3::{ACCESS_KEY, S3Options, S3Server, SECRET_KEY};
@@ -90,42 +90,60 @@ pub struct Args {
 /// Latency figures of a set of reads, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Latency {
+    /// Reads measured.
     pub count: usize,
+    /// Median, ms.
     pub p50_ms: f64,
+    /// 90th percentile, ms.
     pub p90_ms: f64,
+    /// 99th percentile, ms.
     pub p99_ms: f64,
+    /// Slowest, ms.
     pub max_ms: f64,
 }
 
 /// Everything one run measured.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// Size of the generated raw disk, bytes.
     pub disk_bytes: u64,
+    /// Size of its ZVHD2 image in the store, bytes.
     pub stored_bytes: u64,
+    /// First-byte latency the shaping proxy adds, ms.
     pub latency_ms: f64,
+    /// The shaping proxy's bandwidth cap, bytes per second.
     pub bandwidth_bytes_per_s: u64,
     /// Pass 1: MB/s of the link (8 MiB ranges, 4 at a time).
     pub link_mb_per_s: f64,
     /// Pass 2: store bytes per second of a `--hydrate` mount alone.
     pub hydrate_mb_per_s: f64,
+    /// Wall time of pass 2, seconds.
     pub hydrate_seconds: f64,
+    /// Bytes pass 2 fetched from the store.
     pub hydrate_store_bytes: u64,
+    /// Store requests pass 2 made.
     pub hydrate_store_requests: u64,
     /// `hydrate_mb_per_s / link_mb_per_s` (target ≥ 0.9).
     pub hydrate_vs_link: f64,
     /// Pass 3: demand misses alone, then during hydration.
     pub miss_alone: Latency,
+    /// Demand misses while the same image hydrates.
     pub miss_hydrating: Latency,
     /// Blocks hydrated (of the total) right after the last `miss` read.
     pub hydrate_done_after_misses: u64,
+    /// Blocks hydration has to fetch in all.
     pub hydrate_total: u64,
     /// `miss_hydrating.p50_ms / miss_alone.p50_ms` (target ≤ 1.2), and at p99.
     pub miss_ratio_p50: f64,
+    /// `miss_hydrating.p99_ms / miss_alone.p99_ms`.
     pub miss_ratio_p99: f64,
     /// Pass 4: one `dd bs=128k` over a cold mount.
     pub dd_mb_per_s: f64,
+    /// Wall time of pass 4, seconds.
     pub dd_seconds: f64,
+    /// Store requests pass 4 made.
     pub dd_store_requests: u64,
+    /// Blocks readahead fetched during pass 4.
     pub dd_prefetch_blocks: u64,
     /// `dd_mb_per_s / link_mb_per_s` (target ≥ 0.8).
     pub dd_vs_link: f64,
@@ -195,7 +213,7 @@ struct Bench<'a> {
     work: &'a Path,
     _s3: S3Server,
     proxy: ShapingProxy,
-    proxy_store: StoreArgs,
+    proxy_store: StoreConfig,
     url: String,
     rt: tokio::runtime::Runtime,
     report: Report,
@@ -221,7 +239,7 @@ impl<'a> Bench<'a> {
         let url = format!("s3://{BUCKET}/{KEY}");
         rt.block_on(async {
             s3.create_bucket(BUCKET).await;
-            let (store, key) = open_source(&url, &s3.store_args()).await?;
+            let (store, key) = open_source(&url, &s3.store_config()).await?;
             store.put_file(&key, &image).await?;
             let sidecar = crate::default_sidecar_path(&image);
             std::fs::write(&sidecar, summary.sidecar.encode())?;
@@ -239,7 +257,7 @@ impl<'a> Bench<'a> {
             },
         )
         .context("starting the shaping proxy")?;
-        let mut proxy_store = s3.store_args();
+        let mut proxy_store = s3.store_config();
         proxy_store.endpoint_url = Some(format!("http://{}", proxy.addr()));
         proxy_store.force_path_style = true;
         Ok(Bench {

@@ -54,17 +54,24 @@ const JOBS: [Job; 4] = [
 /// What fio measured for one job on one file.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FioPass {
+    /// Throughput, MB/s (10^6 bytes).
     pub mb_per_s: f64,
+    /// I/O operations per second.
     pub iops: f64,
+    /// Median completion latency, µs.
     pub p50_us: f64,
+    /// 99th-percentile completion latency, µs.
     pub p99_us: f64,
 }
 
 /// One job on both files, and the ratios.
 #[derive(Debug, Serialize)]
 pub struct FioComparison {
+    /// The fio job: pattern, block size, buffered or O_DIRECT.
     pub job: String,
+    /// The job on the cache file itself (the baseline).
     pub file: FioPass,
+    /// The job on the mounted file.
     pub mount: FioPass,
     /// mount p99 / file p99 (target ≤ 1.1).
     pub p99_ratio: f64,
@@ -75,10 +82,15 @@ pub struct FioComparison {
 /// The whole comparison, as `--json` prints it.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The mounted file read.
     pub mount: PathBuf,
+    /// The cache file it is compared with.
     pub file: PathBuf,
+    /// Bytes of each file the jobs cover.
     pub bytes: u64,
+    /// Run time of each random-read pass, seconds.
     pub seconds_per_random_pass: u64,
+    /// One entry per job, in the order run.
     pub jobs: Vec<FioComparison>,
 }
 

@@ -141,6 +141,7 @@ pub enum Setup {
     Warm,
     /// Boot through a cold mount replaying a boot profile recorded earlier.
     Profiled,
+    /// Boot through a new mount of an image `zvimg hydrate` put whole in a fresh host cache first.
     Hydrated,
 }
 
