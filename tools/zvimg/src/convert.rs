@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 use serde::Serialize;
-use zvhd2::{DEFAULT_BLOCK_SIZE, DiskSource, WriteOptions};
+use zvhd2::{DEFAULT_BLOCK_SIZE, WriteOptions};
 use zvmount::image::scan::{ScanOptions, scan_blocks};
 use zvmount::image::{ImageLayout, SidecarSource};
 use zvstore::open_source;
