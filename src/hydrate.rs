@@ -16,7 +16,7 @@ use futures::stream::FuturesUnordered;
 
 use crate::cache::HostCache;
 use crate::cache::host::CacheEntry;
-use crate::image::Image;
+use crate::image::{Image, ImageError};
 use crate::metrics::Metrics;
 use zvhd2::BlockLocation;
 
@@ -55,6 +55,46 @@ pub struct HydrateProgress {
     pub bytes: u64,
 }
 
+/// Why hydration stopped before the image was complete: a failure that
+/// waiting does not mend (a record that fails its checks, the object
+/// replaced or gone, access denied). A store outage never ends hydration;
+/// it pauses it.
+#[derive(Debug, thiserror::Error)]
+#[error("hydration stopped at {}/{} blocks: {error}", progress.done, progress.total)]
+pub struct HydrateStopped {
+    /// Where hydration stood.
+    pub progress: HydrateProgress,
+    /// The failure, naming image, block and record offset.
+    pub error: ImageError,
+}
+
+/// Whether `e` is worth waiting out (a store outage, a short body) rather
+/// than a failure that will not mend: corrupt bytes, the object replaced or
+/// missing, access denied.
+fn is_permanent(e: &ImageError) -> bool {
+    use crate::image::BlockFailure;
+    use zvstore::StoreError;
+    let store_permanent = |e: &StoreError| {
+        matches!(
+            e,
+            StoreError::Forbidden { .. }
+                | StoreError::Changed { .. }
+                | StoreError::OutOfRange { .. }
+                | StoreError::BucketNotFound { .. }
+        )
+    };
+    match e {
+        ImageError::Block { source, .. } => match source.as_ref() {
+            BlockFailure::Verify(_) => true,
+            BlockFailure::Fetch(e) => store_permanent(e),
+            _ => false,
+        },
+        ImageError::Store(e) => store_permanent(e),
+        ImageError::Format { .. } | ImageError::Verify { .. } | ImageError::Check { .. } => true,
+        _ => false,
+    }
+}
+
 /// Longest pause after failed fetches (a store outage).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often to look again whether demand reads are still waiting.
@@ -63,14 +103,18 @@ const YIELD_POLL: Duration = Duration::from_millis(2);
 /// Fills `entry` (the host-cache entry of `image`) with every block it
 /// lacks and returns once the image is complete. Updates
 /// `hydrate_done`/`hydrate_total` in the image's metrics and calls
-/// `progress` after each fetch. Never gives up: a store outage pauses it.
+/// `progress` after each fetch. A store outage pauses it; a failure that
+/// waiting does not mend (a corrupt record, the object replaced or gone)
+/// ends it with [`HydrateStopped`], logged once, naming the block; the
+/// blocks fetched so far stay cached. `Ok` also when the host cache stopped
+/// taking blocks (full, failing disk): the progress says how far it got.
 pub async fn hydrate(
     image: Arc<Image>,
     host: Arc<HostCache>,
     entry: Arc<CacheEntry>,
     options: HydrateOptions,
     progress: impl Fn(HydrateProgress),
-) -> HydrateProgress {
+) -> Result<HydrateProgress, HydrateStopped> {
     let started = Instant::now();
     let metrics = Arc::clone(image.metrics());
     let total = entry.record_blocks();
@@ -90,7 +134,7 @@ pub async fn hydrate(
             Ok(Ok(m)) => m,
             other => {
                 tracing::warn!(image = %image.name(), "hydration cannot read the cache map ({other:?}); stopping");
-                return state;
+                return Ok(state);
             }
         };
         let done = total - missing.len() as u64;
@@ -113,7 +157,7 @@ pub async fn hydrate(
                 secs = started.elapsed().as_secs_f64(),
                 "hydration complete: the image is local"
             );
-            return state;
+            return Ok(state);
         }
         let before = done;
         let mut runs = missing
@@ -158,6 +202,15 @@ pub async fn hydrate(
                     publish(&metrics, &mut state, done, total);
                     progress(state);
                 }
+                Err(e) if is_permanent(&e) => {
+                    tracing::error!(image = %image.name(), "hydration stopped: {e}");
+                    let h = Arc::clone(&host);
+                    let _ = tokio::task::spawn_blocking(move || h.flush()).await;
+                    return Err(HydrateStopped {
+                        progress: state,
+                        error: e,
+                    });
+                }
                 Err(e) => {
                     if !paused {
                         tracing::warn!(image = %image.name(), "hydration paused, the store failed: {e}");
@@ -182,7 +235,7 @@ pub async fn hydrate(
             // No progress without a store error: the cache is not keeping
             // blocks (full or stopped). Nothing more to gain.
             tracing::warn!(image = %image.name(), "hydration stopped: the host cache is not keeping blocks (full, or its disk failed)");
-            return state;
+            return Ok(state);
         }
     }
 }

@@ -106,6 +106,22 @@ fn parse_block_size(text: &str) -> Result<u32, String> {
 /// Runs `zvimg convert`: an error names the input and what in it is wrong.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let local = !is_remote(&args.input);
+    if local {
+        // The output replaces its destination by a rename: over the input,
+        // that would destroy the disk being converted.
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(i), Ok(o)) = (
+            std::fs::metadata(&args.input),
+            std::fs::metadata(&args.output),
+        ) && (i.dev(), i.ino()) == (o.dev(), o.ino())
+        {
+            bail!(
+                "{} and {} are the same file: the output would replace the input",
+                args.input,
+                args.output.display()
+            );
+        }
+    }
     let input_format = match args.input_format {
         Some(f) => f,
         None if local => detect_format(Path::new(&args.input))?,

@@ -82,6 +82,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
         .await;
         bar.finish_and_clear();
+        // A block that fails its checks (or the object replaced or gone)
+        // will not mend by waiting: say which, and fail.
+        let done = match done {
+            Ok(done) => done,
+            Err(stopped) => anyhow::bail!("{}: {stopped}", args.image),
+        };
         let host_stats = host.stats();
         drop(image);
         let secs = started.elapsed().as_secs_f64();

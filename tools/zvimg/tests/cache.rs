@@ -126,3 +126,52 @@ fn hydrate_fills_the_cache_then_ls_rm_gc_manage_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no image"));
 }
+
+/// A record that fails its checks does not mend by waiting: `zvimg hydrate`
+/// names the block and fails (it used to retry it forever as an outage),
+/// and the blocks before it stay cached.
+#[test]
+fn hydrate_of_a_corrupt_image_fails_naming_the_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = zvtest::shm_tempdir();
+    let cache = cache_dir.path().join("cache");
+    image(dir.path(), "bad", 4, 3);
+    let img = dir.path().join("bad.zvhd2");
+    // Flip bytes in the middle of the last block's record (the sidecar,
+    // written from the good image, holds its CRC32C).
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", s(&img)])).unwrap();
+    // The index starts right after the last record (and the mid footer).
+    let index_at = info["footer"]["index_lba"].as_u64().unwrap();
+    let mut bytes = std::fs::read(&img).unwrap();
+    let at = (index_at as usize) - 64 * 1024;
+    for b in &mut bytes[at..at + 4] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&img, &bytes).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zvimg"))
+        .args(["hydrate", "--cache-dir", s(&cache), s(&img)])
+        .env_remove("ZVMOUNT_CACHE_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a hydration that treats the corruption as an outage never ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("zvimg hydrate of a corrupt image did not end");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("hydration stopped") && err.contains("block 3"),
+        "{err}"
+    );
+    // Logs to a pipe carry no colour codes.
+    assert!(!err.contains('\x1b'), "escape codes in piped logs: {err:?}");
+}

@@ -188,6 +188,24 @@ fn index_rebuilds_the_same_sidecar_and_embeds_a_profile() {
 }
 
 #[test]
+fn convert_refuses_to_write_over_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw_path, raw) = mixed_disk(dir.path());
+    let err = fails(&["convert", s(&raw_path), s(&raw_path)]);
+    assert!(err.contains("same file"), "{err}");
+    // Through another name (a hard link) too.
+    let link = dir.path().join("link.raw");
+    std::fs::hard_link(&raw_path, &link).unwrap();
+    let err = fails(&["convert", s(&raw_path), s(&link)]);
+    assert!(err.contains("same file"), "{err}");
+    assert_eq!(
+        std::fs::read(&raw_path).unwrap(),
+        raw,
+        "the input is intact"
+    );
+}
+
+#[test]
 fn a_sidecar_of_another_image_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (raw_path, _) = mixed_disk(dir.path());
