@@ -370,6 +370,9 @@ pub fn default_name(key: &str) -> String {
 /// unmount, then unmounts cleanly. Blocks the calling thread.
 pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
     check_mountpoint(&config.mountpoint)?;
+    if let Some(path) = &config.record_profile {
+        check_profile_destination(path)?;
+    }
     // Unmounting later must not depend on the working directory.
     config.mountpoint = config.mountpoint.canonicalize()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -478,6 +481,31 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
     // mount is gone, nobody can receive their answers.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// Refuses a `--record-profile` path the profile could not be written to at
+/// unmount (its folder missing or read-only): found at start, not after a
+/// whole boot was recorded.
+fn check_profile_destination(path: &Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "--record-profile {}: folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).map_err(|e| {
+        anyhow!(
+            "--record-profile {}: cannot write in {}: {e}",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    Ok(())
 }
 
 /// SIGINT and SIGTERM, caught from the moment this is made.

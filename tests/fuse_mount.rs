@@ -308,6 +308,18 @@ fn bad_sources_and_mountpoints_are_refused_clearly() {
         .unwrap_err();
     assert!(err.contains("junk.zvhd2"), "{err}");
 
+    // A profile that could not be written at unmount is refused at start.
+    let err = Mounted::builder()
+        .arg(&img.zvhd2)
+        .arg("--record-profile")
+        .arg(img.dir.path().join("no-such-dir").join("boot.profile"))
+        .try_start()
+        .unwrap_err();
+    assert!(
+        err.contains("--record-profile") && err.contains("does not exist"),
+        "{err}"
+    );
+
     // A stale mount left by a crashed daemon is recovered, not refused:
     // tests/service.rs.
 }
