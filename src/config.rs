@@ -42,6 +42,22 @@ use crate::cli::{ByteSize, Cli, HumanDuration, LogFormat};
 use crate::daemon::{MountConfig, SizeMode, SourceSpec};
 use crate::telemetry::MetricsAddr;
 
+/// `hydrate = true|false|RATE`: a flag that may carry a value reads as
+/// either in a file.
+fn de_hydrate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "true, false or a rate in MB/s")]
+    enum Hydrate {
+        Flag(bool),
+        Rate(f64),
+    }
+    Ok(match Option::<Hydrate>::deserialize(d)? {
+        Some(Hydrate::Flag(true)) => Some(0.0),
+        Some(Hydrate::Flag(false)) | None => None,
+        Some(Hydrate::Rate(r)) => Some(r),
+    })
+}
+
 /// Why a configuration cannot be used. Every variant names the file (when
 /// there is one) and what in it is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -263,8 +279,13 @@ pub struct MountSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_cache: Option<ByteSize>,
     /// Hydrate the host cache in the background at most this many MB/s;
-    /// `0` is unlimited (`--hydrate[=RATE]`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `0` is unlimited (`--hydrate[=RATE]`); in a file `true` is the same
+    /// as `0` and `false` as leaving it out.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_hydrate"
+    )]
     pub hydrate: Option<f64>,
     /// Blocks of sequential readahead (`--readahead`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -485,6 +506,28 @@ impl MountSettings {
             return Err(ConfigError::Invalid(
                 "no images: give SOURCE arguments or [[image]] tables in the config file".into(),
             ));
+        }
+        // Values a type cannot rule out, refused here rather than obeyed
+        // strangely (a negative rate, a store nobody may ask).
+        if let Some(rate) = self.hydrate
+            && !(rate.is_finite() && rate >= 0.0)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "hydrate: the rate is in MB/s, 0 or more (0: unlimited), not {rate}"
+            )));
+        }
+        if self.max_requests == Some(0) {
+            return Err(ConfigError::Invalid(
+                "max_requests: at least 1 request must be allowed in flight".into(),
+            ));
+        }
+        if let Some(ByteSize(align)) = self.fetch_align
+            && align != 0
+            && !(align.is_power_of_two() && align >= 64 << 10)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "fetch_align: {align} bytes is not a power of two of at least 64KiB (e.g. 4MiB, a tier's slice size; 0 is off)"
+            )));
         }
         let mount_store = ImageStore {
             region: self.region,
@@ -758,6 +801,32 @@ force_path_style = true
         assert_eq!(config.sources[1].name, None);
         assert_eq!(config.mem_cache, 512 << 20);
         assert!(config.disk_cache.is_none());
+
+        for (flag, want) in [
+            ("--hydrate=-5", "hydrate"),
+            ("--max-requests=0", "max_requests"),
+            ("--fetch-align=3KiB", "fetch_align"),
+        ] {
+            let err = resolve(&["a", flag, "--cache-dir", "none", "/mnt"], "")
+                .unwrap()
+                .into_mount_config()
+                .unwrap_err();
+            assert!(err.to_string().contains(want), "{flag}: {err}");
+        }
+        let ok = resolve(&["a", "--fetch-align=4MiB", "--hydrate=0", "/mnt"], "").unwrap();
+        assert!(ok.into_mount_config().is_ok());
+        // In a file, the flag form reads as a bool too.
+        for (text, want) in [
+            ("hydrate = true", Some(0.0)),
+            ("hydrate = false", None),
+            ("hydrate = 25", Some(25.0)),
+            ("hydrate = 2.5", Some(2.5)),
+        ] {
+            let s = resolve(&["--config", "x.toml", "a", "/mnt"], text).unwrap();
+            assert_eq!(s.hydrate, want, "{text}");
+        }
+        let err = resolve(&["--config", "x.toml", "a", "/mnt"], "hydrate = \"fast\"").unwrap_err();
+        assert!(err.to_string().contains("true, false or a rate"), "{err}");
 
         let err = resolve(&["a", "b", "--sidecar", "s", "/mnt"], "").unwrap_err();
         assert!(err.to_string().contains("--sidecar"), "{err}");
