@@ -38,7 +38,9 @@ step "converting to ZVHD2 (+ .zvidx sidecar)"
 "$BIN/zvimg" info "$STORE/guest.zvhd2"
 
 step "mounting $STORE/guest.zvhd2 on $MNT"
-"$BIN/zvmount" "$STORE/guest.zvhd2" "$MNT" 2>"$WORK/zvmount.log" &
+# A host cache of the demo's own (emptied above with the rest of $WORK), so
+# every run shows a cold mount; by default zvmount shares /var/cache/zvmount.
+"$BIN/zvmount" --cache-dir "$WORK/cache" "$STORE/guest.zvhd2" "$MNT" 2>"$WORK/zvmount.log" &
 ZV_PID=$!
 cleanup() {
   kill -TERM "$ZV_PID" 2>/dev/null || true
