@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     // The detached child is started with --daemon-child and must not
     // detach again when the config file says `daemon = true`.
     let result = if settings.daemon.unwrap_or(cli.daemon) && !cli.daemon_child {
-        spawn_detached()
+        spawn_detached(settings.mountpoint.as_deref())
     } else {
         run(&cli, settings)
     };
@@ -146,7 +146,7 @@ fn run(cli: &Cli, settings: MountSettings) -> anyhow::Result<()> {
 
 /// `--daemon`: run the mount in a child without `--daemon`, relay its
 /// stderr until it reports "ready" on stdout (or exits), then return.
-fn spawn_detached() -> anyhow::Result<()> {
+fn spawn_detached(mountpoint: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the zvmount executable")?;
     let args = std::env::args_os().skip(1).filter(|a| a != "--daemon");
@@ -186,8 +186,17 @@ fn spawn_detached() -> anyhow::Result<()> {
         .context("cannot read from the background zvmount")?;
     if ready.trim() == "ready" {
         let _ = relay.join();
+        let mountpoint = mountpoint.map_or_else(
+            || "MOUNTPOINT".into(),
+            |m| {
+                m.canonicalize()
+                    .unwrap_or_else(|_| m.to_path_buf())
+                    .display()
+                    .to_string()
+            },
+        );
         eprintln!(
-            "zvmount: mounted (pid {}); stop with `kill {}` or `fusermount3 -u MOUNTPOINT`",
+            "zvmount: mounted (pid {}); stop with `kill {}` or `fusermount3 -u {mountpoint}`",
             child.id(),
             child.id()
         );

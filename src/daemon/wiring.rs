@@ -198,7 +198,7 @@ async fn open_image(
             .and_then(|h| cached_layout(h, &location, &e))
         {
             Some(layout) => layout,
-            None => return Err(e).with_context(|| format!("cannot open image {location}")),
+            None => return Err(e).context("cannot open image"),
         },
     };
     let cached = match &host {

@@ -52,7 +52,7 @@ pub struct ObjectMeta {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The object does not exist (HTTP 404, S3 `NoSuchKey`, no such file).
-    #[error("{location}: object not found")]
+    #[error("{location}: not found")]
     NotFound {
         /// The object, as [`ObjectStore::location`] prints it.
         location: String,
