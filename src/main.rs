@@ -113,12 +113,9 @@ fn init_logging(
             (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
         (_, true) => (BoxMakeWriter::new(std::io::stderr), false),
-        // Colour only for a person at a terminal: a pipe or the journal
-        // would keep the escape codes. NO_COLOR (no-color.org) wins.
         (None, false) => (
             BoxMakeWriter::new(std::io::stderr),
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            zvmount::util::stderr_wants_colour(),
         ),
     };
     let builder = tracing_subscriber::fmt()

@@ -25,11 +25,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
-        // Colour only at a terminal, and never with NO_COLOR set.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
+        .with_ansi(zvmount::util::stderr_wants_colour())
         .init();
 
     let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);

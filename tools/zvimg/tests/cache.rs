@@ -1,34 +1,14 @@
 //! `zvimg hydrate` and `zvimg cache ls|rm|gc` on local files, as a user runs them.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use rand::{RngCore, SeedableRng};
 
+mod common;
+use common::{ok, s, zvimg};
+
 const MIB: usize = 1 << 20;
-
-fn zvimg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zvimg"))
-        .args(args)
-        .env_remove("ZVMOUNT_CACHE_DIR")
-        .output()
-        .expect("run zvimg")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = zvimg(args);
-    assert!(
-        out.status.success(),
-        "zvimg {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// `blocks` 2 MiB blocks, random except block 1 (zero), converted.
 fn image(dir: &Path, name: &str, blocks: usize, seed: u64) -> Vec<u8> {

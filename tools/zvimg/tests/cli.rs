@@ -1,39 +1,14 @@
 //! `zvimg` as a user runs it: convert, info, check, index, pull, on local files.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use rand::{RngCore, SeedableRng};
 
+mod common;
+use common::{fails, ok, s};
+
 const MIB: usize = 1 << 20;
-
-fn zvimg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zvimg"))
-        .args(args)
-        .output()
-        .expect("run zvimg")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = zvimg(args);
-    assert!(
-        out.status.success(),
-        "zvimg {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = zvimg(args);
-    assert!(
-        !out.status.success(),
-        "zvimg {args:?} should fail: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A disk of random, zero and text-like 2 MiB blocks, ending mid-block.
 fn mixed_disk(dir: &Path) -> (PathBuf, Vec<u8>) {
@@ -51,10 +26,6 @@ fn mixed_disk(dir: &Path) -> (PathBuf, Vec<u8>) {
     let path = dir.join("disk.raw");
     std::fs::write(&path, &raw).unwrap();
     (path, raw)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

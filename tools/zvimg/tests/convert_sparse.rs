@@ -6,9 +6,12 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use rand::{RngCore, SeedableRng};
+
+mod common;
+use common::{ok, s};
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 2 * MIB;
@@ -16,28 +19,6 @@ const BLOCK: u64 = 2 * MIB;
 const SEGMENT_BLOCKS: u64 = 32768;
 /// Ends 777 bytes into a block, so the last block is short.
 const DISK: u64 = (SEGMENT_BLOCKS + 2) * BLOCK + 777;
-
-fn zvimg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zvimg"))
-        .args(args)
-        .output()
-        .expect("run zvimg")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = zvimg(args);
-    assert!(
-        out.status.success(),
-        "zvimg {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Byte ranges holding data: the start, both sides of the segment
 /// boundary, and the end (the short last block).
