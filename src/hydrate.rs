@@ -2,8 +2,11 @@
 //! does not hold yet, behind the guest, until the image is local.
 //!
 //! It runs at the lowest priority: it holds back whenever a demand read is
-//! waiting for a fetch, keeps at most a few runs in flight, may be capped
-//! in bytes per second, and keeps its blocks out of the memory cache. A
+//! waiting for a fetch, and its GETs in flight are dropped mid-transfer
+//! (and sent again later) the moment a demand read sends one, so the
+//! demand read has the link to itself. It keeps at most a few runs in
+//! flight, no more than the host cache writes, may be capped in bytes per
+//! second, and keeps its blocks out of the memory cache. A
 //! failing store pauses it (with growing back-off) instead of spinning.
 //! The host cache's map is its only state, so after a restart it resumes
 //! with what is still missing.
@@ -38,7 +41,7 @@ impl Default for HydrateOptions {
         HydrateOptions {
             rate: None,
             run_blocks: 4,
-            concurrency: 2,
+            concurrency: 3,
             log_every: Duration::from_secs(10),
         }
     }
@@ -95,8 +98,17 @@ fn is_permanent(e: &ImageError) -> bool {
     }
 }
 
+/// Whether `e` is a fetch that gave way to a demand read (not a failure).
+fn is_preempted(e: &ImageError) -> bool {
+    matches!(e, ImageError::Block { source, .. }
+        if matches!(source.as_ref(), crate::image::BlockFailure::Preempted))
+}
+
 /// Longest pause after failed fetches (a store outage).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long after its last preemption hydration fetches one block at a
+/// time (demand reads are active); then full runs again.
+const CALM: Duration = Duration::from_secs(1);
 /// How often to look again whether demand reads are still waiting.
 const YIELD_POLL: Duration = Duration::from_millis(2);
 
@@ -128,6 +140,7 @@ pub async fn hydrate(
     let mut last_log = Instant::now();
     let mut paused = false;
     let mut launched = 0u64;
+    let mut last_preempted: Option<Instant> = None;
     loop {
         let e = Arc::clone(&entry);
         let missing = match tokio::task::spawn_blocking(move || e.missing_blocks()).await {
@@ -160,18 +173,36 @@ pub async fn hydrate(
             return Ok(state);
         }
         let before = done;
-        let mut runs = missing
+        let mut runs: std::collections::VecDeque<Vec<u64>> = missing
             .chunks(options.run_blocks.max(1))
-            .map(<[u64]>::to_vec);
+            .map(<[u64]>::to_vec)
+            .collect();
+        let mut preempted = false;
         let mut inflight = FuturesUnordered::new();
         loop {
-            while inflight.len() < options.concurrency.max(1) {
-                let Some(run) = runs.next() else { break };
+            loop {
+                // While demand reads come and go, one block at a time, so
+                // that the link is rarely taken when the next one comes and
+                // little is thrown away when it is.
+                let calm = last_preempted.is_none_or(|t| t.elapsed() >= CALM);
+                let limit = if calm { options.concurrency.max(1) } else { 1 };
+                if inflight.len() >= limit {
+                    break;
+                }
+                let Some(mut run) = runs.pop_front() else { break };
+                if !calm && run.len() > 1 {
+                    runs.push_front(run.split_off(1));
+                }
                 if !backoff.is_zero() {
                     tokio::time::sleep(backoff).await;
                 }
                 // Demand reads first: hold back while any waits on a fetch.
-                while image.demand_waiting() > 0 {
+                // And no faster than the host cache writes: a fill that
+                // finds its queue full is dropped and would be fetched
+                // again.
+                while image.demand_waiting() > 0
+                    || host.write_backlog() > (crate::cache::host::WRITE_QUEUE / 2) as u64
+                {
                     tokio::time::sleep(YIELD_POLL).await;
                 }
                 let bytes = store_bytes(&image, &run);
@@ -185,9 +216,12 @@ pub async fn hydrate(
                 }
                 launched += bytes;
                 let img = Arc::clone(&image);
-                inflight.push(async move { (img.hydrate_blocks(&run).await, run.len(), bytes) });
+                inflight.push(async move {
+                    let result = img.hydrate_blocks(&run).await;
+                    (result, run, bytes)
+                });
             }
-            let Some((result, n, bytes)) = inflight.next().await else {
+            let Some((result, run, bytes)) = inflight.next().await else {
                 break;
             };
             match result {
@@ -198,9 +232,16 @@ pub async fn hydrate(
                     }
                     backoff = Duration::ZERO;
                     state.bytes += bytes;
-                    let done = state.done + n as u64;
+                    let done = state.done + run.len() as u64;
                     publish(&metrics, &mut state, done, total);
                     progress(state);
+                }
+                Err(e) if is_preempted(&e) => {
+                    // Gave the link to a demand read: again, next in line.
+                    launched = launched.saturating_sub(bytes);
+                    preempted = true;
+                    last_preempted = Some(Instant::now());
+                    runs.push_front(run);
                 }
                 Err(e) if is_permanent(&e) => {
                     tracing::error!(image = %image.name(), "hydration stopped: {e}");
@@ -229,7 +270,7 @@ pub async fn hydrate(
         let _ = tokio::task::spawn_blocking(move || h.flush()).await;
         let e = Arc::clone(&entry);
         let _ = tokio::task::spawn_blocking(move || e.refresh_present()).await;
-        if entry.present_blocks() <= before && backoff.is_zero() {
+        if entry.present_blocks() <= before && backoff.is_zero() && !preempted {
             let present = entry.present_blocks();
             publish(&metrics, &mut state, present, total);
             // No progress without a store error: the cache is not keeping

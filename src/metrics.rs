@@ -136,6 +136,9 @@ counters! {
     hydrate_done,
     /// Blocks with data in the images being hydrated.
     hydrate_total,
+    /// Hydration GETs dropped mid-transfer to give the link to a demand
+    /// read (their blocks are fetched again later).
+    hydrate_preempted,
     ;
     /// Of `fetch_errors`, by kind (keyed by [`StoreErrorKind::label`]).
     store_errors: ErrorKindCounts => BTreeMap<String, u64>,

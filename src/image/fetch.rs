@@ -48,6 +48,13 @@ pub enum BlockFailure {
     /// The fetch task stopped before finishing (panic or shutdown).
     #[error("fetch abandoned: {0}")]
     Aborted(String),
+    /// A background hydration GET gave way to a demand read's GET (it was
+    /// dropped mid-transfer so the demand read has the link to itself).
+    /// Nobody waiting for the block sees this: a demand read that joined
+    /// the fetch keeps it from being preempted, and one that raced in
+    /// fetches the block again.
+    #[error("hydration fetch gave way to a demand read")]
+    Preempted,
 }
 
 impl BlockFailure {
@@ -267,7 +274,24 @@ async fn fetch_group(
     let m = &image.metrics;
     Metrics::inc(&m.store_requests);
     let sent = Instant::now();
-    let fetched = get(image, start..end, kind).await;
+    let fetched = match kind {
+        FetchKind::Hydrate => match preemptible_get(image, start..end).await {
+            Some(fetched) => fetched,
+            None => {
+                Metrics::inc(&m.hydrate_preempted);
+                for p in group {
+                    p.complete(Err(Arc::new(BlockFailure::Preempted)), false);
+                }
+                return;
+            }
+        },
+        FetchKind::Demand => {
+            // Hydration GETs in flight give way (see `preemptible_get`).
+            image.mount.demand_fetches.notify_waiters();
+            get(image, start..end, kind).await
+        }
+        FetchKind::Readahead | FetchKind::Profile => get(image, start..end, kind).await,
+    };
     m.store_latency.observe(sent.elapsed());
     let bytes = match fetched {
         Ok(bytes) if bytes.len() as u64 == end - start => bytes,
@@ -345,6 +369,28 @@ async fn get(image: &Image, range: std::ops::Range<u64>, kind: FetchKind) -> Sto
         FetchKind::Demand => fut.await,
         FetchKind::Readahead | FetchKind::Profile | FetchKind::Hydrate => {
             Priority::Prefetch.scope(fut).await
+        }
+    }
+}
+
+/// A hydration GET that gives way when a demand read starts a GET of its
+/// own: `None` when it was dropped for that (the connection is closed
+/// mid-body, so the demand read has the link to itself rather than a share
+/// of it beside up to a few 8 MiB hydration transfers). A fetch that a
+/// demand read joined is not dropped: it runs on at demand priority.
+async fn preemptible_get(image: &Image, range: Range<u64>) -> Option<StoreResult<Bytes>> {
+    let preempt = image.mount.demand_fetches.notified();
+    let joined = zvstore::outage::Escalation::current();
+    let fetch = get(image, range, FetchKind::Hydrate);
+    tokio::pin!(preempt, fetch);
+    tokio::select! {
+        fetched = &mut fetch => Some(fetched),
+        () = &mut preempt => {
+            if joined.is_some_and(|e| e.raised_at().is_some()) {
+                Some(fetch.await)
+            } else {
+                None
+            }
         }
     }
 }

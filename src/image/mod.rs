@@ -172,6 +172,9 @@ pub struct MountContext {
     decode_limit: Arc<tokio::sync::Semaphore>,
     /// Images opened into this mount (the replay share is split among them).
     images: AtomicU64,
+    /// Woken each time a demand read sends a GET: background hydration
+    /// GETs in flight give way to it.
+    demand_fetches: tokio::sync::Notify,
 }
 
 impl MountContext {
@@ -197,6 +200,7 @@ impl MountContext {
             metrics,
             decode_limit: Arc::new(tokio::sync::Semaphore::new(decode_threads)),
             images: AtomicU64::new(0),
+            demand_fetches: tokio::sync::Notify::new(),
         })
     }
 
@@ -697,13 +701,26 @@ impl Image {
         Ok(out)
     }
 
-    async fn finish_demand(&self, block: u64, wait: BlockWait) -> Result<Bytes, ImageError> {
+    async fn finish_demand(
+        self: &Arc<Self>,
+        block: u64,
+        wait: BlockWait,
+    ) -> Result<Bytes, ImageError> {
         match wait {
             BlockWait::Ready(bytes) => Ok(bytes),
             BlockWait::Fetch(loc, fut) => {
                 let started = Instant::now();
                 let _waiting = DemandWaiting::new(&self.demand_waiting);
-                let result = fut.await;
+                let mut result = fut.await;
+                // Joined a hydration fetch in the instant it gave way to
+                // another demand read: fetch the block again, as a demand
+                // read (a preempted fetch never reaches a reader).
+                while matches!(&result, Err(f) if matches!(**f, BlockFailure::Preempted)) {
+                    let (mut waits, _) =
+                        self.claim(&[(block, loc)], FetchKind::Demand, BudgetPermit::none());
+                    let again = waits.pop().expect("one wait per claimed block").1;
+                    result = again.await;
+                }
                 let waited = started.elapsed();
                 Metrics::add(&self.metrics.miss_wait_ns, waited.as_nanos() as u64);
                 self.metrics.miss_wait.observe(waited);

@@ -177,6 +177,12 @@ const FAMILIES: &[Family] = &[
         shape: Shape::Gauge,
         series: &one("hydrate_total"),
     },
+    Family {
+        name: "zvmount_hydrate_preempted",
+        help: "Hydration GETs dropped mid-transfer to give the link to a demand read.",
+        shape: Shape::Counter,
+        series: &one("hydrate_preempted"),
+    },
 ];
 
 /// Latency distributions, by stats-file key.

@@ -42,7 +42,7 @@ use super::{BlockCache, BlockKey, CacheTier, FillClaim, Lookup};
 
 /// Fills waiting to be written; beyond this a fill is dropped (its block is
 /// fetched again next time) rather than holding memory for a slow disk.
-const WRITE_QUEUE: usize = 32;
+pub const WRITE_QUEUE: usize = 32;
 /// Most blocks made durable with one pair of syncs.
 const BATCH: usize = 16;
 /// Writes between two rescans of the cache's usage (other processes write too).
@@ -135,6 +135,8 @@ struct HostInner {
     write_errors: AtomicU64,
     dropped: AtomicU64,
     evictions: AtomicU64,
+    /// Fills queued for the writer and not yet written (or dropped).
+    queued: AtomicU64,
 }
 
 /// The right to fill one block, held from the lookup that missed until the
@@ -186,6 +188,7 @@ impl HostCache {
             writes: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(WRITE_QUEUE);
@@ -285,16 +288,30 @@ impl HostCache {
         }
     }
 
+    /// Fills queued for the writer and not yet written: what a bulk
+    /// filler (hydration) waits to bring below half of [`WRITE_QUEUE`]
+    /// before fetching more, so that its fills are written, not dropped.
+    pub fn write_backlog(&self) -> u64 {
+        self.inner.queued.load(Ordering::Relaxed)
+    }
+
     fn send(&self, job: Job) {
         let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let Some((tx, _)) = guard.as_ref() else {
             return;
         };
+        let fill = matches!(job, Job::Fill(..));
+        if fill {
+            self.inner.queued.fetch_add(1, Ordering::Relaxed);
+        }
         match tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 // The claim in the job is dropped here: the block is free
                 // for whoever wants it next.
+                if fill {
+                    self.inner.queued.fetch_sub(1, Ordering::Relaxed);
+                }
                 self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -507,7 +524,9 @@ fn writer_loop(inner: Arc<HostInner>, rx: Receiver<Job>) {
                 next = rx.try_recv().ok();
             }
         }
+        let fills = batch.len() as u64;
         inner.write_batch(batch);
+        inner.queued.fetch_sub(fills, Ordering::Relaxed);
         for done in flushes {
             let _ = done.send(());
         }
