@@ -161,6 +161,7 @@ impl From<StoreArgs> for StoreConfig {
     name = "zvmount",
     version,
     verbatim_doc_comment,
+    args_override_self = true,
     override_usage = "zvmount [OPTIONS] SOURCE... MOUNTPOINT\n       zvmount [OPTIONS] --config FILE [SOURCE...] [MOUNTPOINT]"
 )]
 pub struct Cli {

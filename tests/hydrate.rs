@@ -112,3 +112,121 @@ fn hydration_killed_at_random_moments_ends_with_the_exact_disk() {
     assert_eq!(Sha256::digest(&data), Sha256::digest(&raw));
     eprintln!("{kills} kills, {checked_reads} checked reads, present after each: {progress:?}");
 }
+
+/// Waits until the mount has hydrated every block, or fails naming where
+/// it stood.
+fn wait_hydrated(m: &Mounted, within: Duration) -> zvmount::metrics::MetricsSnapshot {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = m.stats();
+        if s.hydrate_total > 0 && s.hydrate_done == s.hydrate_total {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{s:?}\n{}", m.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A demand read that misses while hydration GETs are in flight drops
+/// them (the demand read has the link alone); the dropped blocks are
+/// fetched again, and the disk still ends whole and exact.
+#[test]
+fn a_demand_miss_preempts_hydration_gets_in_flight() {
+    use zvtest::proxy::{Shaping, ShapingProxy};
+    let server = S3Server::start();
+    let (raw, url) = upload(server, 64, 31);
+    // A slow link: each 8 MiB hydration GET takes ~0.4 s, so the demand
+    // reads below always find some in flight.
+    let proxy = ShapingProxy::start(
+        server.addr(),
+        Shaping {
+            latency: Duration::from_millis(5),
+            bytes_per_sec: 20_000_000,
+        },
+    )
+    .unwrap();
+    let cache = zvtest::shm_tempdir();
+    let m = builder(
+        server,
+        &url,
+        cache.path(),
+        &["--hydrate", "--readahead", "0", "--prefetch-budget", "0"],
+    )
+    .env("AWS_ENDPOINT_URL", format!("http://{}", proxy.addr()))
+    .start();
+    let f = File::open(m.path("disk.raw")).unwrap();
+    // Hydration walks from block 0; read near the end, one at a time.
+    let mut buf = vec![0u8; 4096];
+    for block in [31u64, 29, 27] {
+        while m.stats().store_requests == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let off = block as usize * 2 * MIB;
+        f.read_exact_at(&mut buf, off as u64).unwrap();
+        assert!(buf[..] == raw[off..off + 4096], "wrong bytes in block {block}");
+    }
+    let during = m.stats();
+    assert!(
+        during.hydrate_preempted >= 1,
+        "no hydration GET gave way to the demand misses: {during:?}"
+    );
+    let s = wait_hydrated(&m, Duration::from_secs(60));
+    let all = std::fs::read(m.path("disk.raw")).unwrap();
+    assert_eq!(Sha256::digest(&all), Sha256::digest(&raw));
+    drop(f);
+    assert!(m.stop().success());
+    eprintln!(
+        "preempted {} hydration GETs; {} store requests, {} store bytes for {} blocks",
+        s.hydrate_preempted, s.store_requests, s.store_bytes, s.hydrate_total
+    );
+}
+
+/// Hydrating from a store faster than the cache disk: hydration waits for
+/// the host cache's writer instead of having its fills dropped, so every
+/// block is fetched once.
+#[test]
+fn hydration_from_a_fast_store_fetches_each_block_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    let mut raw = vec![0u8; 256 * MIB];
+    rng.fill(&mut raw[..]);
+    let raw_path = dir.path().join("disk.raw");
+    std::fs::write(&raw_path, &raw).unwrap();
+    let image = dir.path().join("disk.zvhd2");
+    zvtest::images::convert_file(&raw_path, &image);
+    std::fs::remove_file(&raw_path).unwrap();
+    // The cache on the real disk (not tmpfs): its writes and syncs are
+    // slower than reading and decoding the local image.
+    let cache = tempfile::tempdir_in(dir.path()).unwrap();
+    let m = Mounted::builder()
+        .args(["--hydrate", "--readahead", "0"])
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .arg(&image)
+        .expect_file("disk.raw")
+        .start();
+    let s = wait_hydrated(&m, Duration::from_secs(120));
+    // The last fills may still be on their way to the disk.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let doc = loop {
+        let doc = m.stats_json();
+        let c = &doc["cache"]["disk"]["counters"];
+        if c["writes"].as_u64().unwrap_or(0) + c["dropped"].as_u64().unwrap_or(0) >= 128
+            || Instant::now() > deadline
+        {
+            break doc;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(m.stop().success());
+    let disk = &doc["cache"]["disk"]["counters"];
+    assert_eq!(s.hydrate_total, 128);
+    assert_eq!(
+        s.blocks_fetched, s.hydrate_total,
+        "each block fetched once (host cache: {disk})"
+    );
+    assert_eq!(disk["dropped"], 0, "no fill dropped: {disk}");
+    assert_eq!(disk["writes"], 128, "{disk}");
+    assert_eq!(present(cache.path()), 128);
+}

@@ -383,6 +383,7 @@ pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<(Caches, Vec<C
                 CacheUsage {
                     bytes: s.bytes,
                     capacity: s.capacity,
+                    counters: None,
                 }
             }),
         });
@@ -403,6 +404,7 @@ pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<(Caches, Vec<C
                 usage: Arc::new(move || CacheUsage {
                     bytes: crate::cache::host::gc::usage(probe.root()),
                     capacity: probe.capacity_bytes(),
+                    counters: Some(probe.stats()),
                 }),
             });
             let tiered: Arc<dyn BlockCache> = Arc::new(TieredCache::new(

@@ -27,6 +27,12 @@ pub struct CacheUsage {
     pub bytes: u64,
     /// Bytes the tier holds before it evicts.
     pub capacity: u64,
+    /// This process's use of the tier, for the host (disk) cache: hits,
+    /// misses, writes, fills dropped, write errors, evictions. In the
+    /// stats file as `cache.disk.counters`; `None` for the memory tier,
+    /// whose counters are the top-level `mem_cache_*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<crate::cache::HostCacheStats>,
 }
 
 /// Reads a cache tier's [`CacheUsage`] at the moment of asking.
@@ -278,6 +284,7 @@ mod tests {
         let caches = vec![CacheGauge {
             tier: "memory",
             usage: Arc::new(|| CacheUsage {
+                counters: None,
                 bytes: 4096,
                 capacity: 1 << 20,
             }),

@@ -485,6 +485,7 @@ mod tests {
             vec![CacheGauge {
                 tier: "memory",
                 usage: Arc::new(|| CacheUsage {
+                    counters: None,
                     bytes: 10,
                     capacity: 20,
                 }),

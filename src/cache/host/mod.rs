@@ -88,7 +88,7 @@ pub enum HostCacheError {
 }
 
 /// Counters of one process's use of the host cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostCacheStats {
     /// Lookups answered from the cache with verified data.
     pub hits: u64,
