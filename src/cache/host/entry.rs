@@ -87,6 +87,14 @@ pub struct CacheEntry {
     block_count: u64,
     data_len: u64,
     data: File,
+    /// The data file opened with `O_DIRECT`, for whole-block writes: they
+    /// go from one reused buffer to the disk without allocating (and
+    /// copying into) page-cache pages the daemon will not read back soon.
+    /// `None` where the file system refuses `O_DIRECT` (then `data`).
+    direct: Option<File>,
+    /// The reused, page-aligned staging buffer of `direct` writes
+    /// (`block_size` + one page, aligned inside; allocated on first use).
+    staging: std::sync::Mutex<Vec<u8>>,
     map: File,
     /// Held shared for as long as the entry is attached: eviction takes it
     /// exclusively and so never removes an entry in use.
@@ -100,6 +108,22 @@ pub struct CacheEntry {
     /// process's writes; other processes' writes show at the next
     /// [`CacheEntry::refresh_present`]).
     present: AtomicU64,
+}
+
+/// Alignment of `O_DIRECT` writes (buffer, offset and length): one page,
+/// which covers every logical block size in use.
+const DIRECT_ALIGN: usize = 4096;
+
+/// The data file at `path` opened for `O_DIRECT` writes, or `None` where
+/// the file system does not support it (tmpfs before Linux 6.6, some
+/// network file systems).
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(path)
+        .ok()
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> HostCacheError + '_ {
@@ -177,6 +201,7 @@ impl CacheEntry {
                 .map_err(io_err(&p))
         };
         let data = open(DATA)?;
+        let direct = open_direct(&dir.join(DATA));
         let map = open(MAP)?;
         let map_path = dir.join(MAP);
         let mut header = [0u8; 32];
@@ -208,6 +233,8 @@ impl CacheEntry {
             block_count: spec.block_count,
             data_len: spec.data_len,
             data,
+            direct,
+            staging: std::sync::Mutex::new(Vec::new()),
             map,
             lock,
             record_blocks: spec.records.iter().filter(|r| **r).count() as u64,
@@ -397,9 +424,39 @@ impl CacheEntry {
     }
 
     /// Writes `block` to the data file (not yet durable, not yet marked).
+    /// Whole blocks of a page-multiple size go through `O_DIRECT` when the
+    /// file system allows it; a cut last block, or any write `O_DIRECT`
+    /// refuses, through the page cache.
     pub(super) fn write_block(&self, block: u64, bytes: &[u8]) -> io::Result<()> {
         let n = (self.stored_len(block) as usize).min(bytes.len());
-        self.data.write_all_at(&bytes[..n], block * self.block_size)
+        let offset = block * self.block_size;
+        if let Some(direct) = &self.direct
+            && n > 0
+            && n % DIRECT_ALIGN == 0
+            && offset % DIRECT_ALIGN as u64 == 0
+        {
+            let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+            if staging.len() < n + DIRECT_ALIGN {
+                *staging = vec![0u8; n + DIRECT_ALIGN];
+            }
+            let start = staging.as_ptr().align_offset(DIRECT_ALIGN);
+            let aligned = &mut staging[start..start + n];
+            aligned.copy_from_slice(&bytes[..n]);
+            match direct.write_all_at(aligned, offset) {
+                Ok(()) => return Ok(()),
+                // Refused after all (alignment rules of this device):
+                // the page cache will do.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.data.write_all_at(&bytes[..n], offset)
+    }
+
+    /// Whether whole blocks are written with `O_DIRECT`.
+    #[cfg(test)]
+    pub(super) fn writes_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Makes the data written so far durable.

@@ -635,18 +635,32 @@ pub(crate) mod tests {
 
     #[test]
     fn filled_blocks_survive_reopen_and_the_last_block_is_cut() {
-        let dir = test_dir();
+        survive_reopen(test_dir().path(), false);
+    }
+
+    /// The same on a disk file system, where whole blocks are written with
+    /// `O_DIRECT` (the cut last block through the page cache).
+    #[test]
+    fn direct_writes_on_a_disk_file_system_survive_reopen() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        survive_reopen(dir.path(), true);
+    }
+
+    fn survive_reopen(dir: &std::path::Path, want_direct: bool) {
         let s = spec("img", 4, None);
         {
-            let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+            let c = HostCache::open(dir, 1 << 30).unwrap();
             let e = c.attach(&s).unwrap();
+            if want_direct {
+                assert!(e.writes_direct(), "O_DIRECT refused on {}", dir.display());
+            }
             fill(&c, &key("img", 0), block(1));
             fill(&c, &key("img", 3), block(3));
             assert_eq!(e.present_blocks(), 2);
             assert!(!e.is_complete());
             assert_eq!(c.stats().writes, 2);
         }
-        let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+        let c = HostCache::open(dir, 1 << 30).unwrap();
         let e = c.attach(&s).unwrap();
         assert_eq!(e.present_blocks(), 2, "counted from the map at attach");
         assert_eq!(e.missing_blocks().unwrap(), vec![2]);
