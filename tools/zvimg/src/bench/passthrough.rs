@@ -5,8 +5,11 @@
 //!
 //! Jobs: 4 KiB random and 1 MiB sequential reads, each buffered and
 //! `O_DIRECT`, one reader at queue depth 1 (`psync`). The page cache is
-//! dropped (`/proc/sys/vm/drop_caches`, root only) before every pass, and
-//! for each job the local file runs first, then the mount. Ratios are
+//! dropped (`/proc/sys/vm/drop_caches`, root only) before every pass. Each
+//! job runs `repeats` times on each file, the order alternating (file then
+//! mount, then mount then file, …) so that neither side always runs first
+//! on a cold host (a virtual disk's own cache favours whoever reads
+//! second). Each side's figure is the median of its passes. Ratios are
 //! mount / file for p99 completion latency and file / mount for MB/s, so
 //! 1.0 is "as fast as the file" for both and the target is ≤ 1.1.
 
@@ -69,10 +72,15 @@ pub struct FioPass {
 pub struct FioComparison {
     /// The fio job: pattern, block size, buffered or O_DIRECT.
     pub job: String,
-    /// The job on the cache file itself (the baseline).
+    /// The job on the cache file itself (the baseline): the median of its
+    /// passes (MB/s and p99 each).
     pub file: FioPass,
-    /// The job on the mounted file.
+    /// The job on the mounted file: the median of its passes.
     pub mount: FioPass,
+    /// Every pass on the file, in the order run.
+    pub file_passes: Vec<FioPass>,
+    /// Every pass on the mount, in the order run.
+    pub mount_passes: Vec<FioPass>,
     /// mount p99 / file p99 (target ≤ 1.1).
     pub p99_ratio: f64,
     /// file MB/s / mount MB/s (target ≤ 1.1).
@@ -90,13 +98,23 @@ pub struct Report {
     pub bytes: u64,
     /// Run time of each random-read pass, seconds.
     pub seconds_per_random_pass: u64,
+    /// Passes of each job on each file (order alternating).
+    pub repeats: usize,
     /// One entry per job, in the order run.
     pub jobs: Vec<FioComparison>,
 }
 
-/// Runs every job on `file` and then on `mount`, reading the first `bytes`
-/// of each (random jobs for `seconds` each), and prints the table or JSON.
-pub fn run(mount: &Path, file: &Path, bytes: u64, seconds: u64, json: bool) -> anyhow::Result<()> {
+/// Runs every job `repeats` times on `file` and on `mount` in alternating
+/// order, reading the first `bytes` of each (random jobs for `seconds`
+/// each), and prints the table (medians) or JSON (medians and passes).
+pub fn run(
+    mount: &Path,
+    file: &Path,
+    bytes: u64,
+    seconds: u64,
+    repeats: usize,
+    json: bool,
+) -> anyhow::Result<()> {
     if Command::new("fio").arg("--version").output().is_err() {
         bail!("fio not found: apt-get install fio (scripts/install-deps.sh installs it)");
     }
@@ -115,15 +133,27 @@ pub fn run(mount: &Path, file: &Path, bytes: u64, seconds: u64, json: bool) -> a
     }
     let bytes = bytes.min(sizes.0);
     let mut jobs = Vec::new();
+    let repeats = repeats.max(1);
     for job in &JOBS {
-        let on_file = fio(job, file, bytes, seconds)?;
-        let on_mount = fio(job, mount, bytes, seconds)?;
+        let (mut file_passes, mut mount_passes) = (Vec::new(), Vec::new());
+        for rep in 0..repeats {
+            if rep % 2 == 0 {
+                file_passes.push(fio(job, file, bytes, seconds)?);
+                mount_passes.push(fio(job, mount, bytes, seconds)?);
+            } else {
+                mount_passes.push(fio(job, mount, bytes, seconds)?);
+                file_passes.push(fio(job, file, bytes, seconds)?);
+            }
+        }
+        let (on_file, on_mount) = (median(&file_passes), median(&mount_passes));
         jobs.push(FioComparison {
             job: job.name.to_string(),
             p99_ratio: on_mount.p99_us / on_file.p99_us.max(1e-9),
             mb_per_s_ratio: on_file.mb_per_s / on_mount.mb_per_s.max(1e-9),
             file: on_file,
             mount: on_mount,
+            file_passes,
+            mount_passes,
         });
     }
     let report = Report {
@@ -131,6 +161,7 @@ pub fn run(mount: &Path, file: &Path, bytes: u64, seconds: u64, json: bool) -> a
         file: file.to_owned(),
         bytes,
         seconds_per_random_pass: seconds,
+        repeats,
         jobs,
     };
     if json {
@@ -139,6 +170,26 @@ pub fn run(mount: &Path, file: &Path, bytes: u64, seconds: u64, json: bool) -> a
         print!("{}", render(&report));
     }
     Ok(())
+}
+
+/// Each figure's median over `passes` (not one pass's figures: the median
+/// MB/s and the median p99 may come from different passes).
+fn median(passes: &[FioPass]) -> FioPass {
+    let mid = |f: fn(&FioPass) -> f64| {
+        let mut v: Vec<f64> = passes.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    FioPass {
+        mb_per_s: mid(|p| p.mb_per_s),
+        iops: mid(|p| p.iops),
+        p50_us: mid(|p| p.p50_us),
+        p99_us: mid(|p| p.p99_us),
+    }
 }
 
 /// Drops the page cache, runs `job` on `path`, parses fio's JSON.
@@ -207,10 +258,12 @@ fn drop_caches() -> anyhow::Result<()> {
 
 fn render(r: &Report) -> String {
     let mut t = format!(
-        "fio, one reader (psync, QD1), page cache dropped before each pass; {} MiB, random jobs {} s\n\
+        "fio, one reader (psync, QD1), page cache dropped before each pass; {} MiB, random jobs {} s; \
+         median of {} passes per side, order alternating\n\
          mount {}\nfile  {}\n",
         r.bytes >> 20,
         r.seconds_per_random_pass,
+        r.repeats,
         r.mount.display(),
         r.file.display()
     );
@@ -256,5 +309,20 @@ mod tests {
         assert_eq!(p.mb_per_s, 104.8576);
         assert_eq!((p.p50_us, p.p99_us), (12.0, 85.0));
         assert!(parse(b"{}").is_err());
+    }
+
+    #[test]
+    fn medians_are_taken_per_figure() {
+        let pass = |mb, p99| FioPass {
+            mb_per_s: mb,
+            iops: mb,
+            p50_us: 1.0,
+            p99_us: p99,
+        };
+        let m = median(&[pass(100.0, 9.0), pass(300.0, 1.0), pass(200.0, 5.0)]);
+        assert_eq!((m.mb_per_s, m.p99_us), (200.0, 5.0));
+        let m = median(&[pass(100.0, 9.0), pass(300.0, 1.0)]);
+        assert_eq!((m.mb_per_s, m.p99_us), (200.0, 5.0));
+        assert!(median(&[]).mb_per_s.is_nan());
     }
 }

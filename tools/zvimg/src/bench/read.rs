@@ -90,6 +90,10 @@ pub struct Args {
     /// Seconds of each random fio job (with --fio-versus).
     #[arg(long, default_value_t = 10)]
     pub fio_seconds: u64,
+    /// Passes of each fio job on each side, order alternating; medians
+    /// are reported (with --fio-versus).
+    #[arg(long, default_value_t = 3)]
+    pub fio_repeats: usize,
     /// Store settings for `--baseline`.
     #[command(flatten)]
     pub store: StoreArgs,
@@ -147,7 +151,14 @@ struct Report {
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(file) = &args.fio_versus {
         let bytes = args.seq_bytes.unwrap_or(1 << 30);
-        return super::passthrough::run(&args.target, file, bytes, args.fio_seconds, args.json);
+        return super::passthrough::run(
+            &args.target,
+            file,
+            bytes,
+            args.fio_seconds,
+            args.fio_repeats,
+            args.json,
+        );
     }
     let file = File::open(&args.target)
         .with_context(|| format!("cannot open {}", args.target.display()))?;
