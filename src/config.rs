@@ -389,13 +389,60 @@ impl MountSettings {
         })
     }
 
-    /// Reads and parses a config file.
+    /// Reads and parses a config file. Relative paths in it (mountpoint,
+    /// cache and log files, local image sources and sidecars, a unix
+    /// metrics socket) are taken relative to the file's own directory, as
+    /// nginx and systemd do, not to wherever zvmount was started.
     pub fn load(path: &Path) -> Result<MountSettings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        MountSettings::parse(&text, path)
+        let mut settings = MountSettings::parse(&text, path)?;
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        settings.rebase(&base);
+        Ok(settings)
+    }
+
+    /// Makes every relative local path of the file relative to `base`.
+    fn rebase(&mut self, base: &Path) {
+        let path = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p
+                && p.is_relative()
+            {
+                *p = base.join(&*p);
+            }
+        };
+        path(&mut self.mountpoint);
+        path(&mut self.cache_dir);
+        path(&mut self.record_profile);
+        path(&mut self.log_file);
+        if let Some(MetricsAddr::Unix(p)) = &mut self.metrics_addr
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        // Local paths only: URLs (`s3://`, `https://`, `file://`) stay.
+        let local = |s: &mut String| {
+            if !s.contains("://") && Path::new(s.as_str()).is_relative() {
+                let joined = base.join(s.as_str());
+                let mut out = joined.to_string_lossy().into_owned();
+                // A directory source keeps its trailing slash.
+                if s.ends_with('/') && !out.ends_with('/') {
+                    out.push('/');
+                }
+                *s = out;
+            }
+        };
+        for image in &mut self.images {
+            local(&mut image.source);
+            if let Some(sidecar) = &mut image.sidecar {
+                local(sidecar);
+            }
+        }
     }
 
     /// Merges `cli` over the file it names (if any). `typed(id)` says
@@ -911,6 +958,32 @@ force_path_style = true
         let settings = MountSettings::parse(text, Path::new("example.toml")).unwrap();
         assert_eq!(settings.images.len(), 2);
         assert_eq!(settings.allow_other, Some(true));
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.toml");
+        std::fs::write(
+            &file,
+            "mountpoint = \"mnt\"\ncache_dir = \"/var/cache/zv\"\nlog_file = \"logs/zv.log\"\n\
+             metrics_addr = \"unix:run/m.sock\"\n\
+             [[image]]\nsource = \"images/web.zvhd2\"\nsidecar = \"idx/web.zvidx\"\n\
+             [[image]]\nsource = \"s3://bucket/db.zvhd2\"\n\
+             [[image]]\nsource = \"more/\"\n",
+        )
+        .unwrap();
+        let s = MountSettings::load(&file).unwrap();
+        let d = dir.path();
+        assert_eq!(s.mountpoint, Some(d.join("mnt")));
+        assert_eq!(s.cache_dir, Some(PathBuf::from("/var/cache/zv")));
+        assert_eq!(s.log_file, Some(d.join("logs/zv.log")));
+        assert_eq!(s.metrics_addr, Some(MetricsAddr::Unix(d.join("run/m.sock"))));
+        let at = |p: &str| d.join(p).to_string_lossy().into_owned();
+        assert_eq!(s.images[0].source, at("images/web.zvhd2"));
+        assert_eq!(s.images[0].sidecar.as_deref(), Some(at("idx/web.zvidx").as_str()));
+        assert_eq!(s.images[1].source, "s3://bucket/db.zvhd2");
+        assert_eq!(s.images[2].source, format!("{}/", at("more")));
     }
 
     #[test]

@@ -344,7 +344,7 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         if let Err(e) = self.unmount_inner() {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", crate::util::error_chain(&e));
         }
     }
 }
@@ -473,7 +473,7 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
     if let Some(path) = &config.record_profile {
         for o in &opened {
             if let Err(e) = o.write_profile(path, opened.len() > 1) {
-                tracing::error!("cannot write the boot profile: {e:#}");
+                tracing::error!("cannot write the boot profile: {}", crate::util::error_chain(&e));
             }
         }
     }

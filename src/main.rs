@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         cli.daemon_child,
         settings.log_format.unwrap_or(cli.log_format),
     ) {
-        eprintln!("zvmount: error: {e:#}");
+        eprintln!("zvmount: error: {}", zvmount::util::error_chain(&e));
         return ExitCode::FAILURE;
     }
     // The detached child is started with --daemon-child and must not
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("zvmount: error: {e:#}");
+            eprintln!("zvmount: error: {}", zvmount::util::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -520,7 +520,12 @@ impl Breaker {
                 };
                 let now = Instant::now();
                 let may_probe = priority == Priority::Demand || outage.demand_waiting == 0;
-                if !outage.probing && now >= outage.next_probe && may_probe {
+                // A demand read whose deadline comes before the next probe
+                // is due probes now rather than fail without one try.
+                let probe_due = now >= outage.next_probe
+                    || (priority == Priority::Demand
+                        && deadline.is_some_and(|d| outage.next_probe >= d));
+                if !outage.probing && probe_due && may_probe {
                     outage.probing = true;
                     break Ok(true);
                 }
@@ -782,6 +787,51 @@ mod tests {
         a.reachable();
         assert!(!b.has_expired());
         assert!(b.admit(Priority::Prefetch, None, &mut false).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_demand_read_due_to_fail_before_the_next_probe_probes_first() {
+        let b = Arc::new(Breaker::new(
+            "test",
+            ProbePacing {
+                base: Duration::from_secs(10),
+                max: Duration::from_secs(10),
+            },
+            Arc::default(),
+        ));
+        b.admit(Priority::Demand, None, &mut false)
+            .await
+            .unwrap()
+            .unreachable(&"refused");
+        // The next probe is 5-10 s away; this read has 50 ms.
+        let soon = || Some(Instant::now() + Duration::from_millis(50));
+        let a = tokio::time::timeout(
+            Duration::from_secs(2),
+            b.admit(Priority::Demand, soon(), &mut false),
+        )
+        .await
+        .expect("admitted at once, not at the next probe")
+        .expect("a try before its deadline");
+        assert!(a.is_probe());
+        a.unreachable(&"still refused");
+        // A prefetch does not jump the pacing: it gives up at its deadline.
+        assert_eq!(
+            b.admit(Priority::Prefetch, soon(), &mut false)
+                .await
+                .unwrap_err(),
+            DeadlinePassed
+        );
+        // Nor does a demand read with time to wait for the next probe.
+        let patient = Some(Instant::now() + Duration::from_secs(60));
+        assert!(
+            tokio::time::timeout(
+                Duration::from_millis(100),
+                b.admit(Priority::Demand, patient, &mut false)
+            )
+            .await
+            .is_err(),
+            "a read with time to spare waits for the paced probe"
+        );
     }
 
     #[tokio::test]

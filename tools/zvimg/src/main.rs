@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("zvimg: error: {e:#}");
+            eprintln!("zvimg: error: {}", zvmount::util::error_chain(&e));
             ExitCode::FAILURE
         }
     }
