@@ -520,11 +520,15 @@ impl Breaker {
                 };
                 let now = Instant::now();
                 let may_probe = priority == Priority::Demand || outage.demand_waiting == 0;
-                // A demand read whose deadline comes before the next probe
-                // is due probes now rather than fail without one try.
+                // A demand read that would have less time left at the next
+                // probe than it waits for it (or none) probes now rather
+                // than fail without a fair try.
                 let probe_due = now >= outage.next_probe
                     || (priority == Priority::Demand
-                        && deadline.is_some_and(|d| outage.next_probe >= d));
+                        && deadline.is_some_and(|d| {
+                            outage.next_probe.saturating_duration_since(now)
+                                > d.saturating_duration_since(now) / 2
+                        }));
                 if !outage.probing && probe_due && may_probe {
                     outage.probing = true;
                     break Ok(true);
