@@ -978,10 +978,16 @@ force_path_style = true
         assert_eq!(s.mountpoint, Some(d.join("mnt")));
         assert_eq!(s.cache_dir, Some(PathBuf::from("/var/cache/zv")));
         assert_eq!(s.log_file, Some(d.join("logs/zv.log")));
-        assert_eq!(s.metrics_addr, Some(MetricsAddr::Unix(d.join("run/m.sock"))));
+        assert_eq!(
+            s.metrics_addr,
+            Some(MetricsAddr::Unix(d.join("run/m.sock")))
+        );
         let at = |p: &str| d.join(p).to_string_lossy().into_owned();
         assert_eq!(s.images[0].source, at("images/web.zvhd2"));
-        assert_eq!(s.images[0].sidecar.as_deref(), Some(at("idx/web.zvidx").as_str()));
+        assert_eq!(
+            s.images[0].sidecar.as_deref(),
+            Some(at("idx/web.zvidx").as_str())
+        );
         assert_eq!(s.images[1].source, "s3://bucket/db.zvhd2");
         assert_eq!(s.images[2].source, format!("{}/", at("more")));
     }

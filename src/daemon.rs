@@ -473,7 +473,10 @@ pub fn run_mount(mut config: MountConfig) -> anyhow::Result<()> {
     if let Some(path) = &config.record_profile {
         for o in &opened {
             if let Err(e) = o.write_profile(path, opened.len() > 1) {
-                tracing::error!("cannot write the boot profile: {}", crate::util::error_chain(&e));
+                tracing::error!(
+                    "cannot write the boot profile: {}",
+                    crate::util::error_chain(&e)
+                );
             }
         }
     }

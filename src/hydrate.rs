@@ -189,7 +189,9 @@ pub async fn hydrate(
                 if inflight.len() >= limit {
                     break;
                 }
-                let Some(mut run) = runs.pop_front() else { break };
+                let Some(mut run) = runs.pop_front() else {
+                    break;
+                };
                 if !calm && run.len() > 1 {
                     runs.push_front(run.split_off(1));
                 }

@@ -164,7 +164,10 @@ fn a_demand_miss_preempts_hydration_gets_in_flight() {
         std::thread::sleep(Duration::from_millis(100));
         let off = block as usize * 2 * MIB;
         f.read_exact_at(&mut buf, off as u64).unwrap();
-        assert!(buf[..] == raw[off..off + 4096], "wrong bytes in block {block}");
+        assert!(
+            buf[..] == raw[off..off + 4096],
+            "wrong bytes in block {block}"
+        );
     }
     let during = m.stats();
     assert!(

@@ -432,8 +432,8 @@ impl CacheEntry {
         let offset = block * self.block_size;
         if let Some(direct) = &self.direct
             && n > 0
-            && n % DIRECT_ALIGN == 0
-            && offset % DIRECT_ALIGN as u64 == 0
+            && n.is_multiple_of(DIRECT_ALIGN)
+            && offset.is_multiple_of(DIRECT_ALIGN as u64)
         {
             let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
             if staging.len() < n + DIRECT_ALIGN {
