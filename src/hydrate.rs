@@ -234,7 +234,9 @@ pub async fn hydrate(
                     }
                     backoff = Duration::ZERO;
                     state.bytes += bytes;
-                    let done = state.done + run.len() as u64;
+                    // Blocks count once the host cache has them on disk
+                    // and in its map, not when fetched.
+                    let done = entry.present_blocks();
                     publish(&metrics, &mut state, done, total);
                     progress(state);
                 }
