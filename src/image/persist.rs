@@ -37,7 +37,7 @@ pub fn cache_spec(layout: &ImageLayout) -> EntrySpec {
     let block_size = u64::from(layout.index.block_size());
     EntrySpec {
         id: layout.cache_id(),
-        source: layout.location.clone(),
+        source: crate::cache::host::gc::source_name(&layout.location),
         block_size,
         block_count: count,
         data_len: layout.header.disk_size().min(count * block_size),

@@ -34,10 +34,27 @@ pub struct EntryStatus {
     pub blocks_present: u64,
     /// Blocks with data in the image (zero blocks are never stored).
     pub blocks_total: u64,
-    /// Last time a process attached it.
+    /// Last time a process attached it (JSON: RFC 3339 UTC, seconds).
+    #[serde(serialize_with = "rfc3339")]
     pub last_use: SystemTime,
     /// Whether a running process has it attached.
     pub in_use: bool,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_seconds(*t))
+}
+
+/// How a source is named in the cache: a local path made absolute (without
+/// touching the file system), so that `zvimg cache ls` and a daemon started
+/// elsewhere name the same image the same way; URLs as they are.
+pub fn source_name(location: &str) -> String {
+    if location.contains("://") {
+        return location.to_owned();
+    }
+    std::path::absolute(location)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| location.to_owned())
 }
 
 /// What one collection did.
@@ -113,7 +130,7 @@ pub(super) fn free_ok(root: &Path, more: u64) -> bool {
 }
 
 fn source_note(root: &Path, source: &str) -> PathBuf {
-    let h = blake3::hash(source.as_bytes());
+    let h = blake3::hash(source_name(source).as_bytes());
     root.join("sources").join(zvhd2::hex(&h.as_bytes()[..16]))
 }
 

@@ -73,13 +73,28 @@ fn hydrate_fills_the_cache_then_ls_rm_gc_manage_it() {
         "the hydrated cache file differs from the raw disk"
     );
 
-    ok(&[
-        "hydrate",
-        "--cache-dir",
-        s(&cache),
-        s(&dir.path().join("b.zvhd2")),
-    ]);
-    assert_eq!(ls(&cache).len(), 2);
+    // Named by a relative path, from the image's directory: listed by its
+    // absolute path, as every process of the host would name it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zvimg"))
+        .current_dir(dir.path())
+        .args(["hydrate", "--cache-dir", s(&cache), "b.zvhd2"])
+        .env_remove("ZVMOUNT_CACHE_DIR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = ls(&cache);
+    assert_eq!(listed.len(), 2);
+    let b_source = dir.path().join("b.zvhd2").to_string_lossy().into_owned();
+    assert!(
+        listed.iter().any(|e| e["source"] == b_source.as_str()),
+        "{listed:?}"
+    );
+    // Last use in RFC 3339 UTC, e.g. 2026-11-30T14:20:44Z.
+    let last_use = listed[0]["last_use"].as_str().unwrap();
+    assert!(
+        last_use.len() == 20 && last_use.ends_with('Z') && last_use.as_bytes()[10] == b'T',
+        "{last_use}"
+    );
     let table = ok(&["cache", "--cache-dir", s(&cache), "ls"]);
     assert!(
         table.contains(&a_id) && table.contains("2 images"),
