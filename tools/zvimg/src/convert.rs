@@ -355,6 +355,15 @@ pub fn convert_to_zvhd2(
     let file =
         File::open(&raw_path).with_context(|| format!("{}: cannot open", input.display()))?;
     let size = file.metadata()?.len();
+    if !size.is_multiple_of(512) {
+        // ZVHD2 disks are whole 512-byte sectors (as VHD's are): the image's
+        // disk is larger than the input, its tail zeros.
+        tracing::warn!(
+            "{} is {size} bytes, not a whole number of 512-byte sectors: the image's disk is {} bytes, zero-padded",
+            input.display(),
+            size.next_multiple_of(512)
+        );
+    }
     if let Some(profile) = &options.boot_profile {
         // The same rule `zvimg index` and every sidecar reader apply: a
         // profile naming a block past the disk makes the sidecar unreadable,

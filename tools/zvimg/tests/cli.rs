@@ -6,7 +6,7 @@ use std::process::Command;
 use rand::{RngCore, SeedableRng};
 
 mod common;
-use common::{fails, ok, s};
+use common::{fails, ok, s, zvimg};
 
 const MIB: usize = 1 << 20;
 
@@ -291,4 +291,24 @@ fn convert_json_counts_what_was_read() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}
+
+/// A raw disk that is not whole sectors converts, zero-padded, with a
+/// warning that says so (the disk grows to the next 512 bytes).
+#[test]
+fn convert_warns_when_the_raw_size_is_not_whole_sectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("odd.raw");
+    std::fs::write(&raw, vec![7u8; 1000]).unwrap();
+    let img = dir.path().join("odd.zvhd2");
+    let out = zvimg(&["convert", s(&raw), s(&img)]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a whole number of 512-byte sectors") && err.contains("1024 bytes"),
+        "{err}"
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["info", "--json", s(&img)])).unwrap();
+    assert_eq!(info["disk_size"], 1024, "{info}");
 }
