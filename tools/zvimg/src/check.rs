@@ -45,9 +45,24 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
             (None, false) => SidecarSource::Auto,
         };
+        let auto = matches!(sidecar_source, SidecarSource::Auto);
         let sidecar = layout
             .load_sidecar(store.as_ref(), &sidecar_source)
-            .await?
+            .await
+            .map_err(|e| {
+                // A check reports a sidecar that does not describe the
+                // image (a mount only warns and reads without it); say
+                // how to go on.
+                let hint = if auto {
+                    format!(
+                        " (rebuild it with `zvimg index {}`, or check the image alone with --no-sidecar)",
+                        args.image
+                    )
+                } else {
+                    String::new()
+                };
+                anyhow::anyhow!("{e}{hint}")
+            })?
             .map(Arc::new);
         let options = ScanOptions {
             parallel: args.parallel,

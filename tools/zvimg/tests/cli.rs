@@ -197,6 +197,18 @@ fn a_sidecar_of_another_image_is_refused() {
     );
     let info = ok(&["info", s(&a)]);
     assert!(info.contains("matches"), "{info}");
+    // Found beside the image: refused too, with the way on.
+    std::fs::copy(
+        dir.path().join("b.zvhd2.zvidx"),
+        dir.path().join("a.zvhd2.zvidx"),
+    )
+    .unwrap();
+    let err = fails(&["check", s(&a)]);
+    assert!(
+        err.contains("another image") && err.contains("--no-sidecar"),
+        "{err}"
+    );
+    ok(&["check", "--no-sidecar", s(&a)]);
 }
 
 #[test]
@@ -308,7 +320,6 @@ fn convert_warns_when_the_raw_size_is_not_whole_sectors() {
         err.contains("not a whole number of 512-byte sectors") && err.contains("1024 bytes"),
         "{err}"
     );
-    let info: serde_json::Value =
-        serde_json::from_str(&ok(&["info", "--json", s(&img)])).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", s(&img)])).unwrap();
     assert_eq!(info["disk_size"], 1024, "{info}");
 }
