@@ -417,7 +417,10 @@ impl MountSettings {
             }
         };
         path(&mut self.mountpoint);
-        path(&mut self.cache_dir);
+        // `none` (no cache) is a word, not a path.
+        if self.cache_dir.as_deref() != Some(Path::new("none")) {
+            path(&mut self.cache_dir);
+        }
         path(&mut self.record_profile);
         path(&mut self.log_file);
         if let Some(MetricsAddr::Unix(p)) = &mut self.metrics_addr
@@ -975,6 +978,13 @@ force_path_style = true
         .unwrap();
         let s = MountSettings::load(&file).unwrap();
         let d = dir.path();
+        let off = dir.path().join("off.toml");
+        std::fs::write(&off, "cache_dir = \"none\"\n").unwrap();
+        assert_eq!(
+            MountSettings::load(&off).unwrap().cache_dir,
+            Some(PathBuf::from("none")),
+            "no cache, not a directory called none"
+        );
         assert_eq!(s.mountpoint, Some(d.join("mnt")));
         assert_eq!(s.cache_dir, Some(PathBuf::from("/var/cache/zv")));
         assert_eq!(s.log_file, Some(d.join("logs/zv.log")));

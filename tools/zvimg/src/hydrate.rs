@@ -41,6 +41,12 @@ pub struct Args {
 /// against the sidecar when there is one, and reports progress.
 pub fn run(args: Args) -> anyhow::Result<()> {
     runtime()?.block_on(async {
+        if args.cache_dir.as_os_str().is_empty() || args.cache_dir.as_os_str() == "none" {
+            anyhow::bail!(
+                "zvimg hydrate fills a host cache: --cache-dir (or ZVMOUNT_CACHE_DIR) must name one, not `{}`",
+                args.cache_dir.display()
+            );
+        }
         let (store, key) = open_source(&args.image, &args.source.store.to_config()).await?;
         let sidecar = if args.no_sidecar {
             SidecarSource::Ignore
