@@ -201,6 +201,41 @@ async fn gate(upstream: u16, down: Arc<AtomicBool>) -> (u16, Arc<AtomicU64>) {
     (addr.port(), count)
 }
 
+/// Readers with an --io-timeout of their own keep arriving during an
+/// outage: near its deadline a read may probe early, but only once between
+/// two paced probes, so the store still sees a few requests a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_near_their_deadlines_do_not_storm_the_store() {
+    let server = S3Server::start();
+    let bucket = unique_bucket("deadlines");
+    server.create_bucket(&bucket).await;
+    server.put_bytes(&bucket, "obj", payload(4096)).await;
+    let down = Arc::new(AtomicBool::new(true));
+    let (port, requests) = gate(server.port(), Arc::clone(&down)).await;
+    let args = StoreConfig {
+        endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+        io_timeout: Duration::from_millis(500),
+        retries: None,
+        ..server.store_config()
+    };
+    let (store, key) = open_source(&format!("s3://{bucket}/obj"), &args)
+        .await
+        .unwrap();
+    // One reader after another for 4 s, each giving up after 0.5 s.
+    let started = std::time::Instant::now();
+    let mut reads = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        assert!(store.get_range(&key, 0..4096, None).await.is_err());
+        reads += 1;
+    }
+    let sent = requests.load(Ordering::SeqCst);
+    eprintln!("{reads} reads, {sent} requests in 4 s of outage");
+    // Paced probes (one to two a second at most) plus at most one early
+    // probe between two of them.
+    assert!(sent <= 24, "{sent} requests from {reads} reads in 4 s");
+    down.store(false, Ordering::SeqCst);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_storm_costs_a_few_requests_per_second() {
     const READS: u64 = 300;

@@ -423,6 +423,9 @@ struct Outage {
     /// `replacement_timeout`, calls now fail after the next probe fails,
     /// until the store answers again.
     expired: bool,
+    /// The probe since the last paced one was an early one (a demand read
+    /// near its deadline): no other until the next paced probe.
+    early_probed: bool,
 }
 
 /// A store-wide circuit breaker (see the module documentation).
@@ -520,17 +523,22 @@ impl Breaker {
                 };
                 let now = Instant::now();
                 let may_probe = priority == Priority::Demand || outage.demand_waiting == 0;
+                let due = now >= outage.next_probe;
                 // A demand read that would have less time left at the next
                 // probe than it waits for it (or none) probes now rather
-                // than fail without a fair try.
-                let probe_due = now >= outage.next_probe
-                    || (priority == Priority::Demand
-                        && deadline.is_some_and(|d| {
-                            outage.next_probe.saturating_duration_since(now)
-                                > d.saturating_duration_since(now) / 2
-                        }));
-                if !outage.probing && probe_due && may_probe {
+                // than fail without a fair try: one such early probe
+                // between two paced ones, whoever asks, so that reads near
+                // their deadlines never turn the pacing into a storm.
+                let early = !due
+                    && priority == Priority::Demand
+                    && !outage.early_probed
+                    && deadline.is_some_and(|d| {
+                        outage.next_probe.saturating_duration_since(now)
+                            > d.saturating_duration_since(now) / 2
+                    });
+                if !outage.probing && (due || early) && may_probe {
                     outage.probing = true;
+                    outage.early_probed = early;
                     break Ok(true);
                 }
                 if outage.expired
@@ -609,6 +617,7 @@ impl Breaker {
                 waited: 0,
                 demand_waiting: 0,
                 expired: false,
+                early_probed: false,
             });
             outage.failures += 1;
             if was_probe {
@@ -818,6 +827,15 @@ mod tests {
         .expect("a try before its deadline");
         assert!(a.is_probe());
         a.unreachable(&"still refused");
+        // One early probe between two paced ones: the next read near its
+        // deadline waits for the paced probe (and so gives up), so reads
+        // near their deadlines never make a storm of probes.
+        assert_eq!(
+            b.admit(Priority::Demand, soon(), &mut false)
+                .await
+                .unwrap_err(),
+            DeadlinePassed
+        );
         // A prefetch does not jump the pacing: it gives up at its deadline.
         assert_eq!(
             b.admit(Priority::Prefetch, soon(), &mut false)
