@@ -103,6 +103,44 @@ fn push_then_read_everything_back_over_s3() {
     assert_eq!(std::fs::read(&back).unwrap(), raw);
 }
 
+/// No credentials anywhere in the chain is a setup error named at once,
+/// not a store outage waited out for --io-timeout.
+#[test]
+fn missing_credentials_are_named_not_waited_for() {
+    let server = S3Server::start();
+    let endpoint = server.endpoint();
+    let out = Command::new(env!("CARGO_BIN_EXE_zvimg"))
+        .args([
+            "info",
+            "s3://any-bucket/disk.zvhd2",
+            "--endpoint-url",
+            &endpoint,
+        ])
+        .args(["--region", "us-east-1", "--io-timeout", "60s"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/nonexistent/zvmount-test/config")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/zvmount-test/credentials",
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no usable AWS credentials") && err.contains("AWS_ACCESS_KEY_ID"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("gave up after waiting"),
+        "waited as for an outage: {err}"
+    );
+}
+
 #[test]
 fn missing_objects_and_buckets_are_named() {
     let server = S3Server::start();

@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 use super::S3Store;
 use crate::{ObjectMeta, ObjectStore, StoreError, StoreResult};
@@ -17,11 +17,22 @@ impl S3Store {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let location = self.location(key);
-        let detail = DisplayErrorContext(&e).to_string();
+        let detail = chain_text(&e);
         let service = match &e {
             SdkError::ServiceError(_) => true,
             // A request that cannot be sent as built will not be sent later.
             SdkError::DispatchFailure(d) if d.is_user() => false,
+            // No credentials anywhere in the chain (environment, profile,
+            // instance metadata): a setup to fix, not an outage to wait out.
+            SdkError::DispatchFailure(_) if is_missing_credentials(&detail) => {
+                return StoreError::Forbidden {
+                    location,
+                    detail: format!(
+                        "no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                         pass --profile NAME, or --no-sign-request for a public bucket ({detail})"
+                    ),
+                };
+            }
             SdkError::TimeoutError(_)
             | SdkError::DispatchFailure(_)
             | SdkError::ResponseError(_) => {
@@ -244,4 +255,59 @@ fn skew_message<E>(e: &SdkError<E, HttpResponse>, described: &str) -> String {
         off.as_secs_f64(),
         crate::http::http_time(server)
     )
+}
+
+/// An error and its sources as one line, `outer: inner: root`, each text
+/// once (the SDK's errors repeat their source in their own message), and
+/// without the `Debug` dump that the SDK's `DisplayErrorContext` appends.
+pub(super) fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        next = err.source();
+    }
+    out
+}
+
+/// Whether an SDK failure says that no credentials could be loaded (as
+/// opposed to the store not answering).
+fn is_missing_credentials(detail: &str) -> bool {
+    detail.contains("loading credentials")
+        || detail.contains("provided credentials")
+        || detail.contains("no credentials found")
+        || detail.contains("credential provider was not enabled")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("root cause")]
+    struct Root;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("dispatch failure")]
+    struct Outer(#[source] Root);
+
+    #[test]
+    fn chains_read_as_one_line_without_debug_dumps() {
+        assert_eq!(chain_text(&Outer(Root)), "dispatch failure: root cause");
+        assert!(is_missing_credentials(
+            "dispatch failure: other: an error occurred while loading credentials: failed to load IMDS session token"
+        ));
+        assert!(is_missing_credentials(
+            "the credential provider was not enabled: no credentials found in chain"
+        ));
+        assert!(!is_missing_credentials(
+            "dispatch failure: io error: Connection refused"
+        ));
+    }
 }

@@ -3,7 +3,6 @@
 use std::ops::Range;
 use std::time::SystemTime;
 
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
@@ -241,7 +240,7 @@ impl S3Store {
                 location: self.location(key),
                 op: op.into(),
                 attempt: 0,
-                detail: DisplayErrorContext(&e).to_string(),
+                detail: super::errors::chain_text(&e),
             })
     }
 }

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
@@ -67,7 +66,7 @@ impl S3Store {
                         .send()
                         .await;
                     if let Err(ae) = abort {
-                        tracing::warn!(location = %self.location(key), error = %DisplayErrorContext(&ae), "could not abort the failed multipart upload");
+                        tracing::warn!(location = %self.location(key), error = %super::errors::chain_text(&ae), "could not abort the failed multipart upload");
                     }
                     return Err(e);
                 }
