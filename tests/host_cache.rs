@@ -202,8 +202,19 @@ fn a_fully_cached_image_serves_and_mounts_with_the_store_down() {
     let s = running.stats();
     assert_eq!(s.fetch_errors, 0, "{s:?}");
 
-    // A new mount starts without the store and serves the same bytes.
-    let fresh = builder(&server, &url, cache.path()).start();
+    // A new mount starts without the store and serves the same bytes:
+    // even one told to wait for the store forever (--io-timeout 0, retries
+    // unlimited), since every block is local.
+    let fresh = Mounted::builder()
+        .args(["--force-path-style", "--region", "us-east-1"])
+        .args(["--timeout", "2s", "--io-timeout", "0"])
+        .args(["--readahead", "0", "--prefetch-budget", "0"])
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .arg(&url)
+        .s3_env(&server)
+        .expect_file("disk.raw")
+        .start();
     assert!(
         fresh.stderr().contains("without rechecking its identity"),
         "{}",

@@ -191,7 +191,25 @@ async fn open_image(
     host: Option<Arc<HostCache>>,
 ) -> anyhow::Result<Opened> {
     let location = store.location(key);
-    let layout = match ImageLayout::load(store.as_ref(), key, &sidecar).await {
+    let load = ImageLayout::load(store.as_ref(), key, &sidecar);
+    // An image the host cache holds whole does not need the store: wait
+    // for it briefly (to recheck the image's identity), not --io-timeout.
+    let loaded = match host.as_deref().filter(|h| holds_complete(h, &location)) {
+        Some(_) => match tokio::time::timeout(COMPLETE_OPEN_WAIT, load).await {
+            Ok(loaded) => loaded,
+            Err(_) => Err(ImageError::Store(zvstore::StoreError::Transient {
+                location: location.clone(),
+                op: "open".into(),
+                attempt: 1,
+                detail: format!(
+                    "no answer within {}s, and the host cache holds the whole image",
+                    COMPLETE_OPEN_WAIT.as_secs()
+                ),
+            })),
+        },
+        None => load.await,
+    };
+    let layout = match loaded {
         Ok(layout) => layout,
         Err(e) => match host
             .as_deref()
@@ -273,6 +291,25 @@ async fn open_image(
 
 /// The layout the host cache kept for `location`, when the store could not
 /// be reached to load it (`error`): a fully cached image then still mounts.
+/// How long a mount waits for the store to open an image whose every
+/// block the host cache holds, before it opens it from the cache.
+const COMPLETE_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the host cache holds every block of the image last opened from
+/// `location`.
+fn holds_complete(host: &HostCache, location: &str) -> bool {
+    let Some((id, bytes)) = host.find_by_source(location) else {
+        return false;
+    };
+    let Some(layout) = crate::image::persist::decode(&bytes) else {
+        return false;
+    };
+    layout.cache_id() == id
+        && host
+            .attach(&crate::image::persist::cache_spec(&layout))
+            .is_ok_and(|e| e.is_complete())
+}
+
 fn cached_layout(host: &HostCache, location: &str, error: &ImageError) -> Option<ImageLayout> {
     let ImageError::Store(e) = error else {
         return None;
