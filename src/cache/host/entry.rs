@@ -108,6 +108,10 @@ pub struct CacheEntry {
     /// process's writes; other processes' writes show at the next
     /// [`CacheEntry::refresh_present`]).
     present: AtomicU64,
+    /// Whether the data file holds nothing but holes where the image has
+    /// zero blocks (checked once, the first time the whole image is local;
+    /// junk found there is punched out).
+    zeros_are_holes: std::sync::OnceLock<bool>,
 }
 
 /// Alignment of `O_DIRECT` writes (buffer, offset and length): one page,
@@ -242,6 +246,7 @@ impl CacheEntry {
             hashes: spec.hashes.clone(),
             verified: (0..words).map(|_| AtomicU64::new(0)).collect(),
             present: AtomicU64::new(0),
+            zeros_are_holes: std::sync::OnceLock::new(),
             dir,
         };
         // Last use, for eviction: the lock file's mtime.
@@ -374,16 +379,71 @@ impl CacheEntry {
     /// Whether every record block is present and, when there are sidecar
     /// hashes, has been checked by this process: the data file may then be
     /// handed out as the disk itself.
+    ///
+    /// The daemon never reads zero blocks from the data file, but a reader
+    /// handed the file (FUSE passthrough) does: so the zero blocks must be
+    /// holes there too, which is checked (and restored) once.
     pub fn is_local(&self) -> bool {
         if !self.is_complete() {
             return false;
         }
-        if self.hashes.is_none() {
-            return true;
+        let checked = self.hashes.is_none()
+            || self.records.iter().enumerate().all(|(b, r)| {
+                !*r || self.verified[b / 64].load(Ordering::Relaxed) & (1u64 << (b % 64)) != 0
+            });
+        checked
+            && *self
+                .zeros_are_holes
+                .get_or_init(|| self.check_zero_blocks())
+    }
+
+    /// Looks for data in the ranges of the image's zero blocks (the writer
+    /// never writes there; something else did) and punches it out. `false`
+    /// when that cannot be done or known (a file system without
+    /// `SEEK_DATA` or hole punching): the file is then not handed out.
+    fn check_zero_blocks(&self) -> bool {
+        use rustix::fs::{FallocateFlags, SeekFrom, fallocate, seek};
+        let mut b = 0u64;
+        while b < self.block_count {
+            if self.has_record(b) {
+                b += 1;
+                continue;
+            }
+            let start = b;
+            while b < self.block_count && !self.has_record(b) {
+                b += 1;
+            }
+            let (from, to) = (
+                start * self.block_size,
+                (b * self.block_size).min(self.data_len),
+            );
+            if from >= to {
+                continue;
+            }
+            let data_at = match seek(&self.data, SeekFrom::Data(from)) {
+                Ok(at) => at,
+                // No data from `from` to the end of the file.
+                Err(rustix::io::Errno::NXIO) => continue,
+                Err(e) => {
+                    tracing::info!(image = %self.id, "cannot look for holes in the cache file ({e}); serving it through the daemon");
+                    return false;
+                }
+            };
+            if data_at >= to {
+                continue;
+            }
+            tracing::warn!(
+                image = %self.id,
+                blocks = ?(start..b),
+                "host cache file has data where the image has zero blocks; punching it out"
+            );
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            if let Err(e) = fallocate(&self.data, flags, from, to - from) {
+                tracing::warn!(image = %self.id, "cannot punch the zero blocks of the cache file ({e}); serving it through the daemon");
+                return false;
+            }
         }
-        self.records.iter().enumerate().all(|(b, r)| {
-            !*r || self.verified[b / 64].load(Ordering::Relaxed) & (1u64 << (b % 64)) != 0
-        })
+        true
     }
 
     /// Checks every present, not yet checked block against the sidecar

@@ -690,6 +690,43 @@ pub(crate) mod tests {
         ));
     }
 
+    /// Passthrough hands the data file to readers, zero blocks included:
+    /// data found where the image has a zero block is punched out before
+    /// the file counts as the disk.
+    #[test]
+    fn junk_in_a_zero_block_is_punched_out_before_the_file_is_handed_out() {
+        let dir = test_dir();
+        let s = spec("img", 4, None);
+        let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+        let e = c.attach(&s).unwrap();
+        for b in [0, 2, 3] {
+            fill(&c, &key("img", b), block(b as u8));
+        }
+        assert!(e.is_complete());
+        let data = e.data_path();
+        drop(e);
+        drop(c);
+        // Block 1 is a zero block of the image: someone writes there.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+            f.write_all_at(&vec![0xAA; 4096], BS + 100).unwrap();
+            f.sync_all().unwrap();
+        }
+        let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+        let e = c.attach(&s).unwrap();
+        let local = e.is_local();
+        let bytes = std::fs::read(&data).unwrap();
+        let zero_block = &bytes[BS as usize..2 * BS as usize];
+        assert!(
+            !local || zero_block.iter().all(|b| *b == 0),
+            "handed out with junk in a zero block"
+        );
+        // On this file system (tmpfs or ext4) the hole is restored.
+        assert!(local, "punching the hole failed here");
+        assert_eq!(&bytes[..BS as usize], &block(0)[..]);
+    }
+
     #[test]
     fn data_without_its_map_byte_is_not_a_block() {
         // What a crash between the data write and the map update leaves.
