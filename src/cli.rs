@@ -214,7 +214,8 @@ pub struct Cli {
     pub disk_cache: ByteSize,
 
     /// Fetch every block into the host cache in the background, at the
-    /// lowest priority, at most RATE MB/s (default: unlimited).
+    /// lowest priority, at most RATE MB/s for the whole mount, shared by
+    /// its images (default: unlimited). Written `--hydrate=RATE`.
     #[arg(long, value_name = "RATE", num_args = 0..=1, require_equals = true, default_missing_value = "0")]
     pub hydrate: Option<f64>,
 

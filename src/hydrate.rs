@@ -62,13 +62,40 @@ pub struct HydrateProgress {
 /// waiting does not mend (a record that fails its checks, the object
 /// replaced or gone, access denied). A store outage never ends hydration;
 /// it pauses it.
-#[derive(Debug, thiserror::Error)]
-#[error("hydration stopped at {}/{} blocks: {error}", progress.done, progress.total)]
+#[derive(Debug)]
 pub struct HydrateStopped {
     /// Where hydration stood.
     pub progress: HydrateProgress,
+    /// Blocks left out because their records failed their checks (every
+    /// other block was hydrated); empty when a failure of the whole image
+    /// (the object replaced or gone, access denied) stopped it.
+    pub failed_blocks: Vec<u64>,
     /// The failure, naming image, block and record offset.
     pub error: ImageError,
+}
+
+impl std::fmt::Display for HydrateStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (done, total) = (self.progress.done, self.progress.total);
+        match self.failed_blocks.len() {
+            0 => write!(
+                f,
+                "hydration stopped at {done}/{total} blocks: {}",
+                self.error
+            ),
+            n => write!(
+                f,
+                "hydration left out {n} block(s) whose records fail their checks ({done}/{total} blocks local); first: {}",
+                self.error
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HydrateStopped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
 }
 
 /// Whether `e` is worth waiting out (a store outage, a short body) rather
@@ -95,6 +122,19 @@ fn is_permanent(e: &ImageError) -> bool {
         ImageError::Store(e) => store_permanent(e),
         ImageError::Format { .. } | ImageError::Verify { .. } | ImageError::Check { .. } => true,
         _ => false,
+    }
+}
+
+/// The block whose record failed its checks, when that is what `e` says: a
+/// failure of that block alone, not of the image.
+fn failed_block(e: &ImageError) -> Option<u64> {
+    match e {
+        ImageError::Block { block, source, .. }
+            if matches!(source.as_ref(), crate::image::BlockFailure::Verify(_)) =>
+        {
+            Some(*block)
+        }
+        _ => None,
     }
 }
 
@@ -141,6 +181,10 @@ pub async fn hydrate(
     let mut paused = false;
     let mut launched = 0u64;
     let mut last_preempted: Option<Instant> = None;
+    // Blocks whose record fails its checks: left out (they can never be
+    // cached), reported when everything else is local.
+    let mut failed: std::collections::BTreeSet<u64> = Default::default();
+    let mut first_failure: Option<ImageError> = None;
     loop {
         let e = Arc::clone(&entry);
         let missing = match tokio::task::spawn_blocking(move || e.missing_blocks()).await {
@@ -153,6 +197,28 @@ pub async fn hydrate(
         let done = total - missing.len() as u64;
         publish(&metrics, &mut state, done, total);
         progress(state);
+        let missing: Vec<u64> = missing
+            .into_iter()
+            .filter(|b| !failed.contains(b))
+            .collect();
+        if missing.is_empty() && !failed.is_empty() {
+            let h = Arc::clone(&host);
+            let _ = tokio::task::spawn_blocking(move || h.flush()).await;
+            let error = first_failure
+                .take()
+                .expect("a failure for each failed block");
+            tracing::error!(
+                image = %image.name(),
+                "hydration ended with {} of {total} blocks local: {} failed their checks (first: {error})",
+                state.done,
+                failed.len()
+            );
+            return Err(HydrateStopped {
+                progress: state,
+                failed_blocks: failed.into_iter().collect(),
+                error,
+            });
+        }
         if missing.is_empty() {
             // Blocks cached by earlier runs are checked against the sidecar
             // before the image counts as local; any that fail go back to
@@ -192,8 +258,28 @@ pub async fn hydrate(
                 let Some(mut run) = runs.pop_front() else {
                     break;
                 };
+                // Filled since the pass began (demand reads, another
+                // daemon sharing the cache): not fetched, not paced.
+                run.retain(|&b| !entry.is_present(b).unwrap_or(false));
+                if run.is_empty() {
+                    continue;
+                }
                 if !calm && run.len() > 1 {
                     runs.push_front(run.split_off(1));
+                }
+                if host.refuses_fills() {
+                    // Full (size cap or free-space floor, nothing left to
+                    // evict) or failing: what is fetched now is thrown away.
+                    tracing::warn!(
+                        image = %image.name(),
+                        "hydration stopped at {}/{total} blocks: the host cache takes no more blocks (full, or its disk failed); restart the mount or run `zvimg hydrate` once there is room",
+                        entry.present_blocks()
+                    );
+                    let h = Arc::clone(&host);
+                    let _ = tokio::task::spawn_blocking(move || h.flush()).await;
+                    let present = entry.present_blocks();
+                    publish(&metrics, &mut state, present, total);
+                    return Ok(state);
                 }
                 if !backoff.is_zero() {
                     tokio::time::sleep(backoff).await;
@@ -247,12 +333,21 @@ pub async fn hydrate(
                     last_preempted = Some(Instant::now());
                     runs.push_front(run);
                 }
+                Err(e) if failed_block(&e).is_some() => {
+                    // This record is bad; the rest of the image may not be.
+                    let block = failed_block(&e).expect("checked");
+                    tracing::error!(image = %image.name(), "hydration leaves out block {block}: {e}");
+                    failed.insert(block);
+                    first_failure.get_or_insert(e);
+                    // The other blocks of the run come again next pass.
+                }
                 Err(e) if is_permanent(&e) => {
                     tracing::error!(image = %image.name(), "hydration stopped: {e}");
                     let h = Arc::clone(&host);
                     let _ = tokio::task::spawn_blocking(move || h.flush()).await;
                     return Err(HydrateStopped {
                         progress: state,
+                        failed_blocks: Vec::new(),
                         error: e,
                     });
                 }
@@ -274,7 +369,8 @@ pub async fn hydrate(
         let _ = tokio::task::spawn_blocking(move || h.flush()).await;
         let e = Arc::clone(&entry);
         let _ = tokio::task::spawn_blocking(move || e.refresh_present()).await;
-        if entry.present_blocks() <= before && backoff.is_zero() && !preempted {
+        if entry.present_blocks() <= before && backoff.is_zero() && !preempted && failed.is_empty()
+        {
             let present = entry.present_blocks();
             publish(&metrics, &mut state, present, total);
             // No progress without a store error: the cache is not keeping

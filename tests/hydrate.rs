@@ -233,3 +233,45 @@ fn hydration_from_a_fast_store_fetches_each_block_once() {
     assert_eq!(disk["writes"], 128, "{disk}");
     assert_eq!(present(cache.path()), 128);
 }
+
+/// A host cache too small for the image: hydration stops once the cache
+/// takes no more blocks, instead of fetching the whole image to throw it
+/// away; reads still work.
+#[test]
+fn hydration_stops_when_the_host_cache_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(43);
+    let mut raw = vec![0u8; 128 * MIB];
+    rng.fill(&mut raw[..]);
+    let raw_path = dir.path().join("disk.raw");
+    std::fs::write(&raw_path, &raw).unwrap();
+    let image = dir.path().join("disk.zvhd2");
+    zvtest::images::convert_file(&raw_path, &image);
+    let cache = zvtest::shm_tempdir();
+    let m = Mounted::builder()
+        .args(["--hydrate", "--readahead", "0", "--disk-cache", "4MiB"])
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .arg(&image)
+        .expect_file("disk.raw")
+        .start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !m.stderr().contains("takes no more blocks") {
+        assert!(Instant::now() < deadline, "{}", m.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = m.stats();
+    // 64 blocks in the image, 2 fit: hydration stopped long before the end.
+    assert!(
+        s.blocks_fetched <= 32,
+        "fetched {} of 64 blocks for a cache holding 2: {s:?}",
+        s.blocks_fetched
+    );
+    let mut buf = vec![0u8; 4096];
+    File::open(m.path("disk.raw"))
+        .unwrap()
+        .read_exact_at(&mut buf, 100 * MIB as u64)
+        .unwrap();
+    assert!(buf[..] == raw[100 * MIB..100 * MIB + 4096]);
+    assert!(m.stop().success());
+}

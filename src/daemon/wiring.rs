@@ -342,6 +342,16 @@ pub(super) fn start_hydration(runtime: &tokio::runtime::Runtime, opened: &[Opene
     let mut any = false;
     let mut tasks = Vec::new();
     let mut counters = Vec::new();
+    // The rate is the mount's: shared evenly by the images it hydrates.
+    let hydrating = opened
+        .iter()
+        .filter(|o| o.image.is_some() && o.cached.is_some())
+        .count()
+        .max(1) as u64;
+    let rate = match rate {
+        0 => 0,
+        r => (r / hydrating).max(1),
+    };
     for o in opened {
         let (Some(image), Some((host, entry))) = (&o.image, &o.cached) else {
             continue;

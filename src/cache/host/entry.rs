@@ -328,7 +328,7 @@ impl CacheEntry {
     }
 
     /// Whether the map on disk says `block` is present.
-    pub(super) fn is_present(&self, block: u64) -> io::Result<bool> {
+    pub fn is_present(&self, block: u64) -> io::Result<bool> {
         let mut b = [0u8; 1];
         self.map.read_exact_at(&mut b, MAP_HEADER + block)?;
         Ok(b[0] == 1)

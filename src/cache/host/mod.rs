@@ -124,6 +124,8 @@ struct HostInner {
     stopped: AtomicBool,
     /// Warned that the cache is full (once).
     full_warned: AtomicBool,
+    /// The last fill found no room (cleared when one finds room again).
+    full: AtomicBool,
     /// Bytes the cache occupies, as of the last scan plus our writes since.
     usage: AtomicU64,
     crash_after: Option<u64>,
@@ -189,6 +191,7 @@ impl HostCache {
             write_errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            full: AtomicBool::new(false),
             evictions: AtomicU64::new(0),
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(WRITE_QUEUE);
@@ -270,6 +273,13 @@ impl HostCache {
     /// Whether the cache stopped writing after an error.
     pub fn is_stopped(&self) -> bool {
         self.inner.stopped.load(Ordering::Relaxed)
+    }
+
+    /// Whether fills are being thrown away: the cache stopped after an
+    /// error, or the last fill found no room (size cap or free-space
+    /// floor, and nothing left to evict). A bulk filler (hydration) stops.
+    pub fn refuses_fills(&self) -> bool {
+        self.inner.stopped.load(Ordering::Relaxed) || self.inner.full.load(Ordering::Relaxed)
     }
 
     /// This process's counters.
@@ -417,6 +427,7 @@ impl HostInner {
             i.usage.load(Ordering::Relaxed) + more <= i.capacity && gc::free_ok(&i.root, more)
         };
         if fits(self) {
+            self.full.store(false, Ordering::Relaxed);
             return true;
         }
         let report = gc::collect(&self.root, self.capacity.saturating_sub(more), more);
@@ -427,13 +438,15 @@ impl HostInner {
         }
         self.usage.store(report.usage_after, Ordering::Relaxed);
         if fits(self) {
+            self.full.store(false, Ordering::Relaxed);
             return true;
         }
+        self.full.store(true, Ordering::Relaxed);
         if !self.full_warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 cache = %self.root.display(),
                 capacity = self.capacity,
-                "host cache is full (size cap or less than 5% of the file system free) and every cached image is in use; not caching more"
+                "host cache is full (its size cap, or less than 5% of the file system free) and no image that is not in use is left to evict; not caching more"
             );
         }
         false

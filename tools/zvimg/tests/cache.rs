@@ -123,22 +123,23 @@ fn hydrate_fills_the_cache_then_ls_rm_gc_manage_it() {
 }
 
 /// A record that fails its checks does not mend by waiting: `zvimg hydrate`
-/// names the block and fails (it used to retry it forever as an outage),
-/// and the blocks before it stay cached.
+/// leaves that block out, hydrates every other one, then fails naming it
+/// (it used to retry it forever as an outage, then to stop at it).
 #[test]
 fn hydrate_of_a_corrupt_image_fails_naming_the_block() {
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = zvtest::shm_tempdir();
     let cache = cache_dir.path().join("cache");
-    image(dir.path(), "bad", 4, 3);
+    image(dir.path(), "bad", 12, 3);
     let img = dir.path().join("bad.zvhd2");
-    // Flip bytes in the middle of the last block's record (the sidecar,
-    // written from the good image, holds its CRC32C).
+    // Flip bytes a quarter into the records (inside an early record of
+    // incompressible data; the sidecar, written from the good image, holds
+    // its CRC32C), so that runs after it are left to hydrate.
     let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", s(&img)])).unwrap();
     // The index starts right after the last record (and the mid footer).
     let index_at = info["footer"]["index_lba"].as_u64().unwrap();
     let mut bytes = std::fs::read(&img).unwrap();
-    let at = (index_at as usize) - 64 * 1024;
+    let at = (index_at as usize) / 4;
     for b in &mut bytes[at..at + 4] {
         *b ^= 0x5a;
     }
@@ -164,9 +165,16 @@ fn hydrate_of_a_corrupt_image_fails_naming_the_block() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("hydration stopped") && err.contains("block 3"),
+        err.contains("left out 1 block") && err.contains("fail"),
         "{err}"
     );
+    // Every other block with data is local.
+    let listed = ls(&cache);
+    let (present, total) = (
+        listed[0]["blocks_present"].as_u64().unwrap(),
+        listed[0]["blocks_total"].as_u64().unwrap(),
+    );
+    assert_eq!((present, total), (10, 11), "{err}");
     // Logs to a pipe carry no colour codes.
     assert!(!err.contains('\x1b'), "escape codes in piped logs: {err:?}");
 }
