@@ -54,8 +54,22 @@ fn de_hydrate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> 
     Ok(match Option::<Hydrate>::deserialize(d)? {
         Some(Hydrate::Flag(true)) => Some(0.0),
         Some(Hydrate::Flag(false)) | None => None,
-        Some(Hydrate::Rate(r)) => Some(r),
+        Some(Hydrate::Rate(r)) if r.is_finite() && r >= 0.0 => Some(r),
+        Some(Hydrate::Rate(r)) => {
+            return Err(serde::de::Error::custom(format!(
+                "hydrate: a rate in MB/s, 0 or more (0: unlimited), or true/false; not {r}"
+            )));
+        }
     })
+}
+
+/// `hydrate` as a file says it: `true` for unlimited, else the rate.
+fn ser_hydrate<S: serde::Serializer>(rate: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match rate {
+        Some(r) if *r == 0.0 => s.serialize_bool(true),
+        Some(r) => s.serialize_f64(*r),
+        None => s.serialize_none(),
+    }
 }
 
 /// Why a configuration cannot be used. Every variant names the file (when
@@ -284,7 +298,8 @@ pub struct MountSettings {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "de_hydrate"
+        deserialize_with = "de_hydrate",
+        serialize_with = "ser_hydrate"
     )]
     pub hydrate: Option<f64>,
     /// Blocks of sequential readahead (`--readahead`).
@@ -399,11 +414,11 @@ impl MountSettings {
             source,
         })?;
         let mut settings = MountSettings::parse(&text, path)?;
-        let base = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        settings.rebase(&base);
+        // A file in the working directory: its relative paths are already
+        // relative to it.
+        if let Some(base) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            settings.rebase(base);
+        }
         Ok(settings)
     }
 
@@ -961,6 +976,20 @@ force_path_style = true
         let settings = MountSettings::parse(text, Path::new("example.toml")).unwrap();
         assert_eq!(settings.images.len(), 2);
         assert_eq!(settings.allow_other, Some(true));
+    }
+
+    #[test]
+    fn hydrate_rates_are_checked_where_they_are_written() {
+        for bad in ["-5", "nan", "inf"] {
+            let text = format!("mountpoint = \"/mnt\"\nhydrate = {bad}\n");
+            let e = MountSettings::parse(&text, Path::new("web.toml")).unwrap_err();
+            assert!(e.to_string().starts_with("web.toml:2:"), "{e}");
+        }
+        let s = MountSettings::parse("hydrate = true\n", Path::new("a.toml")).unwrap();
+        assert_eq!(s.hydrate, Some(0.0));
+        assert!(s.to_toml().contains("hydrate = true"), "{}", s.to_toml());
+        let s = MountSettings::parse("hydrate = 12.5\n", Path::new("a.toml")).unwrap();
+        assert!(s.to_toml().contains("hydrate = 12.5"), "{}", s.to_toml());
     }
 
     #[test]

@@ -33,6 +33,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.print_config {
+        // What a run would refuse is refused here too.
+        if let Err(e) = settings.clone().into_mount_config() {
+            eprintln!("zvmount: error: {e}");
+            return ExitCode::FAILURE;
+        }
         print!("{}", settings.to_toml());
         return ExitCode::SUCCESS;
     }
