@@ -227,6 +227,7 @@ pub async fn hydrate(
             if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || e.verify_present()).await
                 && n > 0
             {
+                host.note_bad_blocks(n);
                 continue;
             }
             tracing::info!(

@@ -259,14 +259,15 @@ async fn open_image(
     );
     // A complete entry cached by an earlier run: check it against the
     // sidecar in the background, after which new opens use passthrough.
-    if let Some((_, entry)) = &cached
+    if let Some((host, entry)) = &cached
         && entry.is_complete()
         && !entry.is_local()
     {
-        let entry = Arc::clone(entry);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = entry.verify_present() {
-                tracing::warn!(image = %entry.id(), "cannot check the host cache entry: {e}");
+        let (host, entry) = (Arc::clone(host), Arc::clone(entry));
+        tokio::task::spawn_blocking(move || match entry.verify_present() {
+            Ok(bad) => host.note_bad_blocks(bad),
+            Err(e) => {
+                tracing::warn!(image = %entry.id(), "cannot check the host cache entry: {e}")
             }
         });
     }
@@ -450,7 +451,10 @@ pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<(Caches, Vec<C
                 // of the host fill and evict the same cache.
                 usage: Arc::new(move || CacheUsage {
                     bytes: crate::cache::host::gc::usage(probe.root()),
-                    capacity: probe.capacity_bytes(),
+                    capacity: crate::cache::host::gc::effective_capacity(
+                        probe.root(),
+                        probe.capacity_bytes(),
+                    ),
                     counters: Some(probe.stats()),
                 }),
             });

@@ -275,6 +275,12 @@ impl HostCache {
         self.inner.stopped.load(Ordering::Relaxed)
     }
 
+    /// Counts `n` cached blocks found not to match the sidecar by a check
+    /// of a whole entry ([`CacheEntry::verify_present`]) in `bad_blocks`.
+    pub fn note_bad_blocks(&self, n: u64) {
+        self.inner.bad_blocks.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Whether fills are being thrown away: the cache stopped after an
     /// error, or the last fill found no room (size cap or free-space
     /// floor, and nothing left to evict). A bulk filler (hydration) stops.

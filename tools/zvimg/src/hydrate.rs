@@ -14,6 +14,10 @@ use zvstore::open_source;
 use crate::convert::human;
 use crate::{SourceArgs, progress, runtime};
 
+/// How often `zvimg hydrate` prints a progress line when stderr is not a
+/// terminal (no progress bar).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Flags of `zvimg hydrate`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -76,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let total = entry.record_blocks();
         let bar = progress::bytes_bar(total * block_size, "hydrate");
         let started = Instant::now();
+        let last_line = std::sync::Mutex::new(Instant::now());
         let done = hydrate(
             Arc::clone(&image),
             Arc::clone(&host),
@@ -84,7 +89,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 rate: args.rate.map(|mb| (mb.max(0.0) * 1e6) as u64),
                 ..HydrateOptions::default()
             },
-            |p| bar.set_position(p.done * block_size),
+            |p| {
+                bar.set_position(p.done * block_size);
+                // Without a terminal (a service, a pipe): a line now and then.
+                let mut last = last_line.lock().unwrap_or_else(|e| e.into_inner());
+                if bar.is_hidden() && last.elapsed() >= PROGRESS_EVERY {
+                    *last = Instant::now();
+                    eprintln!(
+                        "{}: {}/{} blocks local, {:.1} MB fetched",
+                        args.image,
+                        p.done,
+                        p.total,
+                        p.bytes as f64 / 1e6
+                    );
+                }
+            },
         )
         .await;
         bar.finish_and_clear();
