@@ -114,6 +114,19 @@ pub struct CacheEntry {
     zeros_are_holes: std::sync::OnceLock<bool>,
 }
 
+/// Whether `e` says the entry's files are damaged (bad header, wrong size,
+/// short or missing file), as opposed to the host refusing access.
+fn is_damage(e: &HostCacheError) -> bool {
+    match e {
+        HostCacheError::BadEntry { .. } => true,
+        HostCacheError::Io { source, .. } => matches!(
+            source.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound | io::ErrorKind::InvalidData
+        ),
+        _ => false,
+    }
+}
+
 /// Alignment of `O_DIRECT` writes (buffer, offset and length): one page,
 /// which covers every logical block size in use.
 const DIRECT_ALIGN: usize = 4096;
@@ -183,7 +196,22 @@ impl CacheEntry {
             if !same {
                 continue;
             }
-            return Self::open_locked(dir, lock, spec);
+            match Self::open_locked(dir.clone(), lock, spec) {
+                Err(e) if is_damage(&e) => {
+                    // A torn or damaged entry (a crash while it was
+                    // created, a bad disk, a hand edit): nothing in it can
+                    // be trusted. Start it afresh unless a process uses it.
+                    let root = images.parent().unwrap_or(images);
+                    match super::gc::remove(root, &spec.id) {
+                        Ok(_) => {
+                            tracing::warn!(entry = %dir.display(), "host cache entry is damaged ({e}); removed it, starting afresh");
+                            continue;
+                        }
+                        Err(_) => return Err(e),
+                    }
+                }
+                other => return other,
+            }
         }
         Err(HostCacheError::BadEntry {
             path: dir,

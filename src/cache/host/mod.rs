@@ -746,6 +746,35 @@ pub(crate) mod tests {
         assert_eq!(&bytes[..BS as usize], &block(0)[..]);
     }
 
+    /// A damaged entry (here a map with a bad header) is started afresh
+    /// when no process uses it, instead of being skipped for ever.
+    #[test]
+    fn a_damaged_entry_is_started_afresh() {
+        let dir = test_dir();
+        let s = spec("img", 4, None);
+        let map = {
+            let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+            let e = c.attach(&s).unwrap();
+            fill(&c, &key("img", 0), block(1));
+            e.data_path().with_file_name("map")
+        };
+        std::fs::write(&map, b"garbage").unwrap();
+        let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+        let e = c.attach(&s).expect("a fresh entry");
+        assert_eq!(e.present_blocks(), 0, "nothing of the damaged entry kept");
+        fill(&c, &key("img", 2), block(2));
+        assert_eq!(e.present_blocks(), 1);
+        // In use by another process (a shared lock held): left alone.
+        drop(e);
+        drop(c);
+        std::fs::write(&map, b"garbage").unwrap();
+        let lock = std::fs::File::open(map.with_file_name("lock")).unwrap();
+        let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockSharedNonblock).unwrap();
+        let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+        assert!(c.attach(&s).is_err(), "removed while in use");
+        drop(held);
+    }
+
     #[test]
     fn data_without_its_map_byte_is_not_a_block() {
         // What a crash between the data write and the map update leaves.
