@@ -39,6 +39,9 @@ pub struct EntryStatus {
     pub last_use: SystemTime,
     /// Whether a running process has it attached.
     pub in_use: bool,
+    /// Whether its description or block map cannot be read: nothing in it
+    /// is used, and `gc` removes it first (when not in use).
+    pub damaged: bool,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -194,14 +197,29 @@ pub fn list(root: &Path) -> Vec<EntryStatus> {
 }
 
 fn status(dir: &Path) -> Option<EntryStatus> {
-    let info = entry::read_info(dir)?;
-    let map = fs::read(dir.join(MAP)).ok()?;
-    let present = map
-        .get(MAP_HEADER as usize..)
-        .map_or(0, |m| m.iter().filter(|b| **b == 1).count() as u64);
     let last_use = fs::metadata(dir.join(LOCK))
         .and_then(|m| m.modified())
         .unwrap_or(SystemTime::UNIX_EPOCH);
+    let info = entry::read_info(dir);
+    let map = fs::read(dir.join(MAP)).ok();
+    let (Some(info), Some(map)) = (info, map) else {
+        // Listed (it takes space) and marked, not hidden.
+        let id = dir.file_name()?.to_string_lossy().into_owned();
+        return Some(EntryStatus {
+            id,
+            source: "(damaged: its info.json or map cannot be read)".into(),
+            disk_size: 0,
+            cached_bytes: entry_bytes(dir),
+            blocks_present: 0,
+            blocks_total: 0,
+            last_use: SystemTime::UNIX_EPOCH,
+            in_use: is_in_use(dir),
+            damaged: true,
+        });
+    };
+    let present = map
+        .get(MAP_HEADER as usize..)
+        .map_or(0, |m| m.iter().filter(|b| **b == 1).count() as u64);
     Some(EntryStatus {
         id: info.id,
         source: info.source,
@@ -211,6 +229,7 @@ fn status(dir: &Path) -> Option<EntryStatus> {
         blocks_total: info.record_blocks,
         last_use,
         in_use: is_in_use(dir),
+        damaged: false,
     })
 }
 
@@ -253,7 +272,8 @@ pub fn collect(root: &Path, cap: u64, more: u64) -> GcReport {
         ..GcReport::default()
     };
     for st in list(root) {
-        if report.usage_after <= cap && free_ok(root, more) {
+        // Damaged entries go whatever the room: nothing in them is used.
+        if !st.damaged && report.usage_after <= cap && free_ok(root, more) {
             break;
         }
         if st.in_use {

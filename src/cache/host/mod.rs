@@ -775,6 +775,27 @@ pub(crate) mod tests {
         drop(held);
     }
 
+    /// An entry whose description cannot be read is listed as damaged (its
+    /// bytes counted, not hidden) and `gc` removes it whatever the room.
+    #[test]
+    fn gc_lists_and_removes_a_damaged_entry() {
+        let dir = test_dir();
+        let info = {
+            let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+            let e = c.attach(&spec("img", 4, None)).unwrap();
+            fill(&c, &key("img", 0), block(1));
+            e.data_path().with_file_name("info.json")
+        };
+        std::fs::write(&info, b"{bad").unwrap();
+        let listed = gc::list(dir.path());
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].damaged && !listed[0].in_use, "{listed:?}");
+        assert!(listed[0].cached_bytes >= BS, "{listed:?}");
+        let report = gc::collect(dir.path(), 1 << 30, 0);
+        assert_eq!(report.removed, vec!["img".to_string()]);
+        assert!(gc::list(dir.path()).is_empty());
+    }
+
     #[test]
     fn data_without_its_map_byte_is_not_a_block() {
         // What a crash between the data write and the map update leaves.
