@@ -382,7 +382,9 @@ pub(super) fn start_hydration(runtime: &tokio::runtime::Runtime, opened: &[Opene
         )));
     }
     if !any {
-        tracing::warn!("--hydrate needs a host cache (--cache-dir); nothing to hydrate into");
+        tracing::warn!(
+            "--hydrate: no image has a usable host-cache entry (no --cache-dir, or see the warnings above); nothing to hydrate into"
+        );
         return;
     }
     runtime.spawn(super::notify::report_hydration(
