@@ -13,12 +13,24 @@
 //! fetching itself happens here, in `fetch`. What every image of one
 //! mount shares (cache, counters, prefetch budget, decode slots, the
 //! replay share of the cache) is one [`MountContext`].
+//!
+//! Files: this one holds [`Image`] and its read entry points; `demand`
+//! the demand path and single-flight registration (`claim`);
+//! `background` readahead, profile replay and hydration starts; `fetch`
+//! the GETs, `decode` verification and decoding; [`options`] and
+//! [`context`] the settings and the mount's shared state; [`open`] and
+//! [`persist`] loading and storing an image's layout; [`disk`] the FUSE
+//! side; [`scan`] whole-image checks.
 
+mod background;
+pub mod context;
 mod decode;
+mod demand;
 pub mod disk;
 pub mod error;
 mod fetch;
 pub mod open;
+pub mod options;
 pub mod persist;
 pub mod scan;
 #[cfg(test)]
@@ -26,209 +38,25 @@ mod testing;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, Shared};
 
+pub use context::MountContext;
 pub use disk::ImageDisk;
 pub use error::ImageError;
 pub use fetch::BlockFailure;
 pub use open::{ImageLayout, SidecarSource};
+pub use options::{ImageOptions, MountLimits, SizeMode};
 
 use crate::cache::{BlockCache, BlockKey};
 use crate::metrics::Metrics;
-use crate::prefetch::{AccessRecorder, BudgetPermit, PrefetchBudget, ProfileReplay, ReaderStream};
+use crate::prefetch::{AccessRecorder, ReaderStream};
 use zvhd2::{BlockLocation, RecordLocation};
 use zvstore::ObjectStore;
-use zvstore::coalesce::RunLimits;
 use zvstore::outage::Escalation;
-
-/// Which size the image reports.
-/// Parsed from and shown as `orig` / `curr` (the `--size` flag of both
-/// binaries).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SizeMode {
-    /// The size of the disk that was converted (`orig_size`): what the user had.
-    #[default]
-    Orig,
-    /// `orig_size` rounded up to a whole GiB (`curr_size`), as Huawei's own
-    /// reader reports it; the extra tail reads as zeros.
-    Curr,
-}
-
-impl std::str::FromStr for SizeMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<SizeMode, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "orig" => Ok(SizeMode::Orig),
-            "curr" => Ok(SizeMode::Curr),
-            _ => Err(format!("invalid size mode {s:?}: expected orig or curr")),
-        }
-    }
-}
-
-impl fmt::Display for SizeMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SizeMode::Orig => "orig",
-            SizeMode::Curr => "curr",
-        })
-    }
-}
-
-/// How an [`Image`] reads.
-#[derive(Clone, Debug)]
-pub struct ImageOptions {
-    /// Which size to report.
-    pub size_mode: SizeMode,
-    /// Check each record's CRC32C and each block's BLAKE3 against the
-    /// sidecar when there is one. The decoded length is always checked.
-    pub verify: bool,
-    /// Blocks to read ahead of a sequential stream (0 disables readahead).
-    pub readahead_blocks: usize,
-    /// Bytes that in-flight prefetches may hold (0 disables prefetching).
-    /// Mount-wide: read by [`MountLimits::from`]; an image opened into an
-    /// existing [`MountContext`] uses the context's budget instead.
-    pub prefetch_budget_bytes: u64,
-    /// Prefetch requests in flight at once (readahead and profile replay);
-    /// mount-wide like `prefetch_budget_bytes`.
-    pub prefetch_concurrency: usize,
-    /// Neighbouring records closer than this are fetched in one GET (the
-    /// gap is read and thrown away).
-    pub coalesce_gap: u64,
-    /// Upper bound on the bytes of one coalesced GET.
-    pub max_coalesce_bytes: u64,
-    /// Widen every GET to whole slices of this many bytes of the image,
-    /// aligned to multiples of it (0: off), so that hosts behind a caching
-    /// tier ask for the same ranges; the records that come along are
-    /// decoded and cached too. Costs bytes (the rest of each slice).
-    pub fetch_align: u64,
-    /// Blocks decoded at once (0: one per CPU); mount-wide like
-    /// `prefetch_budget_bytes`.
-    pub decode_threads: usize,
-    /// Record the first-touch order of demand reads (see [`Image::recorder`]).
-    pub record_access: bool,
-}
-
-impl Default for ImageOptions {
-    fn default() -> Self {
-        ImageOptions {
-            size_mode: SizeMode::Orig,
-            verify: true,
-            readahead_blocks: 4,
-            prefetch_budget_bytes: 64 << 20,
-            prefetch_concurrency: 4,
-            coalesce_gap: 64 << 10,
-            max_coalesce_bytes: 8 << 20,
-            fetch_align: 0,
-            decode_threads: 0,
-            record_access: false,
-        }
-    }
-}
-
-/// The limits one mount shares between all its images.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MountLimits {
-    /// Bytes that in-flight prefetches of all images may hold together
-    /// (0 disables prefetching).
-    pub prefetch_budget_bytes: u64,
-    /// Prefetch requests in flight at once, all images together.
-    pub prefetch_concurrency: usize,
-    /// Blocks decoded at once, all images together (0: one per CPU).
-    pub decode_threads: usize,
-}
-
-impl Default for MountLimits {
-    fn default() -> Self {
-        MountLimits::from(&ImageOptions::default())
-    }
-}
-
-impl From<&ImageOptions> for MountLimits {
-    fn from(o: &ImageOptions) -> Self {
-        MountLimits {
-            prefetch_budget_bytes: o.prefetch_budget_bytes,
-            prefetch_concurrency: o.prefetch_concurrency,
-            decode_threads: o.decode_threads,
-        }
-    }
-}
-
-/// What every image of one mount shares: the block cache, the counters,
-/// one prefetch budget, the decode slots, and the cache share profile
-/// replays may fill. Create one per mount and open every image into it
-/// with [`Image::in_mount`].
-#[derive(Debug)]
-pub struct MountContext {
-    cache: Arc<dyn BlockCache>,
-    metrics: Arc<Metrics>,
-    budget: PrefetchBudget,
-    decode_limit: Arc<tokio::sync::Semaphore>,
-    /// Images opened into this mount (the replay share is split among them).
-    images: AtomicU64,
-    /// Woken each time a demand read sends a GET: background hydration
-    /// GETs in flight give way to it.
-    demand_fetches: tokio::sync::Notify,
-}
-
-impl MountContext {
-    /// A context over `cache` and `metrics` with `limits`.
-    pub fn new(
-        cache: Arc<dyn BlockCache>,
-        metrics: Arc<Metrics>,
-        limits: MountLimits,
-    ) -> Arc<MountContext> {
-        let decode_threads = match limits.decode_threads {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-            n => n,
-        };
-        Arc::new(MountContext {
-            budget: PrefetchBudget::new(
-                limits.prefetch_budget_bytes,
-                limits.prefetch_concurrency,
-                Arc::clone(&metrics),
-            ),
-            cache,
-            metrics,
-            decode_limit: Arc::new(tokio::sync::Semaphore::new(decode_threads)),
-            images: AtomicU64::new(0),
-            demand_fetches: tokio::sync::Notify::new(),
-        })
-    }
-
-    /// The mount's prefetch budget.
-    pub fn budget(&self) -> &PrefetchBudget {
-        &self.budget
-    }
-
-    /// The mount's block cache.
-    pub fn cache(&self) -> &Arc<dyn BlockCache> {
-        &self.cache
-    }
-
-    /// The mount's counters.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Bytes of blocks one image's boot-profile replay may bring in: half
-    /// of what the mount's cache holds, split evenly between the images
-    /// opened into the mount. More would evict blocks the guests need
-    /// first (a replay's own head, or another image's) before they read
-    /// them.
-    pub fn replay_cap(&self) -> u64 {
-        let images = self.images.load(Ordering::Relaxed).max(1);
-        self.cache.capacity().map_or(u64::MAX, |c| c / 2 / images)
-    }
-}
 
 /// A fetch of one block in flight; every reader of the block awaits a clone.
 type InFlight = Shared<BoxFuture<'static, Result<Bytes, Arc<BlockFailure>>>>;
@@ -552,75 +380,6 @@ impl Image {
         Some(bytes.slice(start..start + (end - offset) as usize))
     }
 
-    /// Starts background fetches of `blocks` (skipping zero, cached and
-    /// in-flight ones) within the prefetch budget; blocks that do not fit
-    /// the budget are skipped. Returns how many fetches were started.
-    pub fn prefetch(self: &Arc<Self>, blocks: impl IntoIterator<Item = u64>) -> usize {
-        self.readahead(blocks, &self.stream)
-    }
-
-    /// Starts replaying the sidecar's boot profile, if it has one: its
-    /// blocks are fetched in order, [`ImageOptions::prefetch_concurrency`]
-    /// requests at a time, within the prefetch budget. The task ends when
-    /// every block is ready (or failed); its result says how it went.
-    ///
-    /// The replay fetches at most its share of the mount's cache
-    /// ([`MountContext::replay_cap`]): a profile larger than the cache would
-    /// otherwise evict its own first blocks, or another image's (the ones
-    /// the guests need first), before the guests read them. The rest of the
-    /// profile is left to demand reads and readahead.
-    pub fn start_profile_prefetch(
-        self: &Arc<Self>,
-    ) -> Option<tokio::task::JoinHandle<ProfileReplay>> {
-        let profile = self
-            .layout
-            .sidecar
-            .as_ref()
-            .map(|s| s.boot_profile.clone())
-            .unwrap_or_default();
-        if profile.is_empty() || self.mount.budget.capacity() == 0 {
-            return None;
-        }
-        Some(self.prefetch_profile(profile))
-    }
-
-    /// Replays an explicit profile (block numbers in the order to fetch
-    /// them), as [`Image::start_profile_prefetch`] does for the sidecar's.
-    pub fn prefetch_profile(
-        self: &Arc<Self>,
-        profile: Vec<u64>,
-    ) -> tokio::task::JoinHandle<ProfileReplay> {
-        let image = Arc::clone(self);
-        let cap = self.mount.replay_cap();
-        tokio::spawn(crate::prefetch::replay::run(image, profile, cap))
-    }
-
-    /// Fetches `blocks` into the lower cache levels (not memory: a
-    /// background fill must not evict what readers use) and waits for
-    /// them; zero blocks are skipped. For [`crate::hydrate`]. The first
-    /// failure is returned once every block has finished.
-    pub async fn hydrate_blocks(self: &Arc<Self>, blocks: &[u64]) -> Result<(), ImageError> {
-        let wanted: Vec<(u64, RecordLocation)> = blocks
-            .iter()
-            .filter_map(|&b| match self.layout.index.lookup(b)? {
-                BlockLocation::Record(loc) => Some((b, loc)),
-                BlockLocation::Zero => None,
-            })
-            .collect();
-        let (waits, _) = self.claim(&wanted, FetchKind::Hydrate, BudgetPermit::none());
-        let results = futures::future::join_all(waits.into_iter().map(|(_, w)| w)).await;
-        for ((b, loc), r) in wanted.into_iter().zip(results) {
-            r.map_err(|f| self.block_error(b, loc, f))?;
-        }
-        Ok(())
-    }
-
-    /// Demand reads waiting for a fetch at this moment.
-    pub fn demand_waiting(&self) -> usize {
-        self.demand_waiting
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     // ---- internals -------------------------------------------------------
 
     fn locate(&self, block: u64) -> Result<BlockLocation, ImageError> {
@@ -633,100 +392,6 @@ impl Image {
                 len: self.block_size,
                 size: self.block_count.saturating_mul(self.block_size),
             })
-    }
-
-    /// Profile recording and readahead, once per block a demand read of
-    /// `stream` touches.
-    fn note_access(self: &Arc<Self>, block: u64, stream: &ReaderStream) {
-        if let Some(r) = &self.recorder {
-            r.record(block);
-        }
-        if self.options.readahead_blocks == 0 || self.mount.budget.capacity() == 0 {
-            return;
-        }
-        if let Some(range) = stream.access(block) {
-            Metrics::inc(&self.metrics.readahead_triggers);
-            let range = range.start..range.end.min(self.block_count);
-            self.readahead(range, stream);
-        }
-    }
-
-    async fn demand_block(self: &Arc<Self>, block: u64) -> Result<Bytes, ImageError> {
-        let loc = match self.locate(block)? {
-            BlockLocation::Zero => {
-                Metrics::inc(&self.metrics.zero_block_reads);
-                return Ok(self.zero_block.clone());
-            }
-            BlockLocation::Record(loc) => loc,
-        };
-        if let Some(hit) = self.cache.get_fast(&self.cache_key(block)) {
-            Metrics::inc(&self.metrics.mem_cache_hits);
-            return Ok(hit);
-        }
-        let (mut waits, _) = self.claim(&[(block, loc)], FetchKind::Demand, BudgetPermit::none());
-        let wait = waits.pop().expect("one wait per claimed block").1;
-        self.finish_demand(block, BlockWait::Fetch(loc, wait)).await
-    }
-
-    /// One wait per block of `first..=last`, starting fetches for misses.
-    fn demand_blocks(
-        self: &Arc<Self>,
-        first: u64,
-        last: u64,
-    ) -> Result<Vec<(u64, BlockWait)>, ImageError> {
-        let mut out = Vec::with_capacity((last - first + 1) as usize);
-        let mut missing = Vec::new();
-        for b in first..=last {
-            match self.locate(b)? {
-                BlockLocation::Zero => {
-                    Metrics::inc(&self.metrics.zero_block_reads);
-                    out.push((b, BlockWait::Ready(self.zero_block.clone())));
-                }
-                BlockLocation::Record(loc) => match self.cache.get_fast(&self.cache_key(b)) {
-                    Some(hit) => {
-                        Metrics::inc(&self.metrics.mem_cache_hits);
-                        out.push((b, BlockWait::Ready(hit)));
-                    }
-                    None => missing.push((b, loc)),
-                },
-            }
-        }
-        if !missing.is_empty() {
-            let (waits, _) = self.claim(&missing, FetchKind::Demand, BudgetPermit::none());
-            for ((b, loc), (_, wait)) in missing.into_iter().zip(waits) {
-                out.push((b, BlockWait::Fetch(loc, wait)));
-            }
-            out.sort_by_key(|(b, _)| *b);
-        }
-        Ok(out)
-    }
-
-    async fn finish_demand(
-        self: &Arc<Self>,
-        block: u64,
-        wait: BlockWait,
-    ) -> Result<Bytes, ImageError> {
-        match wait {
-            BlockWait::Ready(bytes) => Ok(bytes),
-            BlockWait::Fetch(loc, fut) => {
-                let started = Instant::now();
-                let _waiting = DemandWaiting::new(&self.demand_waiting);
-                let mut result = fut.await;
-                // Joined a hydration fetch in the instant it gave way to
-                // another demand read: fetch the block again, as a demand
-                // read (a preempted fetch never reaches a reader).
-                while matches!(&result, Err(f) if matches!(**f, BlockFailure::Preempted)) {
-                    let (mut waits, _) =
-                        self.claim(&[(block, loc)], FetchKind::Demand, BudgetPermit::none());
-                    let again = waits.pop().expect("one wait per claimed block").1;
-                    result = again.await;
-                }
-                let waited = started.elapsed();
-                Metrics::add(&self.metrics.miss_wait_ns, waited.as_nanos() as u64);
-                self.metrics.miss_wait.observe(waited);
-                result.map_err(|failure| self.block_error(block, loc, failure))
-            }
-        }
     }
 
     /// Every block handed out is exactly `block_size` long (decoding checks
@@ -765,191 +430,6 @@ impl Image {
             source: failure,
         }
     }
-
-    /// Registers a fetch for each of `wanted` that is neither in flight nor
-    /// in memory, and starts one background task fetching all of those (in
-    /// coalesced runs). Returns a wait per wanted block, in order, and the
-    /// number of fetches started.
-    pub(crate) fn claim(
-        self: &Arc<Self>,
-        wanted: &[(u64, RecordLocation)],
-        kind: FetchKind,
-        permit: BudgetPermit,
-    ) -> (Vec<(u64, InFlight)>, usize) {
-        use futures::FutureExt;
-        let mut waits = Vec::with_capacity(wanted.len());
-        let mut started = Vec::new();
-        // A background fetch can be raised to a demand read's priority and
-        // deadline, should one join it (see `zvstore::outage::Escalation`).
-        let escalation = (kind != FetchKind::Demand).then(|| Arc::new(Escalation::default()));
-        let asked = Instant::now();
-        {
-            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            for &(block, loc) in wanted {
-                if let Some((f, raise)) = map.get(&block) {
-                    if kind == FetchKind::Demand {
-                        Metrics::inc(&self.metrics.inflight_joins);
-                        if let Some(raise) = raise {
-                            raise.raise(asked);
-                        }
-                    }
-                    waits.push((block, f.clone()));
-                    continue;
-                }
-                // Checked again under the lock: a fetch that completed since
-                // the caller looked has put its block in the cache before
-                // leaving the map.
-                if let Some(hit) = self.cache.get_fast(&self.cache_key(block)) {
-                    if kind == FetchKind::Demand {
-                        Metrics::inc(&self.metrics.mem_cache_hits);
-                    }
-                    waits.push((block, futures::future::ready(Ok(hit)).boxed().shared()));
-                    continue;
-                }
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let fut: InFlight = rx
-                    .map(|r| {
-                        r.unwrap_or_else(|_| {
-                            Err(Arc::new(BlockFailure::Aborted("fetch task ended".into())))
-                        })
-                    })
-                    .boxed()
-                    .shared();
-                map.insert(block, (fut.clone(), escalation.clone()));
-                waits.push((block, fut));
-                let pending = fetch::Pending::new(Arc::clone(self), block, loc, tx);
-                started.push(if kind == FetchKind::Hydrate {
-                    pending.cold()
-                } else {
-                    pending
-                });
-            }
-        }
-        let n = started.len();
-        if n > 0 {
-            let fetch = fetch::run(Arc::clone(self), started, kind, permit);
-            match escalation {
-                Some(e) => tokio::spawn(Escalation::scope(e, fetch)),
-                None => tokio::spawn(fetch),
-            };
-        }
-        (waits, n)
-    }
-
-    /// Whether `block` is in memory or being fetched (no recency update
-    /// matters here: the caller is about to fetch it otherwise).
-    pub(crate) fn is_present(&self, block: u64) -> bool {
-        if self
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&block)
-        {
-            return true;
-        }
-        self.cache.get_fast(&self.cache_key(block)).is_some()
-    }
-
-    /// Blocks of `blocks` that have a record and are not present, grouped
-    /// into runs of records neighbouring in the file (kept in given order),
-    /// each small enough to fit half the prefetch budget.
-    pub(crate) fn prefetch_runs(
-        &self,
-        blocks: impl IntoIterator<Item = u64>,
-    ) -> Vec<Vec<(u64, RecordLocation)>> {
-        let candidates = blocks
-            .into_iter()
-            .filter_map(|b| match self.layout.index.lookup(b) {
-                Some(BlockLocation::Record(loc)) if !self.is_present(b) => Some((b, loc)),
-                _ => None,
-            });
-        crate::prefetch::planner::plan(candidates, &self.prefetch_limits())
-    }
-
-    /// The planner's limits for prefetch runs of this image.
-    fn prefetch_limits(&self) -> RunLimits {
-        RunLimits {
-            max_gap: self.options.coalesce_gap,
-            max_bytes: self.options.max_coalesce_bytes,
-            max_ranges: MAX_RUN_BLOCKS,
-            // Highly compressible records are small, but each decodes to a block.
-            cost_per_range: self.block_size,
-            max_cost: self.mount.budget.capacity() / 2,
-        }
-    }
-
-    /// Memory a prefetch of `run` holds while in flight: records + blocks.
-    pub(crate) fn run_cost(&self, run: &[(u64, RecordLocation)]) -> u64 {
-        run.iter()
-            .map(|(_, loc)| u64::from(loc.size) + self.block_size)
-            .sum()
-    }
-
-    /// Starts readahead of `blocks` for `stream` within the mount's
-    /// budget. A run that does not fit now is skipped, except when
-    /// `stream` holds no budget at all: then its first run waits for room
-    /// in the background (a stream's first reservation is always granted,
-    /// so no reader starves behind another). Returns the fetches started
-    /// now.
-    fn readahead(
-        self: &Arc<Self>,
-        blocks: impl IntoIterator<Item = u64>,
-        stream: &ReaderStream,
-    ) -> usize {
-        let budget = &self.mount.budget;
-        if budget.capacity() == 0 {
-            return 0;
-        }
-        let mut started = 0;
-        for run in self.prefetch_runs(blocks) {
-            let cost = self.run_cost(&run);
-            if let Some(permit) = budget.try_acquire(cost, stream.budget()) {
-                started += self.claim(&run, FetchKind::Readahead, permit).1;
-            } else if let Some(waiting) = stream.budget().start_waiting() {
-                let image = Arc::clone(self);
-                let account = stream.budget().clone();
-                tokio::spawn(async move {
-                    let _waiting = waiting;
-                    let Some(permit) = image.mount.budget.acquire(cost, &account).await else {
-                        return;
-                    };
-                    // Read by a reader since the run was planned?
-                    let run: Vec<_> = run
-                        .into_iter()
-                        .filter(|(b, _)| !image.is_present(*b))
-                        .collect();
-                    if !run.is_empty() {
-                        image.claim(&run, FetchKind::Readahead, permit);
-                    }
-                });
-            } else {
-                Metrics::add(&self.metrics.prefetch_budget_skips, run.len() as u64);
-            }
-        }
-        started
-    }
-}
-
-/// Counts a demand read as waiting while alive.
-struct DemandWaiting<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> DemandWaiting<'a> {
-    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        DemandWaiting(counter)
-    }
-}
-
-impl Drop for DemandWaiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// A block a demand read is waiting for.
-enum BlockWait {
-    Ready(Bytes),
-    Fetch(RecordLocation, InFlight),
 }
 
 /// `n` zero bytes, shared when they fit the static buffer.
