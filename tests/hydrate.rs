@@ -41,6 +41,20 @@ fn builder(server: &S3Server, url: &str, cache: &Path, extra: &[&str]) -> MountB
         .expect_file("disk.raw")
 }
 
+/// A random raw disk of `mib` MiB converted to `dir/disk.zvhd2` (a local
+/// image; the raw file is not kept): the disk and the image's path.
+fn local_image(dir: &Path, mib: usize, seed: u64) -> (Vec<u8>, std::path::PathBuf) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut raw = vec![0u8; mib * MIB];
+    rng.fill(&mut raw[..]);
+    let raw_path = dir.join("disk.raw");
+    std::fs::write(&raw_path, &raw).unwrap();
+    let image = dir.join("disk.zvhd2");
+    zvtest::images::convert_file(&raw_path, &image);
+    std::fs::remove_file(&raw_path).unwrap();
+    (raw, image)
+}
+
 fn present(cache: &Path) -> u64 {
     gc::list(cache).first().map_or(0, |s| s.blocks_present)
 }
@@ -191,14 +205,7 @@ fn a_demand_miss_preempts_hydration_gets_in_flight() {
 #[test]
 fn hydration_from_a_fast_store_fetches_each_block_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
-    let mut raw = vec![0u8; 256 * MIB];
-    rng.fill(&mut raw[..]);
-    let raw_path = dir.path().join("disk.raw");
-    std::fs::write(&raw_path, &raw).unwrap();
-    let image = dir.path().join("disk.zvhd2");
-    zvtest::images::convert_file(&raw_path, &image);
-    std::fs::remove_file(&raw_path).unwrap();
+    let (_, image) = local_image(dir.path(), 256, 41);
     // The cache on the real disk (not tmpfs): its writes and syncs are
     // slower than reading and decoding the local image.
     let cache = tempfile::tempdir_in(dir.path()).unwrap();
@@ -240,13 +247,7 @@ fn hydration_from_a_fast_store_fetches_each_block_once() {
 #[test]
 fn hydration_stops_when_the_host_cache_is_full() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(43);
-    let mut raw = vec![0u8; 128 * MIB];
-    rng.fill(&mut raw[..]);
-    let raw_path = dir.path().join("disk.raw");
-    std::fs::write(&raw_path, &raw).unwrap();
-    let image = dir.path().join("disk.zvhd2");
-    zvtest::images::convert_file(&raw_path, &image);
+    let (raw, image) = local_image(dir.path(), 128, 43);
     let cache = zvtest::shm_tempdir();
     let m = Mounted::builder()
         .args(["--hydrate", "--readahead", "0", "--disk-cache", "4MiB"])
