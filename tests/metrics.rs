@@ -57,10 +57,7 @@ fn scrape_tcp(port: u16) -> String {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let (head, body) = get_metrics(stream, "");
-    assert!(head.starts_with("HTTP/1.1 200 "), "{head}\n{body}");
-    assert!(head.contains("version=0.0.4"), "{head}");
-    body
+    ok_body(get_metrics(stream, ""))
 }
 
 fn scrape_unix(path: &Path) -> String {
@@ -68,7 +65,11 @@ fn scrape_unix(path: &Path) -> String {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let (head, body) = get_metrics(stream, "");
+    ok_body(get_metrics(stream, ""))
+}
+
+/// The body of a successful scrape in the classic text format.
+fn ok_body((head, body): (String, String)) -> String {
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}\n{body}");
     assert!(head.contains("version=0.0.4"), "{head}");
     body
