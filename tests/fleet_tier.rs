@@ -20,7 +20,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use common::http::HttpServer;
-use common::images::{BlockKind, raw_from_kinds, zvhd2_image};
+use common::images::mixed_cycle_disk;
 use common::mount::{MountBuilder, Mounted};
 use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, unique_bucket};
 use rand::seq::SliceRandom;
@@ -32,26 +32,6 @@ use zvtest::proxy::{Shaping, ShapingProxy};
 const HOSTS: usize = 4;
 const SLICE: u64 = 4 << 20;
 const READ: usize = 64 << 10;
-
-/// A disk of `blocks` blocks: incompressible blocks (2 MiB records) among
-/// highly compressible ones (small records) and holes, so slices hold a
-/// varying number of records and records straddle slice boundaries.
-fn disk(blocks: usize, seed: u64) -> (Vec<u8>, Vec<u8>, Sidecar) {
-    use BlockKind::*;
-    let cycle = [
-        Random,
-        Compressible,
-        Compressible,
-        Random,
-        Zero,
-        Compressible,
-        Random,
-    ];
-    let kinds: Vec<BlockKind> = (0..blocks).map(|i| cycle[i % cycle.len()]).collect();
-    let raw = raw_from_kinds(&kinds, DEFAULT_BLOCK_SIZE, seed);
-    let (image, summary) = zvhd2_image(&raw, DEFAULT_BLOCK_SIZE);
-    (raw, image, summary.sidecar)
-}
 
 /// The "boot set": blocks the hosts read, scattered over the disk.
 fn boot_set(blocks: u64) -> Vec<u64> {
@@ -178,7 +158,7 @@ fn a_tier_serves_a_fleet_with_each_slice_fetched_from_the_origin_once() {
         panic!("nginx is not installed: run scripts/install-deps.sh");
     }
     let blocks = 24u64;
-    let (raw, image, sidecar) = disk(blocks as usize, 7);
+    let (raw, image, sidecar) = mixed_cycle_disk(blocks as usize, 7);
     let set = boot_set(blocks);
     let wanted = records(&sidecar, &set);
     let record_bytes: u64 = wanted.iter().map(|r| r.end - r.start).sum();
@@ -264,10 +244,10 @@ fn a_stale_copy_in_the_tier_is_an_error_not_mixed_bytes() {
         panic!("nginx is not installed: run scripts/install-deps.sh");
     }
     let blocks = 16u64;
-    let (raw1, image1, sidecar1) = disk(blocks as usize, 21);
+    let (raw1, image1, sidecar1) = mixed_cycle_disk(blocks as usize, 21);
     // Same layout (same kinds), other bytes: the records of v2 sit where
     // v1's did, so only the identity can tell them apart.
-    let (raw2, image2, sidecar2) = disk(blocks as usize, 22);
+    let (raw2, image2, sidecar2) = mixed_cycle_disk(blocks as usize, 22);
     assert_ne!(raw1, raw2);
     let (_rt, server, counter) = origin(&image1, &sidecar1);
     let tier = Nginx::start(counter.addr(), SLICE);
@@ -381,7 +361,7 @@ fn read_all(m: &Mounted, raw: &[u8]) {
 #[test]
 fn both_backends_go_through_http_proxy_unless_no_proxy_says_otherwise() {
     let blocks = 6;
-    let (raw, image, sidecar) = disk(blocks, 31);
+    let (raw, image, sidecar) = mixed_cycle_disk(blocks, 31);
     let proxy = ForwardProxy::start();
 
     // HTTP backend (reqwest).

@@ -86,6 +86,28 @@ pub fn raw_random(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// A mixed disk of `blocks` 2 MiB blocks in a fixed cycle of incompressible
+/// (2 MiB records), highly compressible (small records) and zero blocks, so
+/// that fixed-size slices of its image hold varying numbers of records and
+/// records straddle slice boundaries (the fleet tests and `bench fleet`):
+/// the raw disk, the image, and its sidecar.
+pub fn mixed_cycle_disk(blocks: usize, seed: u64) -> (Vec<u8>, Vec<u8>, Sidecar) {
+    use BlockKind::*;
+    let cycle = [
+        Random,
+        Compressible,
+        Compressible,
+        Random,
+        Zero,
+        Compressible,
+        Random,
+    ];
+    let kinds: Vec<BlockKind> = (0..blocks).map(|i| cycle[i % cycle.len()]).collect();
+    let raw = raw_from_kinds(&kinds, zvhd2::DEFAULT_BLOCK_SIZE, seed);
+    let (image, summary) = zvhd2_image(&raw, zvhd2::DEFAULT_BLOCK_SIZE);
+    (raw, image, summary.sidecar)
+}
+
 /// Writes `raw` as a ZVHD2 image in memory with `block_size` (2 threads).
 pub fn zvhd2_image(raw: &[u8], block_size: u32) -> (Vec<u8>, WriteSummary) {
     let options = WriteOptions {

@@ -31,11 +31,10 @@ use anyhow::{Context, bail};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use zvhd2::{BlockLocation, DEFAULT_BLOCK_SIZE, Sidecar};
+use zvhd2::{BlockLocation, DEFAULT_BLOCK_SIZE};
 use zvmount::util::parse_size;
 use zvstore::source::parse_duration;
 use zvtest::http::HttpServer;
-use zvtest::images::{BlockKind, raw_from_kinds, zvhd2_image};
 use zvtest::mount::Mounted;
 use zvtest::nginx::Nginx;
 use zvtest::proxy::{Shaping, ShapingProxy};
@@ -132,20 +131,7 @@ pub fn measure(args: &Args) -> anyhow::Result<Report> {
     if args.slice == 0 || !args.slice.is_multiple_of(1024) {
         bail!("--slice must be a non-zero multiple of 1 KiB");
     }
-    use BlockKind::*;
-    let cycle = [
-        Random,
-        Compressible,
-        Compressible,
-        Random,
-        Zero,
-        Compressible,
-        Random,
-    ];
-    let kinds: Vec<BlockKind> = (0..args.blocks).map(|i| cycle[i % cycle.len()]).collect();
-    let raw = raw_from_kinds(&kinds, DEFAULT_BLOCK_SIZE, 42);
-    let (image, summary) = zvhd2_image(&raw, DEFAULT_BLOCK_SIZE);
-    let sidecar: Sidecar = summary.sidecar;
+    let (raw, image, sidecar) = zvtest::images::mixed_cycle_disk(args.blocks, 42);
     let set = boot_set(args)?;
     let index = sidecar.block_index();
     let records: Vec<std::ops::Range<u64>> = set
