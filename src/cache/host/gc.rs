@@ -173,17 +173,18 @@ pub(super) fn source_id(root: &Path, source: &str) -> Option<String> {
 }
 
 /// Tries to take an entry's lock exclusively (nobody has it attached).
-fn try_exclusive(dir: &Path) -> Option<Flock<File>> {
+/// `Ok(None)` when a process holds it; `Err` when the lock file cannot be
+/// opened at all (permissions: not a sign of use).
+fn try_exclusive(dir: &Path) -> std::io::Result<Option<Flock<File>>> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
-        .open(dir.join(LOCK))
-        .ok()?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).ok()
+        .open(dir.join(LOCK))?;
+    Ok(Flock::lock(f, FlockArg::LockExclusiveNonblock).ok())
 }
 
 fn is_in_use(dir: &Path) -> bool {
-    dir.join(LOCK).exists() && try_exclusive(dir).is_none()
+    dir.join(LOCK).exists() && matches!(try_exclusive(dir), Ok(None))
 }
 
 /// Every image in the cache at `root`, least recently used first.
@@ -242,8 +243,15 @@ pub fn remove(root: &Path, id: &str) -> Result<u64, HostCacheError> {
     if !dir.is_dir() {
         return Err(HostCacheError::NotFound { id: id.to_owned() });
     }
-    let Some(lock) = try_exclusive(&dir) else {
-        return Err(HostCacheError::InUse { id: id.to_owned() });
+    let lock = match try_exclusive(&dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return Err(HostCacheError::InUse { id: id.to_owned() }),
+        Err(source) => {
+            return Err(HostCacheError::Io {
+                path: dir.join(LOCK),
+                source,
+            });
+        }
     };
     let bytes = entry_bytes(&dir);
     // Out of `images/` while we hold the lock: a process attaching now
