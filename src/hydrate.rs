@@ -34,6 +34,9 @@ pub struct HydrateOptions {
     pub concurrency: usize,
     /// How often progress is logged.
     pub log_every: Duration,
+    /// Give up once the store has failed for this long (`None`: pause
+    /// for as long as it takes, as a mount does).
+    pub give_up_after: Option<Duration>,
 }
 
 impl Default for HydrateOptions {
@@ -43,6 +46,7 @@ impl Default for HydrateOptions {
             run_blocks: 4,
             concurrency: 3,
             log_every: Duration::from_secs(10),
+            give_up_after: None,
         }
     }
 }
@@ -144,6 +148,9 @@ fn is_preempted(e: &ImageError) -> bool {
         if matches!(source.as_ref(), crate::image::BlockFailure::Preempted))
 }
 
+/// Unused rate allowance kept at most (after a pause): no burst above the
+/// cap beyond this much time's worth.
+const MAX_RATE_CREDIT: Duration = Duration::from_secs(1);
 /// Longest pause after failed fetches (a store outage).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long after its last preemption hydration fetches one block at a
@@ -179,7 +186,11 @@ pub async fn hydrate(
     let mut backoff = Duration::ZERO;
     let mut last_log = Instant::now();
     let mut paused = false;
+    // Since when the store has been failing (no fetch succeeded since).
+    let mut failing_since: Option<Instant> = None;
+    // The rate cap: bytes started since `pace_from`.
     let mut launched = 0u64;
+    let mut pace_from = Instant::now();
     let mut last_preempted: Option<Instant> = None;
     // Blocks whose record fails its checks: left out (they can never be
     // cached), reported when everything else is local.
@@ -297,9 +308,15 @@ pub async fn hydrate(
                 let bytes = store_bytes(&image, &run);
                 if let Some(rate) = options.rate.filter(|r| *r > 0) {
                     // Paced by bytes started, so the cap holds from the
-                    // first fetch on.
+                    // first fetch on; time not used (a pause, an outage)
+                    // is not saved up beyond a second's worth, so no burst
+                    // above the cap follows it.
                     let due = Duration::from_secs_f64(launched as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    let elapsed = pace_from.elapsed();
+                    if elapsed > due + MAX_RATE_CREDIT {
+                        pace_from = Instant::now() - MAX_RATE_CREDIT;
+                        launched = 0;
+                    } else if let Some(wait) = due.checked_sub(elapsed) {
                         tokio::time::sleep(wait).await;
                     }
                 }
@@ -319,6 +336,7 @@ pub async fn hydrate(
                         tracing::info!(image = %image.name(), "store reachable again; hydration resumed");
                         paused = false;
                     }
+                    failing_since = None;
                     backoff = Duration::ZERO;
                     state.bytes += bytes;
                     // Blocks count once the host cache has them on disk
@@ -356,6 +374,20 @@ pub async fn hydrate(
                     if !paused {
                         tracing::warn!(image = %image.name(), "hydration paused, the store failed: {e}");
                         paused = true;
+                    }
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if options.give_up_after.is_some_and(|d| since.elapsed() >= d) {
+                        // A one-shot fill (`zvimg hydrate`) does not wait
+                        // for ever: what is cached stays.
+                        let h = Arc::clone(&host);
+                        let _ = tokio::task::spawn_blocking(move || h.flush()).await;
+                        let present = entry.present_blocks();
+                        publish(&metrics, &mut state, present, total);
+                        return Err(HydrateStopped {
+                            progress: state,
+                            failed_blocks: Vec::new(),
+                            error: e,
+                        });
                     }
                     backoff = (backoff * 2).clamp(Duration::from_millis(250), MAX_BACKOFF);
                 }

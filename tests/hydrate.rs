@@ -276,3 +276,29 @@ fn hydration_stops_when_the_host_cache_is_full() {
     assert!(buf[..] == raw[100 * MIB..100 * MIB + 4096]);
     assert!(m.stop().success());
 }
+
+/// `--hydrate=RATE` holds after a store outage: the time hydration spent
+/// paused is not made up in a burst above the cap when the store returns.
+#[test]
+fn the_hydration_rate_holds_after_an_outage() {
+    let server = S3Server::start_private();
+    let (_, url) = upload(&server, 96, 51);
+    let cache = zvtest::shm_tempdir();
+    let m = builder(&server, &url, cache.path(), &["--hydrate=4"]).start();
+    while m.stats().store_bytes < 4_000_000 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.stop();
+    std::thread::sleep(Duration::from_secs(10));
+    server.restart();
+    let at_restart = m.stats().store_bytes;
+    std::thread::sleep(Duration::from_secs(4));
+    let after = m.stats().store_bytes;
+    assert!(m.stop().success());
+    // 4 s at 4 MB/s, one second of saved allowance, and a 2 MiB block
+    // that may finish just in the window: 24.2 MB at most. Without the
+    // cap on saved allowance the 10 s paused were 40 MB to make up.
+    let burst = after - at_restart;
+    eprintln!("{burst} bytes in the 4 s after the store came back");
+    assert!(burst <= 24_200_000, "{burst} bytes in 4 s at a 4 MB/s cap");
+}

@@ -51,7 +51,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 args.cache_dir.display()
             );
         }
-        let (store, key) = open_source(&args.image, &args.source.store.to_config()).await?;
+        let store_config = args.source.store.to_config();
+        let io_timeout = store_config.io_timeout;
+        let (store, key) = open_source(&args.image, &store_config).await?;
         let sidecar = if args.no_sidecar {
             SidecarSource::Ignore
         } else {
@@ -87,6 +89,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Arc::clone(&entry),
             HydrateOptions {
                 rate: args.rate.map(|mb| (mb.max(0.0) * 1e6) as u64),
+                // A command gives up on a store that stays down (a mount
+                // would wait for it).
+                give_up_after: Some(io_timeout).filter(|t| !t.is_zero()),
                 ..HydrateOptions::default()
             },
             |p| {

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use rand::{RngCore, SeedableRng};
 use zvtest::s3::{self, S3Server};
 
 fn zvimg(server: &S3Server, args: &[&str]) -> Output {
@@ -217,4 +218,46 @@ fn push_without_a_sidecar_removes_the_stale_remote_one() {
     let info: serde_json::Value =
         serde_json::from_str(&ok(server, &["info", "--json", &url])).unwrap();
     assert_eq!(info["disk_size"], 5 << 20, "{info}");
+}
+
+/// `zvimg hydrate` is a command, not a daemon: with the store gone for
+/// longer than --io-timeout it gives up, non-zero, naming the outage, and
+/// keeps what it cached (it used to pause for ever).
+#[test]
+fn hydrate_gives_up_on_a_store_that_stays_down() {
+    let server = S3Server::start_private();
+    let mut raw = vec![0u8; 32 << 20];
+    rand::rngs::StdRng::seed_from_u64(5).fill_bytes(&mut raw);
+    let url = server.upload_raw("gone", &raw);
+    let cache = tempfile::tempdir().unwrap();
+    let endpoint = server.endpoint();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zvimg"))
+        .args(["hydrate", "--cache-dir"])
+        .arg(cache.path())
+        .args(["--rate", "4", "--io-timeout", "2s", "--timeout", "1s"])
+        .args(["--endpoint-url", &endpoint, "--region", "us-east-1", &url])
+        .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
+        .env_remove("AWS_PROFILE")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    server.stop();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("zvimg hydrate still running two minutes into the outage");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("hydration stopped") && err.contains("unreachable"),
+        "{err}"
+    );
 }
