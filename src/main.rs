@@ -117,7 +117,21 @@ fn init_logging(
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
             (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
-        (_, true) => (BoxMakeWriter::new(std::io::stderr), false),
+        // Until the mount is up its stderr goes to the parent (and the
+        // terminal); the log file gets those lines too.
+        (Some(path), true) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open log file {}", path.display()))?;
+            let file = std::sync::Arc::new(std::sync::Mutex::new(file));
+            (
+                BoxMakeWriter::new(move || StartupTee(std::sync::Arc::clone(&file))),
+                false,
+            )
+        }
+        (None, true) => (BoxMakeWriter::new(std::io::stderr), false),
         (None, false) => (
             BoxMakeWriter::new(std::io::stderr),
             zvmount::util::stderr_wants_colour(),
@@ -211,6 +225,29 @@ fn spawn_detached(mountpoint: Option<&std::path::Path>) -> anyhow::Result<()> {
     bail!("the background zvmount exited before mounting ({status})")
 }
 
+/// Set once the detached child's stderr is the log file itself.
+static DETACHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The detached child's log writer: stderr (relayed by the parent to the
+/// terminal) and the log file until the mount is up, then stderr alone,
+/// which is the log file from then on.
+struct StartupTee(std::sync::Arc<std::sync::Mutex<std::fs::File>>);
+
+impl Write for StartupTee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !DETACHED.load(std::sync::atomic::Ordering::Acquire) {
+            let mut file = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = file.write_all(buf);
+        }
+        std::io::stderr().write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// In the detached child, once mounted: tell the parent, then point stdout
 /// at /dev/null and stderr at the log file (or /dev/null).
 fn detach_stdio() {
@@ -227,6 +264,7 @@ fn detach_stdio() {
     if let Ok(target) = &target {
         // SAFETY: dup2 on two open descriptors; fd 2 stays valid throughout.
         unsafe { libc::dup2(target.as_raw_fd(), 2) };
+        DETACHED.store(true, std::sync::atomic::Ordering::Release);
     }
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready");

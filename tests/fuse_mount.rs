@@ -448,9 +448,14 @@ fn daemon_mode_returns_only_once_mounted() {
     let (ours, its) = unsafe { (libc::getsid(0), libc::getsid(pid)) };
     assert!(its > 0 && its != ours, "session {its} vs ours {ours}");
     assert!(daemon.stop(), "{} still mounted", mountpoint.display());
-    // After detaching, its logs go to --log-file.
+    // After detaching, its logs go to --log-file; so do those from before
+    // (the image opened, mounted), which the terminal saw too.
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(logged.contains("unmounting"), "log file: {logged}");
+    assert!(
+        logged.contains("image opened") && logged.contains("mounted"),
+        "log file: {logged}"
+    );
 }
 
 #[test]
