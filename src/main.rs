@@ -101,7 +101,9 @@ fn init_logging(
         // fuser logs a spurious "Unmount failed" after every clean unmount
         // (its is-mounted check is inverted in 0.15): keep it quiet unless
         // asked.
-        0 => "warn,zvmount=info,fuser=off",
+        // The SDK warns about every provider it tried and skipped (IMDS
+        // on a host that is not EC2) before the documented fallback.
+        0 => "warn,zvmount=info,fuser=off,aws_config=error",
         1 => "info,zvmount=debug,fuser=warn",
         _ => "debug,zvmount=trace",
     };

@@ -14,7 +14,9 @@ use zvimg::{cache, check, convert, hydrate, index, info, runtime, stats, transfe
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
-        0 => "warn",
+        // Not the SDK's warnings about each credential or region provider
+        // it tried (IMDS off EC2) before the documented fallback.
+        0 => "warn,aws_config=error",
         1 => "info",
         2 => "debug",
         _ => "trace",
