@@ -355,6 +355,38 @@ impl CacheEntry {
             .collect())
     }
 
+    /// Rewrites the entry's descriptions (`info.json`, the stored layout)
+    /// when they do not read back as `spec`'s: damaged, or left by an older
+    /// version. They are what `zvimg cache ls` shows and what a mount opens
+    /// the image from while the store is unreachable. Best effort: a
+    /// failure is logged, the entry still works.
+    pub(super) fn repair_descriptions(&self, spec: &EntrySpec) {
+        let info_ok =
+            read_info(&self.dir).is_some_and(|i| i.id == spec.id && i.source == spec.source);
+        if !info_ok {
+            let path = self.dir.join(INFO);
+            match replace_file(&path, &info_bytes(spec)) {
+                Ok(()) => {
+                    tracing::info!(entry = %self.dir.display(), "rewrote the host cache entry's info.json")
+                }
+                Err(e) => {
+                    tracing::warn!(entry = %self.dir.display(), "cannot rewrite info.json: {e}")
+                }
+            }
+        }
+        let path = self.dir.join(LAYOUT);
+        if read_layout(&path).as_deref() != Some(&spec.layout[..]) {
+            match write_layout(&path, &spec.layout) {
+                Ok(()) => {
+                    tracing::info!(entry = %self.dir.display(), "rewrote the host cache entry's stored layout")
+                }
+                Err(e) => {
+                    tracing::warn!(entry = %self.dir.display(), "cannot rewrite the stored layout: {e}")
+                }
+            }
+        }
+    }
+
     /// Whether the map on disk says `block` is present.
     pub fn is_present(&self, block: u64) -> io::Result<bool> {
         let mut b = [0u8; 1];
@@ -649,20 +681,8 @@ fn create(tmp: &Path, dir: &Path, spec: &EntrySpec) -> Result<(), HostCacheError
             .map_err(io_err(&map))?;
         let lock = work.join(LOCK);
         File::create(&lock).map_err(io_err(&lock))?;
-        let info = EntryInfo {
-            id: spec.id.clone(),
-            source: spec.source.clone(),
-            block_size: spec.block_size,
-            block_count: spec.block_count,
-            data_len: spec.data_len,
-            record_blocks: spec.records.iter().filter(|r| **r).count() as u64,
-        };
         let info_path = work.join(INFO);
-        fs::write(
-            &info_path,
-            serde_json::to_vec_pretty(&info).expect("plain struct"),
-        )
-        .map_err(io_err(&info_path))?;
+        fs::write(&info_path, info_bytes(spec)).map_err(io_err(&info_path))?;
         write_layout(&work.join(LAYOUT), &spec.layout)?;
         match fs::rename(&work, dir) {
             Ok(()) => Ok(()),
@@ -676,18 +696,52 @@ fn create(tmp: &Path, dir: &Path, spec: &EntrySpec) -> Result<(), HostCacheError
 }
 
 /// Writes `layout` with a magic, its length and its BLAKE3, durably.
+/// Whether `map` (a whole map file) starts with the map magic and says
+/// `block_count` blocks.
+pub(super) fn map_header_ok(map: &[u8], block_count: u64) -> bool {
+    map.len() >= 24
+        && &map[0..8] == MAP_MAGIC
+        && map[16..24].try_into().ok().map(u64::from_le_bytes) == Some(block_count)
+}
+
+/// `info.json` of the entry of `spec`.
+fn info_bytes(spec: &EntrySpec) -> Vec<u8> {
+    let info = EntryInfo {
+        id: spec.id.clone(),
+        source: spec.source.clone(),
+        block_size: spec.block_size,
+        block_count: spec.block_count,
+        data_len: spec.data_len,
+        record_blocks: spec.records.iter().filter(|r| **r).count() as u64,
+    };
+    serde_json::to_vec_pretty(&info).expect("plain struct")
+}
+
+/// Writes `bytes` to `path` by a rename, so a reader sees the old file or
+/// the new one, never a part.
+fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension(format!("new-{}", std::process::id()));
+    let result = File::create(&tmp)
+        .and_then(|f| {
+            f.write_all_at(bytes, 0)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Stores `layout` at `path` (magic, length, BLAKE3, bytes), replacing
+/// whatever was there in one rename.
 pub(super) fn write_layout(path: &Path, layout: &[u8]) -> Result<(), HostCacheError> {
     let mut out = Vec::with_capacity(48 + layout.len());
     out.extend_from_slice(LAYOUT_MAGIC);
     out.extend_from_slice(&(layout.len() as u64).to_le_bytes());
     out.extend_from_slice(blake3::hash(layout).as_bytes());
     out.extend_from_slice(layout);
-    File::create(path)
-        .and_then(|f| {
-            f.write_all_at(&out, 0)?;
-            f.sync_all()
-        })
-        .map_err(io_err(path))
+    replace_file(path, &out).map_err(io_err(path))
 }
 
 /// The layout stored at `path`, if whole and unchanged.

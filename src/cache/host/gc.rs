@@ -203,6 +203,12 @@ fn status(dir: &Path) -> Option<EntryStatus> {
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let info = entry::read_info(dir);
     let map = fs::read(dir.join(MAP)).ok();
+    // The map must be what the entry says: magic and one byte per block.
+    let map = map.filter(|m| {
+        info.as_ref().is_some_and(|i| {
+            m.len() as u64 == MAP_HEADER + i.block_count && entry::map_header_ok(m, i.block_count)
+        })
+    });
     let (Some(info), Some(map)) = (info, map) else {
         // Listed (it takes space) and marked, not hidden.
         let id = dir.file_name()?.to_string_lossy().into_owned();

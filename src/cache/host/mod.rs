@@ -233,6 +233,7 @@ impl HostCache {
             &i.root.join("tmp"),
             spec,
         )?);
+        entry.repair_descriptions(spec);
         gc::remember_source(&i.root, &spec.source, &spec.id);
         i.lock_entries()
             .insert(Arc::clone(entry.id()), Arc::clone(&entry));
@@ -249,9 +250,19 @@ impl HostCache {
     /// store is unreachable.
     pub fn find_by_source(&self, source: &str) -> Option<(String, Vec<u8>)> {
         let id = gc::source_id(&self.inner.root, source)?;
-        let layout =
-            entry::read_layout(&self.inner.root.join("images").join(&id).join(entry::LAYOUT))?;
-        Some((id, layout))
+        let dir = self.inner.root.join("images").join(&id);
+        match entry::read_layout(&dir.join(entry::LAYOUT)) {
+            Some(layout) => Some((id, layout)),
+            None => {
+                if dir.is_dir() {
+                    tracing::warn!(
+                        entry = %dir.display(),
+                        "the host cache entry of {source} has no readable stored layout: it cannot be opened without the store (a mount that reaches the store rewrites it)"
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// Waits until every fill queued so far is durable (or dropped).
@@ -794,6 +805,53 @@ pub(crate) mod tests {
         let report = gc::collect(dir.path(), 1 << 30, 0);
         assert_eq!(report.removed, vec!["img".to_string()]);
         assert!(gc::list(dir.path()).is_empty());
+    }
+
+    /// `info.json` and the stored layout are rewritten by the next attach
+    /// when damaged (they are what `cache ls` shows and what an offline
+    /// mount opens from); a map saying another block count is listed as
+    /// damaged.
+    #[test]
+    fn damaged_descriptions_are_rewritten_and_a_wrong_map_is_listed() {
+        let dir = test_dir();
+        let s = spec("img", 4, None);
+        let (info, layout, map) = {
+            let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+            let e = c.attach(&s).unwrap();
+            fill(&c, &key("img", 0), block(1));
+            let d = e.data_path();
+            (
+                d.with_file_name("info.json"),
+                d.with_file_name("layout"),
+                d.with_file_name("map"),
+            )
+        };
+        std::fs::write(&info, b"{bad").unwrap();
+        std::fs::write(&layout, b"bad layout").unwrap();
+        assert!(
+            c_find(dir.path()).is_none(),
+            "a damaged layout is not offered"
+        );
+        {
+            let c = HostCache::open(dir.path(), 1 << 30).unwrap();
+            let e = c.attach(&s).unwrap();
+            assert_eq!(e.present_blocks(), 1, "the blocks are kept");
+        }
+        assert_eq!(gc::list(dir.path())[0].source, "test://img");
+        assert!(!gc::list(dir.path())[0].damaged);
+        let (id, bytes) = c_find(dir.path()).expect("offered again");
+        assert_eq!((id.as_str(), &bytes[..]), ("img", &b"layout bytes"[..]));
+        // A map whose block count was overwritten.
+        let mut m = std::fs::read(&map).unwrap();
+        m[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&map, &m).unwrap();
+        assert!(gc::list(dir.path())[0].damaged);
+    }
+
+    fn c_find(dir: &std::path::Path) -> Option<(String, Vec<u8>)> {
+        HostCache::open(dir, 1 << 30)
+            .unwrap()
+            .find_by_source("test://img")
     }
 
     #[test]
