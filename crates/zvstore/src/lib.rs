@@ -116,9 +116,11 @@ pub enum StoreError {
         detail: String,
     },
     /// The store stayed unreachable (transient failures only) until the
-    /// caller's deadline (`--io-timeout`) passed.
+    /// caller's deadline (`--io-timeout`) passed, or, once an outage has
+    /// outlasted it, until the next probe failed (then `waited_secs` is
+    /// shorter than `--io-timeout`).
     #[error(
-        "{location}: {op}: store unreachable, gave up after waiting {waited_secs:.1}s (--io-timeout) and {attempts} attempts; last error: {cause}"
+        "{location}: {op}: store unreachable for longer than --io-timeout, gave up after waiting {waited_secs:.1}s and {attempts} attempts; last error: {cause}"
     )]
     Unavailable {
         /// The object.

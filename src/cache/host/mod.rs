@@ -462,7 +462,8 @@ impl HostInner {
         if !self.full_warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 cache = %self.root.display(),
-                capacity = self.capacity,
+                size_cap = self.capacity,
+                room = gc::effective_capacity(&self.root, self.capacity),
                 "host cache is full (its size cap, or less than 5% of the file system free) and no image that is not in use is left to evict; not caching more"
             );
         }

@@ -72,7 +72,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     human(s.disk_size),
                     human(s.cached_bytes),
                     format!("{}/{}", s.blocks_present, s.blocks_total),
-                    ago(s.last_use),
+                    if s.damaged {
+                        "-".to_string()
+                    } else {
+                        ago(s.last_use)
+                    },
                     if s.in_use { "yes" } else { "no" },
                     s.source
                 );
