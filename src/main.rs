@@ -110,24 +110,22 @@ fn init_logging(
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // A detached child logs to stderr, which it points at the log file once
     // the mount is up (see `detach_stdio`).
+    let open_log = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open log file {}", path.display()))
+    };
     let (writer, ansi): (BoxMakeWriter, bool) = match (log_file, daemon_child) {
-        (Some(path), false) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open log file {}", path.display()))?;
-            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
-        }
+        (Some(path), false) => (
+            BoxMakeWriter::new(std::sync::Mutex::new(open_log(path)?)),
+            false,
+        ),
         // Until the mount is up its stderr goes to the parent (and the
         // terminal); the log file gets those lines too.
         (Some(path), true) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open log file {}", path.display()))?;
-            let file = std::sync::Arc::new(std::sync::Mutex::new(file));
+            let file = std::sync::Arc::new(std::sync::Mutex::new(open_log(path)?));
             (
                 BoxMakeWriter::new(move || StartupTee(std::sync::Arc::clone(&file))),
                 false,

@@ -6,7 +6,7 @@ use std::process::Command;
 use rand::{RngCore, SeedableRng};
 
 mod common;
-use common::{ok, s, zvimg};
+use common::{ok, s, wait_bounded, zvimg};
 
 const MIB: usize = 1 << 20;
 
@@ -145,7 +145,7 @@ fn hydrate_of_a_corrupt_image_fails_naming_the_block() {
     }
     std::fs::write(&img, &bytes).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zvimg"))
+    let child = Command::new(env!("CARGO_BIN_EXE_zvimg"))
         .args(["hydrate", "--cache-dir", s(&cache), s(&img)])
         .env_remove("ZVMOUNT_CACHE_DIR")
         .stdout(std::process::Stdio::piped())
@@ -153,15 +153,11 @@ fn hydrate_of_a_corrupt_image_fails_naming_the_block() {
         .spawn()
         .unwrap();
     // Bounded: a hydration that treats the corruption as an outage never ends.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("zvimg hydrate of a corrupt image did not end");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = wait_bounded(
+        child,
+        std::time::Duration::from_secs(120),
+        "zvimg hydrate of a corrupt image",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(

@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 use rand::{RngCore, SeedableRng};
 use zvtest::s3::{self, S3Server};
 
+mod common;
+
 fn zvimg(server: &S3Server, args: &[&str]) -> Output {
     let endpoint = server.endpoint();
     let mut all: Vec<&str> = args.to_vec();
@@ -231,7 +233,7 @@ fn hydrate_gives_up_on_a_store_that_stays_down() {
     let url = server.upload_raw("gone", &raw);
     let cache = tempfile::tempdir().unwrap();
     let endpoint = server.endpoint();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zvimg"))
+    let child = Command::new(env!("CARGO_BIN_EXE_zvimg"))
         .args(["hydrate", "--cache-dir"])
         .arg(cache.path())
         .args(["--rate", "4", "--io-timeout", "2s", "--timeout", "1s"])
@@ -245,15 +247,11 @@ fn hydrate_gives_up_on_a_store_that_stays_down() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_secs(2));
     server.stop();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("zvimg hydrate still running two minutes into the outage");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::wait_bounded(
+        child,
+        std::time::Duration::from_secs(120),
+        "zvimg hydrate two minutes into the outage",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(

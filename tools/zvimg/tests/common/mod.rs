@@ -37,6 +37,24 @@ pub fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Waits for `child` (its output piped) at most `limit`, killing it and
+/// failing the test past that (`what` names it); returns its output.
+pub fn wait_bounded(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("wait for zvimg").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().expect("zvimg's output")
+}
+
 /// A path as the `&str` argument the helpers take.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
