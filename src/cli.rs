@@ -216,7 +216,7 @@ pub struct Cli {
     /// Fetch every block into the host cache in the background, at the
     /// lowest priority, at most RATE MB/s for the whole mount, shared by
     /// its images (default: unlimited). Written `--hydrate=RATE`.
-    #[arg(long, value_name = "RATE", num_args = 0..=1, require_equals = true, default_missing_value = "0")]
+    #[arg(long, value_name = "RATE", num_args = 0..=1, require_equals = true, default_missing_value = "0", value_parser = parse_hydrate_rate)]
     pub hydrate: Option<f64>,
 
     /// Blocks to fetch ahead of a sequential reader (0 disables).
@@ -314,6 +314,20 @@ pub enum LogFormat {
     Human,
     /// One JSON object per line (timestamp, level, fields, message).
     Json,
+}
+
+/// `--hydrate=RATE`: MB/s, 0 or more (0: unlimited), or `true` (unlimited)
+/// as a config file also takes it.
+fn parse_hydrate_rate(s: &str) -> Result<f64, String> {
+    if s == "true" {
+        return Ok(0.0);
+    }
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!(
+            "a rate in MB/s, 0 or more (0: unlimited), or true; not `{s}`"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -868,7 +868,6 @@ force_path_style = true
         assert!(config.disk_cache.is_none());
 
         for (flag, want) in [
-            ("--hydrate=-5", "hydrate"),
             ("--max-requests=0", "max_requests"),
             ("--fetch-align=3KiB", "fetch_align"),
         ] {
@@ -880,6 +879,13 @@ force_path_style = true
         }
         let ok = resolve(&["a", "--fetch-align=4MiB", "--hydrate=0", "/mnt"], "").unwrap();
         assert!(ok.into_mount_config().is_ok());
+        // The flag takes what the file takes.
+        let ok = resolve(&["a", "--hydrate=true", "/mnt"], "").unwrap();
+        assert_eq!(ok.hydrate, Some(0.0));
+        for bad in ["--hydrate=-1", "--hydrate=nan", "--hydrate=fast"] {
+            let parsed = Cli::command().try_get_matches_from(["zvmount", "a", bad, "/mnt"]);
+            assert!(parsed.is_err(), "{bad} accepted");
+        }
         // In a file, the flag form reads as a bool too.
         for (text, want) in [
             ("hydrate = true", Some(0.0)),
