@@ -213,8 +213,7 @@ pub async fn hydrate(
             .filter(|b| !failed.contains(b))
             .collect();
         if missing.is_empty() && !failed.is_empty() {
-            let h = Arc::clone(&host);
-            let _ = tokio::task::spawn_blocking(move || h.flush()).await;
+            flush(&host).await;
             let error = first_failure
                 .take()
                 .expect("a failure for each failed block");
@@ -287,8 +286,7 @@ pub async fn hydrate(
                         "hydration stopped at {}/{total} blocks: the host cache takes no more blocks (full, or its disk failed); restart the mount or run `zvimg hydrate` once there is room",
                         entry.present_blocks()
                     );
-                    let h = Arc::clone(&host);
-                    let _ = tokio::task::spawn_blocking(move || h.flush()).await;
+                    flush(&host).await;
                     let present = entry.present_blocks();
                     publish(&metrics, &mut state, present, total);
                     return Ok(state);
@@ -362,8 +360,7 @@ pub async fn hydrate(
                 }
                 Err(e) if is_permanent(&e) => {
                     tracing::error!(image = %image.name(), "hydration stopped: {e}");
-                    let h = Arc::clone(&host);
-                    let _ = tokio::task::spawn_blocking(move || h.flush()).await;
+                    flush(&host).await;
                     return Err(HydrateStopped {
                         progress: state,
                         failed_blocks: Vec::new(),
@@ -379,8 +376,7 @@ pub async fn hydrate(
                     if options.give_up_after.is_some_and(|d| since.elapsed() >= d) {
                         // A one-shot fill (`zvimg hydrate`) does not wait
                         // for ever: what is cached stays.
-                        let h = Arc::clone(&host);
-                        let _ = tokio::task::spawn_blocking(move || h.flush()).await;
+                        flush(&host).await;
                         let present = entry.present_blocks();
                         publish(&metrics, &mut state, present, total);
                         return Err(HydrateStopped {
@@ -398,8 +394,7 @@ pub async fn hydrate(
             }
         }
         // What was fetched is durable (and in the map) before we look again.
-        let h = Arc::clone(&host);
-        let _ = tokio::task::spawn_blocking(move || h.flush()).await;
+        flush(&host).await;
         let e = Arc::clone(&entry);
         let _ = tokio::task::spawn_blocking(move || e.refresh_present()).await;
         if entry.present_blocks() <= before && backoff.is_zero() && !preempted && failed.is_empty()
@@ -412,6 +407,13 @@ pub async fn hydrate(
             return Ok(state);
         }
     }
+}
+
+/// Waits, off the async threads, until every block fetched so far is on
+/// disk and in the host cache's map (or dropped).
+async fn flush(host: &Arc<HostCache>) {
+    let h = Arc::clone(host);
+    let _ = tokio::task::spawn_blocking(move || h.flush()).await;
 }
 
 /// Moves `hydrate_done` by this image's change (several images add up).

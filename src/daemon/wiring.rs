@@ -451,13 +451,18 @@ pub(super) fn build_cache(config: &MountConfig) -> anyhow::Result<(Caches, Vec<C
                 tier: "disk",
                 // Read from the directory at each scrape: other processes
                 // of the host fill and evict the same cache.
-                usage: Arc::new(move || CacheUsage {
-                    bytes: crate::cache::host::gc::usage(probe.root()),
-                    capacity: crate::cache::host::gc::effective_capacity(
-                        probe.root(),
-                        probe.capacity_bytes(),
-                    ),
-                    counters: Some(probe.stats()),
+                usage: Arc::new(move || {
+                    use crate::cache::host::gc;
+                    let bytes = gc::usage(probe.root());
+                    CacheUsage {
+                        bytes,
+                        capacity: gc::effective_capacity(
+                            probe.root(),
+                            probe.capacity_bytes(),
+                            bytes,
+                        ),
+                        counters: Some(probe.stats()),
+                    }
                 }),
             });
             let tiered: Arc<dyn BlockCache> = Arc::new(TieredCache::new(

@@ -132,17 +132,16 @@ pub(super) fn free_ok(root: &Path, more: u64) -> bool {
     }
 }
 
-/// What the cache in `root` can hold at most: its size cap, or less when
-/// the file system has less room (its usage now plus the free space above
-/// the 5% floor).
-pub fn effective_capacity(root: &Path, cap: u64) -> u64 {
+/// What the cache in `root`, holding `usage` bytes now, can hold at most:
+/// its size cap, or less when the file system has less room (the usage
+/// plus the free space above the 5% floor).
+pub fn effective_capacity(root: &Path, cap: u64, usage: u64) -> u64 {
     match nix::sys::statvfs::statvfs(root) {
         Ok(st) => {
             let frsize = st.fragment_size();
             let total = st.blocks() * frsize;
             let avail = st.blocks_available() * frsize;
-            let room = usage(root) + avail.saturating_sub(total / FREE_FLOOR_DIVISOR);
-            cap.min(room)
+            cap.min(usage + avail.saturating_sub(total / FREE_FLOOR_DIVISOR))
         }
         Err(_) => cap,
     }

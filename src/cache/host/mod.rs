@@ -463,7 +463,11 @@ impl HostInner {
             tracing::warn!(
                 cache = %self.root.display(),
                 size_cap = self.capacity,
-                room = gc::effective_capacity(&self.root, self.capacity),
+                room = gc::effective_capacity(
+                    &self.root,
+                    self.capacity,
+                    self.usage.load(Ordering::Relaxed)
+                ),
                 "host cache is full (its size cap, or less than 5% of the file system free) and no image that is not in use is left to evict; not caching more"
             );
         }

@@ -34,9 +34,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use zvstore::source::parse_duration;
 use zvstore::{ObjectStore, StoreConfig, open_source};
-use zvtest::mount::{MountBuilder, Mounted};
+use zvtest::mount::Mounted;
 use zvtest::proxy::{Shaping, ShapingProxy};
-use zvtest::s3::{ACCESS_KEY, S3Options, S3Server, SECRET_KEY};
+use zvtest::s3::{S3Options, S3Server};
 
 const BUCKET: &str = "zvbench";
 const KEY: &str = "hydrate.zvhd2";
@@ -76,15 +76,9 @@ pub struct Args {
     /// Scratch directory (default: a fresh one under $TMPDIR, removed after).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
-    /// The S3 server to run on 127.0.0.1 (cargo install s3s-fs@0.14.1 --features binary).
-    #[arg(long, default_value = "s3s-fs")]
-    pub s3s_fs: PathBuf,
-    /// The zvmount binary (default: beside this zvimg, else on PATH).
-    #[arg(long)]
-    pub zvmount: Option<PathBuf>,
-    /// Extra argument for every zvmount (repeat), e.g. --zvmount-arg=--readahead=8.
-    #[arg(long = "zvmount-arg", allow_hyphen_values = true, value_name = "ARG")]
-    pub zvmount_args: Vec<String>,
+    /// The daemons: s3s-fs, zvmount and its extra arguments.
+    #[command(flatten)]
+    pub daemons: super::DaemonArgs,
 }
 
 /// Latency figures of a set of reads, in milliseconds.
@@ -154,13 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.size < 8 * MIB {
         bail!("--size must be at least 8 MiB");
     }
-    let zvmount = find_zvmount(args.zvmount.as_deref())?;
-    if !zvtest::qemu::on_path(&args.s3s_fs) {
-        bail!(
-            "{} not found: cargo install s3s-fs@0.14.1 --locked --features binary, or pass --s3s-fs",
-            args.s3s_fs.display()
-        );
-    }
+    let zvmount = args.daemons.find_zvmount()?;
     let (work, remove) = match &args.work_dir {
         Some(d) => (d.clone(), false),
         None => (
@@ -184,29 +172,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn find_zvmount(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let path = match given {
-        Some(p) => p.to_owned(),
-        None => {
-            let beside = std::env::current_exe()
-                .context("cannot find the zvimg executable")?
-                .with_file_name("zvmount");
-            if beside.exists() {
-                beside
-            } else {
-                PathBuf::from("zvmount")
-            }
-        }
-    };
-    if !zvtest::qemu::on_path(&path) {
-        bail!(
-            "zvmount not found at {}: build it (cargo build --release) or pass --zvmount",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 struct Bench<'a> {
     args: &'a Args,
     zvmount: PathBuf,
@@ -227,7 +192,7 @@ impl<'a> Bench<'a> {
     fn new(args: &'a Args, zvmount: PathBuf, work: &'a Path) -> anyhow::Result<Bench<'a>> {
         let rt = crate::runtime()?;
         let s3 = S3Server::launch(S3Options {
-            binary: args.s3s_fs.clone(),
+            binary: args.daemons.s3s_fs.clone(),
             data_dir: Some(work.join("s3")),
         })?;
         let image = work.join(KEY);
@@ -328,7 +293,7 @@ impl<'a> Bench<'a> {
         let mount = self.mount(&cache, &["--hydrate"])?;
         let stats = wait_hydrated(&mount)?;
         let seconds = t0.elapsed().as_secs_f64();
-        stop(mount)?;
+        super::stop_mount(mount)?;
         let _ = std::fs::remove_dir_all(&cache);
         let r = &mut self.report;
         r.hydrate_seconds = seconds;
@@ -357,7 +322,7 @@ impl<'a> Bench<'a> {
         let cache = self.fresh_dir("cache-miss")?;
         let mount = self.mount(&cache, &quiet)?;
         let alone = self.read_blocks(&mount, &chosen)?;
-        stop(mount)?;
+        super::stop_mount(mount)?;
         let _ = std::fs::remove_dir_all(&cache);
 
         eprintln!("miss: {count} single misses while the mount hydrates");
@@ -375,7 +340,7 @@ impl<'a> Bench<'a> {
         }
         let during = self.read_blocks(&mount, &chosen)?;
         let after = mount.try_stats()?;
-        stop(mount)?;
+        super::stop_mount(mount)?;
         let _ = std::fs::remove_dir_all(&cache);
         if after.hydrate_done >= after.hydrate_total {
             bail!(
@@ -431,7 +396,7 @@ impl<'a> Bench<'a> {
         let seconds = t0.elapsed().as_secs_f64();
         drop(file);
         let after = mount.try_stats()?;
-        stop(mount)?;
+        super::stop_mount(mount)?;
         let _ = std::fs::remove_dir_all(&cache);
         if total != self.args.size || hasher.finalize() != self.digest {
             bail!("dd read {total} bytes that differ from the image's");
@@ -455,25 +420,13 @@ impl<'a> Bench<'a> {
     /// A fresh zvmount of the image through the proxy, caching in `cache`.
     fn mount(&self, cache: &Path, extra: &[&str]) -> anyhow::Result<Mounted> {
         let mnt = self.fresh_dir("mnt")?;
-        let mut builder = MountBuilder::default()
-            .binary(&self.zvmount)
-            .mountpoint(&mnt)
-            .check_on_drop(false)
-            .env("AWS_ENDPOINT_URL", format!("http://{}", self.proxy.addr()))
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env("AWS_REGION", "us-east-1")
-            .env_remove("AWS_PROFILE")
-            .args(["--force-path-style", "--name", "disk.raw"])
-            .arg("--cache-dir")
-            .arg(cache)
-            .args(&self.args.zvmount_args)
+        let builder = self
+            .args
+            .daemons
+            .proxied_mount(&self.zvmount, &mnt, self.proxy.addr(), Some(cache))
             .args(extra)
             .arg(&self.url)
             .expect_file("disk.raw");
-        if let Some(filter) = std::env::var_os("RUST_LOG") {
-            builder = builder.env("RUST_LOG", filter);
-        }
         Ok(builder.launch()?)
     }
 }
@@ -527,16 +480,6 @@ fn wait_hydrated(mount: &Mounted) -> anyhow::Result<zvmount::metrics::MetricsSna
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// SIGTERM and wait; an error if the daemon fails or leaves the mount.
-fn stop(mount: Mounted) -> anyhow::Result<()> {
-    let log = mount.stderr_path().to_owned();
-    let status = mount.try_stop()?;
-    if !status.success() {
-        bail!("zvmount exited with {status}; see {}", log.display());
-    }
-    Ok(())
 }
 
 fn summarize(times: &[Duration]) -> Latency {

@@ -106,15 +106,9 @@ pub struct Args {
     /// The test-image build script (for the default image and --data-mib).
     #[arg(long, default_value = "scripts/build-guest-image.sh")]
     pub build_script: PathBuf,
-    /// The S3 server to run on 127.0.0.1 (cargo install s3s-fs@0.14.1 --features binary).
-    #[arg(long, default_value = "s3s-fs")]
-    pub s3s_fs: PathBuf,
-    /// The zvmount binary (default: beside this zvimg, else on PATH).
-    #[arg(long)]
-    pub zvmount: Option<PathBuf>,
-    /// Extra argument for zvmount (repeat), e.g. --zvmount-arg=--readahead=8.
-    #[arg(long = "zvmount-arg", allow_hyphen_values = true, value_name = "ARG")]
-    pub zvmount_args: Vec<String>,
+    /// The daemons: s3s-fs, zvmount and its extra arguments.
+    #[command(flatten)]
+    pub daemons: super::DaemonArgs,
 }
 
 /// Parses a rate like `100MB/s` (the `/s` is optional) into bytes per second.
@@ -294,34 +288,12 @@ struct Tools {
 impl Tools {
     fn find(args: &Args) -> anyhow::Result<Tools> {
         let zvimg = std::env::current_exe().context("cannot find the zvimg executable")?;
-        let zvmount = match &args.zvmount {
-            Some(p) => p.clone(),
-            None => {
-                let beside = zvimg.with_file_name("zvmount");
-                if beside.exists() {
-                    beside
-                } else {
-                    PathBuf::from("zvmount")
-                }
-            }
-        };
         qemu::require_tools()?;
-        if !qemu::on_path(&zvmount) {
-            bail!(
-                "zvmount not found at {}: build it (cargo build --release) or pass --zvmount",
-                zvmount.display()
-            );
-        }
-        if !qemu::on_path(&args.s3s_fs) {
-            bail!(
-                "{} not found: cargo install s3s-fs@0.14.1 --locked --features binary, or pass --s3s-fs",
-                args.s3s_fs.display()
-            );
-        }
+        let zvmount = args.daemons.find_zvmount()?;
         Ok(Tools {
             zvimg,
             zvmount,
-            s3s_fs: args.s3s_fs.clone(),
+            s3s_fs: args.daemons.s3s_fs.clone(),
         })
     }
 }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use zvtest::mount::{MountBuilder, Mounted};
+use zvtest::mount::Mounted;
 use zvtest::proxy::{ProxyStats, RequestTiming, ShapingProxy};
 use zvtest::qemu::{GuestImage, QemuOptions, boot_once};
 use zvtest::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
@@ -206,7 +206,7 @@ impl Bench<'_> {
         r.daemon = Some(warm_stats);
         push(Setup::Warm, r, phase.timings, report);
         // The profile is written on unmount, before the daemon exits.
-        stop(mount)?;
+        super::super::stop_mount(mount)?;
 
         // 5. A sidecar with the recorded profile replaces the plain one in
         // the store; a fresh daemon replays it.
@@ -247,7 +247,7 @@ impl Bench<'_> {
             &dir.join("profiled"),
         )?;
         push(Setup::Profiled, r, timings, report);
-        stop(mount)?;
+        super::super::stop_mount(mount)?;
 
         // 6. The image hydrated on this host (`zvimg hydrate`, timed
         // apart), then a fresh daemon over that host cache. Skipped when
@@ -289,7 +289,7 @@ impl Bench<'_> {
                 crate::convert::human(phase.stats.bytes_down)
             );
             push(Setup::Hydrated, r, timings, report);
-            stop(mount)?;
+            super::super::stop_mount(mount)?;
         }
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
@@ -357,6 +357,7 @@ impl Bench<'_> {
     /// Whether the user chose the daemon's host cache (`--zvmount-arg`).
     fn user_cache_dir(&self) -> bool {
         self.args
+            .daemons
             .zvmount_args
             .iter()
             .any(|a| a.starts_with("--cache-dir"))
@@ -364,24 +365,13 @@ impl Bench<'_> {
 
     /// Starts zvmount on `mnt` through the proxy and waits for the disk file.
     fn mount(&self, url: &str, mnt: &Path, extra: &[&str]) -> anyhow::Result<Mounted> {
-        let mut builder = MountBuilder::default()
-            .binary(&self.tools.zvmount)
-            .mountpoint(mnt)
-            .check_on_drop(false)
-            .env("AWS_ENDPOINT_URL", format!("http://{}", self.proxy.addr()))
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env("AWS_REGION", "us-east-1")
-            .env_remove("AWS_PROFILE")
-            .args(["--force-path-style", "--name", "disk.raw"])
-            .args(&self.args.zvmount_args)
+        let builder = self
+            .args
+            .daemons
+            .proxied_mount(&self.tools.zvmount, mnt, self.proxy.addr(), None)
             .args(extra)
             .arg(url)
             .expect_file("disk.raw");
-        // The daemon keeps the user's log filter, as a directly run one would.
-        if let Some(filter) = std::env::var_os("RUST_LOG") {
-            builder = builder.env("RUST_LOG", filter);
-        }
         Ok(builder.launch()?)
     }
 
@@ -395,14 +385,4 @@ impl Bench<'_> {
             guest.expected_sha.as_deref(),
         )?)
     }
-}
-
-/// SIGTERM and wait; an error if the daemon fails or leaves the mount.
-fn stop(mount: Mounted) -> anyhow::Result<()> {
-    let log = mount.stderr_path().to_owned();
-    let status = mount.try_stop()?;
-    if !status.success() {
-        bail!("zvmount exited with {status}; see {}", log.display());
-    }
-    Ok(())
 }
